@@ -1,0 +1,1 @@
+"""The serving side: model loading, the generation engine, the chat UI and the HTTP API."""

@@ -1,0 +1,1 @@
+"""The `flywheel` command: one entry point over assistant/, trainer/ and storage/."""

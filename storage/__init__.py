@@ -1,0 +1,10 @@
+"""Everything Flywheel keeps on disk: the SQLite database, the adapter registry, model caches.
+
+`storage` imports nothing from `assistant` or `trainer`; both of them reach the disk only
+through the functions re-exported here.
+"""
+
+from storage.home import Home
+from storage.db import open_db, init_db, SCHEMA_VERSION
+
+__all__ = ["Home", "open_db", "init_db", "SCHEMA_VERSION"]

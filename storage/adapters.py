@@ -1,0 +1,115 @@
+"""The adapter registry: immutable adapter folders plus their rows, promotion and rollback.
+
+An adapter is written into `adapters/.staging/<id>` and then renamed to `adapters/<id>`:
+the rename is atomic, so the server sees a complete folder or none. The row is inserted
+after the rename, so every row points at a complete folder.
+"""
+
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+
+import sqlite_utils
+
+from storage.db import transaction
+from storage.home import Home
+
+STATUSES = ("candidate", "active", "rejected", "retired")
+
+
+def new_adapter_id() -> str:
+    """Sortable and readable: ad-20261122-134501-3f9a."""
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
+    return f"ad-{stamp}-{os.urandom(2).hex()}"
+
+
+def staging_path(home: Home, adapter_id: str) -> Path:
+    """A fresh folder to write an adapter into before it is published."""
+    path = home.staging_dir / adapter_id
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    return path
+
+
+def publish(db: sqlite_utils.Database, home: Home, adapter_id: str, *, base_model: str,
+            method: str, run_id: str | None = None, parent_id: str | None = None,
+            metrics: dict | None = None) -> dict:
+    """Move a finished adapter from staging into place and register it as a candidate."""
+    staged = home.staging_dir / adapter_id
+    if not (staged / "adapter_config.json").is_file():
+        raise FileNotFoundError(f"{staged} holds no adapter_config.json; nothing to publish")
+    final = home.adapters_dir / adapter_id
+    os.replace(staged, final)  # atomic on one filesystem
+    db["adapters"].insert({"id": adapter_id, "base_model": base_model, "method": method,
+                           "status": "candidate", "parent_id": parent_id, "run_id": run_id,
+                           "metrics": json.dumps(metrics or {}), "path": str(final)})
+    return get(db, adapter_id)
+
+
+def get(db: sqlite_utils.Database, adapter_id: str) -> dict | None:
+    rows = list(db["adapters"].rows_where("id = ?", [adapter_id]))
+    return _decode(rows[0]) if rows else None
+
+
+def list_adapters(db: sqlite_utils.Database) -> list[dict]:
+    return [_decode(r) for r in db["adapters"].rows_where(order_by="created_at, id")]
+
+
+def active(db: sqlite_utils.Database) -> dict | None:
+    """The adapter serving by default now, or None for the bare base model."""
+    rows = list(db["adapters"].rows_where("status = 'active'"))
+    return _decode(rows[0]) if rows else None
+
+
+def promote(db: sqlite_utils.Database, adapter_id: str, reason: str = "") -> dict:
+    """Make `adapter_id` the active adapter; the one it replaces is retired (still loadable)."""
+    with transaction(db):
+        target = get(db, adapter_id)
+        if target is None:
+            raise KeyError(f"no adapter {adapter_id}")
+        db.execute("UPDATE adapters SET status = 'retired' WHERE status = 'active'")
+        db.execute("UPDATE adapters SET status = 'active' WHERE id = ?", [adapter_id])
+        db.execute("INSERT INTO promotions (adapter_id, action, reason) VALUES (?, 'promote', ?)",
+                   [adapter_id, reason])
+    return get(db, adapter_id)
+
+
+def rollback(db: sqlite_utils.Database, reason: str = "") -> dict | None:
+    """Retire the active adapter and bring back the one that was active before it (or the
+    bare base model when there was none). Returns the adapter now active, or None."""
+    with transaction(db):
+        current = active(db)
+        if current is None:
+            raise LookupError("no adapter is active; nothing to roll back")
+        target_id = _previous(db, current["id"])
+        target = get(db, target_id) if target_id else None
+        db.execute("UPDATE adapters SET status = 'retired' WHERE id = ?", [current["id"]])
+        if target:
+            db.execute("UPDATE adapters SET status = 'active' WHERE id = ?", [target["id"]])
+        db.execute("INSERT INTO promotions (adapter_id, action, reason) VALUES (?, 'rollback', ?)",
+                   [target["id"] if target else None, reason])
+    return active(db)
+
+
+def _previous(db: sqlite_utils.Database, current_id: str) -> str | None:
+    """Replay the promotion log as a stack (promote pushes, rollback pops) to find what was
+    serving before `current_id`; adapters rejected since then are skipped."""
+    stack: list[str | None] = [None]
+    for row in db["promotions"].rows_where(order_by="id"):
+        if row["action"] == "promote":
+            stack.append(row["adapter_id"])
+        elif len(stack) > 1:
+            stack.pop()
+    below = [a for a in stack if a != current_id]
+    while below and below[-1] is not None and get(db, below[-1])["status"] == "rejected":
+        below.pop()
+    return below[-1] if below else None
+
+
+def _decode(row: dict) -> dict:
+    row = dict(row)
+    row["metrics"] = json.loads(row["metrics"] or "{}")
+    return row

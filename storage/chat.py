@@ -1,0 +1,144 @@
+"""Conversations, messages, ratings and corrections: where every chat turn is stored.
+
+Messages form a tree per conversation: `parent_id` points at the turn answered or followed,
+so a regenerated answer is a sibling of the one it replaces and nothing is overwritten.
+"""
+
+import json
+import uuid
+from typing import Any
+
+import sqlite_utils
+
+from storage.db import transaction
+
+RATINGS = ("up", "down")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def create_conversation(db: sqlite_utils.Database, user_id: int | None = None,
+                        system_prompt: str | None = None, title: str | None = None) -> str:
+    conversation_id = new_id("conv")
+    db["conversations"].insert({"id": conversation_id, "user_id": user_id,
+                                "system_prompt": system_prompt, "title": title})
+    return conversation_id
+
+
+def get_conversation(db: sqlite_utils.Database, conversation_id: str) -> dict | None:
+    rows = list(db["conversations"].rows_where("id = ? AND deleted_at IS NULL", [conversation_id]))
+    return rows[0] if rows else None
+
+
+def add_message(db: sqlite_utils.Database, conversation_id: str, role: str, content: str,
+                parent_id: str | None = None, *, model: str | None = None,
+                adapter_id: str | None = None, params: dict | None = None,
+                prompt_tokens: int | None = None, completion_tokens: int | None = None,
+                latency_ms: float | None = None, finish_reason: str | None = None) -> str:
+    """Store one turn and return its id (for an answer, also the API's completion id)."""
+    message_id = new_id("msg" if role != "assistant" else "chatcmpl")
+    db["messages"].insert({
+        "id": message_id, "conversation_id": conversation_id, "parent_id": parent_id,
+        "role": role, "content": content, "model": model, "adapter_id": adapter_id,
+        "params": json.dumps(params) if params is not None else None,
+        "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+        "latency_ms": latency_ms, "finish_reason": finish_reason,
+    })
+    return message_id
+
+
+def get_message(db: sqlite_utils.Database, message_id: str) -> dict | None:
+    rows = list(db["messages"].rows_where("id = ?", [message_id]))
+    return rows[0] if rows else None
+
+
+def thread(db: sqlite_utils.Database, message_id: str) -> list[dict]:
+    """The path from the conversation's first turn down to `message_id`, oldest first."""
+    rows = db.execute_returning_dicts(
+        """
+        WITH RECURSIVE path(id, parent_id, depth) AS (
+            SELECT id, parent_id, 0 FROM messages WHERE id = ?
+            UNION ALL
+            SELECT m.id, m.parent_id, path.depth + 1 FROM messages m JOIN path ON m.id = path.parent_id
+        )
+        SELECT messages.* FROM path JOIN messages USING (id) ORDER BY path.depth DESC
+        """, [message_id])
+    return rows
+
+
+def history(db: sqlite_utils.Database, message_id: str) -> list[dict[str, str]]:
+    """The chat up to and including `message_id`, with the conversation's system prompt
+    first, as `{"role", "content"}` dicts ready for a chat template. For an answer,
+    `history(db, answer["parent_id"])` is exactly what the model saw before answering."""
+    path = thread(db, message_id)
+    if not path:
+        raise KeyError(f"no message with id {message_id}")
+    conversation = db["conversations"].get(path[0]["conversation_id"])
+    turns = [{"role": m["role"], "content": m["content"]} for m in path]
+    if conversation["system_prompt"]:
+        turns.insert(0, {"role": "system", "content": conversation["system_prompt"]})
+    return turns
+
+
+def rate(db: sqlite_utils.Database, message_id: str, rating: str | None = None, *,
+         rater_id: int | None = None, score: int | None = None,
+         reasons: list[str] | None = None, comment: str | None = None) -> int:
+    """Record a rating of an answer. Ratings are never updated in place: a changed mind is a
+    new row, and the latest one counts."""
+    if rating is not None and rating not in RATINGS:
+        raise ValueError(f"rating must be one of {RATINGS}, not {rating!r}")
+    if score is not None and not 1 <= score <= 5:
+        raise ValueError(f"score must be 1 to 5, not {score}")
+    message = get_message(db, message_id)
+    if message is None or message["role"] != "assistant":
+        raise KeyError(f"no answer with id {message_id}")
+    return db["ratings"].insert({
+        "message_id": message_id, "rater_id": rater_id, "rating": rating, "score": score,
+        "reasons": json.dumps(reasons or []), "comment": comment,
+    }).last_pk
+
+
+def add_correction(db: sqlite_utils.Database, message_id: str, content: str,
+                   author_id: int | None = None) -> int:
+    """Keep a better answer beside the original one; the original is never changed."""
+    if not content.strip():
+        raise ValueError("a correction cannot be empty")
+    message = get_message(db, message_id)
+    if message is None or message["role"] != "assistant":
+        raise KeyError(f"no answer with id {message_id}")
+    return db["corrections"].insert({"message_id": message_id, "author_id": author_id,
+                                     "content": content}).last_pk
+
+
+def latest_ratings(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """One row per rated answer: the answer and its latest thumbs rating."""
+    return db.execute_returning_dicts(
+        """
+        SELECT m.*, r.rating, r.rater_id, r.created_at AS rated_at FROM ratings r
+        JOIN messages m ON m.id = r.message_id
+        WHERE r.id = (SELECT MAX(id) FROM ratings WHERE message_id = r.message_id AND rating IS NOT NULL)
+        """)
+
+
+def corrections(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Every correction with the answer it corrects (the latest correction per answer)."""
+    return db.execute_returning_dicts(
+        """
+        SELECT c.id AS correction_id, c.content AS correction, m.* FROM corrections c
+        JOIN messages m ON m.id = c.message_id
+        WHERE c.id = (SELECT MAX(id) FROM corrections WHERE message_id = c.message_id)
+        """)
+
+
+def feedback_counts(db: sqlite_utils.Database) -> dict[str, int]:
+    """How much feedback there is, for the trainer's 'enough data?' check and for reports."""
+    latest = [r["rating"] for r in latest_ratings(db)]
+    return {"up": latest.count("up"), "down": latest.count("down"),
+            "corrections": len(corrections(db))}
+
+
+__all__ = ["create_conversation", "get_conversation", "add_message", "get_message", "thread",
+           "history", "rate", "add_correction", "latest_ratings", "corrections",
+           "feedback_counts", "transaction"]

@@ -1,0 +1,199 @@
+"""Opening the database and migrating its schema.
+
+Every connection gets the same settings: WAL (the server reads while the trainer writes),
+foreign keys on, and a busy timeout so a writer waits instead of failing. Migrations are
+numbered SQL scripts applied in order inside one transaction each; the applied versions are
+rows of `schema_version`, so a database can be upgraded in place by any newer Flywheel.
+"""
+
+import sqlite3
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+import sqlite_utils
+
+from storage.home import Home
+
+BUSY_TIMEOUT_MS = 10_000
+
+MIGRATIONS: list[str] = [
+    # 1: the whole first schema.
+    """
+    CREATE TABLE users (
+        id INTEGER PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        role TEXT NOT NULL DEFAULT 'user' CHECK (role IN ('user', 'curator', 'admin')),
+        password_hash TEXT,
+        consent INTEGER NOT NULL DEFAULT 1,
+        disabled INTEGER NOT NULL DEFAULT 0,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    CREATE TABLE api_keys (
+        id INTEGER PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        key_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        revoked_at TEXT
+    );
+    CREATE TABLE adapters (
+        id TEXT PRIMARY KEY,
+        base_model TEXT NOT NULL,
+        method TEXT NOT NULL,
+        status TEXT NOT NULL DEFAULT 'candidate'
+            CHECK (status IN ('candidate', 'active', 'rejected', 'retired')),
+        parent_id TEXT REFERENCES adapters(id),
+        run_id TEXT,
+        metrics TEXT NOT NULL DEFAULT '{}',
+        path TEXT NOT NULL,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    -- At most one adapter serves by default at any time.
+    CREATE UNIQUE INDEX adapters_one_active ON adapters(status) WHERE status = 'active';
+    CREATE TABLE promotions (
+        id INTEGER PRIMARY KEY,
+        adapter_id TEXT REFERENCES adapters(id),  -- NULL: back to the bare base model
+        action TEXT NOT NULL CHECK (action IN ('promote', 'rollback')),
+        reason TEXT,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    CREATE TABLE training_runs (
+        id TEXT PRIMARY KEY,
+        status TEXT NOT NULL DEFAULT 'running'
+            CHECK (status IN ('running', 'succeeded', 'failed')),
+        base_model TEXT NOT NULL,
+        method TEXT NOT NULL,
+        config TEXT NOT NULL DEFAULT '{}',
+        manifest TEXT NOT NULL DEFAULT '{}',
+        metrics TEXT NOT NULL DEFAULT '{}',
+        error TEXT,
+        adapter_id TEXT REFERENCES adapters(id),
+        started_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        finished_at TEXT
+    );
+    CREATE TABLE conversations (
+        id TEXT PRIMARY KEY,
+        user_id INTEGER REFERENCES users(id),
+        title TEXT,
+        system_prompt TEXT,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        deleted_at TEXT
+    );
+    CREATE TABLE messages (
+        id TEXT PRIMARY KEY,
+        conversation_id TEXT NOT NULL REFERENCES conversations(id),
+        parent_id TEXT REFERENCES messages(id),  -- siblings = regenerations or edited turns
+        role TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
+        content TEXT NOT NULL,
+        model TEXT,
+        adapter_id TEXT REFERENCES adapters(id),  -- NULL: the bare base model answered
+        params TEXT,                              -- generation parameters, JSON
+        prompt_tokens INTEGER,
+        completion_tokens INTEGER,
+        latency_ms REAL,
+        finish_reason TEXT,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    CREATE INDEX messages_conversation ON messages(conversation_id);
+    CREATE INDEX messages_parent ON messages(parent_id);
+    CREATE INDEX messages_adapter ON messages(adapter_id);
+    CREATE TABLE ratings (
+        id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL REFERENCES messages(id),
+        rater_id INTEGER REFERENCES users(id),
+        rating TEXT CHECK (rating IN ('up', 'down')),
+        score INTEGER CHECK (score BETWEEN 1 AND 5),
+        reasons TEXT NOT NULL DEFAULT '[]',
+        comment TEXT,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    CREATE INDEX ratings_message ON ratings(message_id);
+    CREATE TABLE corrections (
+        id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL REFERENCES messages(id),
+        author_id INTEGER REFERENCES users(id),
+        content TEXT NOT NULL,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    CREATE INDEX corrections_message ON corrections(message_id);
+    CREATE TABLE flags (
+        id INTEGER PRIMARY KEY,
+        message_id TEXT NOT NULL REFERENCES messages(id),
+        kind TEXT NOT NULL CHECK (kind IN ('pii', 'unsafe', 'no_consent')),
+        author_id INTEGER REFERENCES users(id),
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    """,
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _connect(path: Path) -> sqlite_utils.Database:
+    # isolation_level=None: we open transactions ourselves with `transaction()`.
+    conn = sqlite3.connect(path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                           check_same_thread=False)
+    conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+    conn.execute("PRAGMA foreign_keys = ON")
+    conn.execute("PRAGMA journal_mode = WAL")
+    conn.execute("PRAGMA synchronous = NORMAL")
+    return sqlite_utils.Database(conn)
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """All-or-nothing: BEGIN IMMEDIATE takes the write lock up front, so two writers queue
+    (busy timeout) instead of failing halfway through."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def schema_version(db: sqlite_utils.Database) -> int:
+    if "schema_version" not in db.table_names():
+        return 0
+    return db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
+
+
+def init_db(home: Home) -> int:
+    """Create the database or bring it up to SCHEMA_VERSION; returns the version now in force."""
+    db = _connect(home.db_path)
+    try:
+        db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "
+                   "applied_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))")
+        current = schema_version(db)
+        if current > SCHEMA_VERSION:
+            raise RuntimeError(f"database {home.db_path} has schema version {current}, newer than "
+                               f"this Flywheel ({SCHEMA_VERSION}); upgrade Flywheel")
+        for version in range(current + 1, SCHEMA_VERSION + 1):
+            with transaction(db):
+                for statement in _statements(MIGRATIONS[version - 1]):
+                    db.execute(statement)
+                db.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
+        return schema_version(db)
+    finally:
+        db.close()
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would COMMIT our transaction; split and run statement by statement.
+    parts, buffer = [], ""
+    for line in script.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            parts.append(buffer.strip())
+            buffer = ""
+    return [p for p in parts if p]
+
+
+@contextmanager
+def open_db(home: Home) -> Iterator[sqlite_utils.Database]:
+    """A short-lived connection; open one per request or job rather than sharing across threads."""
+    db = _connect(home.db_path)
+    try:
+        yield db
+    finally:
+        db.close()

@@ -1,0 +1,46 @@
+"""Where things live under FLYWHEEL_HOME.
+
+    flywheel.db          the one SQLite database (WAL mode)
+    adapters/<id>/       published adapters; immutable once renamed into place
+    adapters/.staging/   adapters being written; never read by the server
+    models/<key>/        base models converted to plain safetensors (e.g. from GGUF)
+    runs/<id>/           a training run's scratch space: checkpoints, logs
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_HOME = "./flywheel-data"
+
+
+@dataclass(frozen=True)
+class Home:
+    root: Path
+
+    @classmethod
+    def resolve(cls, home: str | os.PathLike | None = None) -> "Home":
+        """`--home` if given, else $FLYWHEEL_HOME, else ./flywheel-data; created if missing."""
+        root = Path(home or os.environ.get("FLYWHEEL_HOME") or DEFAULT_HOME).expanduser().resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        return cls(root)
+
+    @property
+    def db_path(self) -> Path:
+        return self.root / "flywheel.db"
+
+    @property
+    def adapters_dir(self) -> Path:
+        return self.root / "adapters"
+
+    @property
+    def staging_dir(self) -> Path:
+        return self.adapters_dir / ".staging"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.root / "models"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.root / "runs"

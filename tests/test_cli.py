@@ -1,0 +1,41 @@
+import json
+
+from flywheel.cli import main
+from storage import open_db
+from storage import adapters
+
+
+def publish(home, adapter_id):
+    staged = adapters.staging_path(home, adapter_id)
+    (staged / "adapter_config.json").write_text("{}")
+    with open_db(home) as db:
+        adapters.publish(db, home, adapter_id, base_model="tiny", method="sft")
+
+
+def test_adapters_list_promote_rollback(home, capsys):
+    assert main(["adapters", "list", "--home", str(home.root)]) == 0
+    assert "no adapters yet" in capsys.readouterr().out
+    publish(home, "ad-1")
+    publish(home, "ad-2")
+    assert main(["adapters", "promote", "ad-1", "--home", str(home.root)]) == 0
+    assert main(["adapters", "promote", "ad-2", "--home", str(home.root)]) == 0
+    capsys.readouterr()
+    assert main(["adapters", "list", "--json", "--home", str(home.root)]) == 0
+    rows = {r["id"]: r["status"] for r in json.loads(capsys.readouterr().out)}
+    assert rows == {"ad-1": "retired", "ad-2": "active"}
+    assert main(["adapters", "rollback", "--home", str(home.root)]) == 0
+    assert "ad-1 is now active" in capsys.readouterr().out
+
+
+def test_bad_adapter_commands_exit_2_with_one_line(home, capsys):
+    assert main(["adapters", "promote", "ad-nope", "--home", str(home.root)]) == 2
+    assert capsys.readouterr().err.strip() == "flywheel: error: no adapter ad-nope"
+    assert main(["adapters", "rollback", "--home", str(home.root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["flywheel: error: no adapter is active; nothing to roll back"]
+
+
+def test_train_with_too_little_data_says_so(home, capsys, tiny_model_dir):
+    assert main(["train", "--home", str(home.root), "--model", str(tiny_model_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "not enough training data: 0 SFT examples" in out and "Nothing changed" in out

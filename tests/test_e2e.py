@@ -1,0 +1,120 @@
+"""The whole loop through real processes: serve, chat in the page, like, train, hot swap."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from gradio_client import Client
+
+from storage import Home, open_db
+from storage import chat as store
+from tests.conftest import copy_model_cache
+
+pytestmark = pytest.mark.integration
+
+PROBE = "Name a fruit."
+TRAIN_PROMPTS = [PROBE, "Give me a tip for sleeping well.", "What is a cat?",
+                 "Say something kind.", "Describe rain in one sentence.", "Recommend a hobby."]
+OUTPUT = Path(os.environ.get("FLYWHEEL_TEST_OUTPUT", "test-output"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def flywheel(*args: str) -> list[str]:
+    return [sys.executable, "-m", "flywheel.cli", *args]
+
+
+def wait_for(check, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def health(url: str) -> dict | None:
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).json()
+    except httpx.HTTPError:
+        return None
+
+
+@pytest.fixture
+def server(tmp_path, embedded_cache):
+    home = Home.resolve(tmp_path / "home")
+    copy_model_cache(embedded_cache, home)
+    port = free_port()
+    OUTPUT.mkdir(parents=True, exist_ok=True)
+    log = open(OUTPUT / "e2e-server.log", "w")
+    proc = subprocess.Popen(flywheel("serve", "--home", str(home.root), "--port", str(port),
+                                     "--poll-interval", "0.5"), stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_for(lambda: proc.poll() is not None or health(url), 240, "the server to start")
+        assert proc.poll() is None, (OUTPUT / "e2e-server.log").read_text()
+        yield url, home
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def ask(client: Client, prompt: str, temperature: float, max_tokens: int = 32) -> tuple[str, dict]:
+    client.predict(api_name="/new_conversation")
+    history, _, last = client.predict(prompt, temperature, max_tokens, api_name="/send")
+    return history[-1]["content"][0]["text"], last
+
+
+def test_feedback_trains_an_adapter_that_the_running_server_swaps_in(server):
+    url, home = server
+    client = Client(url, verbose=False)
+    assert health(url)["adapter"] is None
+
+    base_text, base_last = ask(client, PROBE, temperature=0.0)
+    assert base_text and base_last["adapter_id"] is None
+
+    for prompt in TRAIN_PROMPTS:  # sampled answers, all liked
+        _, last = ask(client, prompt, temperature=1.0)
+        assert client.predict(last["message_id"], "up", api_name="/rate") == "ok"
+
+    train = subprocess.run(flywheel("train", "--home", str(home.root), "--min-examples", "6",
+                                    "--max-steps", "8", "--batch-size", "2",
+                                    "--learning-rate", "2e-3"),
+                           capture_output=True, text=True, timeout=900)
+    (OUTPUT / "e2e-train.log").write_text(train.stdout + train.stderr)
+    assert train.returncode == 0, train.stderr[-2000:]
+    assert "status active" in train.stdout
+    with open_db(home) as db:
+        adapter_id = db.execute("SELECT id FROM adapters WHERE status = 'active'").fetchone()[0]
+
+    wait_for(lambda: health(url)["adapter"] == adapter_id, 120, "the hot swap")
+    new_text, new_last = ask(client, PROBE, temperature=0.0)
+    with open_db(home) as db:
+        stored = store.get_message(db, new_last["message_id"])
+    assert stored["adapter_id"] == adapter_id == new_last["adapter_id"]
+    assert new_text != base_text
+    print(f"\nbase model: {base_text!r}\nadapter {adapter_id}: {new_text!r}")
+
+    # A request in flight keeps its adapter while the server swaps back (rollback).
+    long_job = Client(url, verbose=False).submit("Tell me a long story about a dragon.", 0.7,
+                                                 160, api_name="/send")
+    wait_for(lambda: long_job.status().code.name in ("ITERATING", "PROCESSING"), 30, "the job")
+    rollback = subprocess.run(flywheel("adapters", "rollback", "--home", str(home.root)),
+                              capture_output=True, text=True, timeout=120)
+    assert rollback.returncode == 0 and "the base model is now active" in rollback.stdout
+    _, _, in_flight = long_job.result(timeout=300)
+    assert in_flight["adapter_id"] == adapter_id and in_flight["finish_reason"] in ("stop", "length")
+    wait_for(lambda: health(url)["adapter"] is None, 120, "the swap back")
+    after_text, after_last = ask(client, PROBE, temperature=0.0)
+    assert after_last["adapter_id"] is None and after_text == base_text

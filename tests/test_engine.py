@@ -1,0 +1,90 @@
+import pytest
+import torch
+from peft import LoraConfig, get_peft_model
+
+from assistant import models
+from assistant.engine import Engine, GenerationParams
+
+GREEDY = GenerationParams(temperature=0.0, max_tokens=12)
+HELLO = [{"role": "user", "content": "hello"}]
+
+
+@pytest.fixture
+def engine(tiny_model_dir, home):
+    base = models.resolve(str(tiny_model_dir), home)
+    model, tokenizer = models.load(base)
+    return Engine(model, tokenizer, base.name)
+
+
+def make_adapter(tiny_model_dir, folder, seed):
+    """A real LoRA adapter for the tiny model, with random (non-zero) weights."""
+    model, _ = models.load(models.BaseModel("tiny", tiny_model_dir))
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear",
+                                                  init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+def run(engine, adapter="active"):
+    stream = engine.chat(HELLO, GREEDY, adapter=adapter)
+    pieces = list(stream)
+    return "".join(pieces), stream.result
+
+
+def test_stream_pieces_add_up_to_the_stored_result(engine):
+    text, result = run(engine)
+    assert text.strip() == result.text
+    assert result.completion_tokens > 0 and result.prompt_tokens > 0
+    assert result.finish_reason in ("stop", "length") and result.adapter_id is None
+
+
+def test_cancel_stops_early_and_marks_interrupted(engine):
+    stream = engine.chat(HELLO, GenerationParams(temperature=0.0, max_tokens=400))
+    stream.cancel()
+    list(stream)
+    assert stream.result.finish_reason == "interrupted"
+    assert stream.result.completion_tokens < 400
+
+
+def test_activated_adapter_serves_new_requests_and_base_stays_reachable(engine, tiny_model_dir,
+                                                                        tmp_path):
+    base_text, _ = run(engine)
+    path = make_adapter(tiny_model_dir, tmp_path / "ad-a", seed=1)
+    assert engine.activate("ad-a", path).result(timeout=60) == "ad-a"
+    text, result = run(engine)
+    assert result.adapter_id == "ad-a" and text != base_text
+    pinned_base, result = run(engine, adapter=None)
+    assert result.adapter_id is None and pinned_base == base_text
+
+
+def test_request_keeps_the_adapter_it_started_with(engine, tiny_model_dir, tmp_path):
+    path = make_adapter(tiny_model_dir, tmp_path / "ad-a", seed=1)
+    before = engine.chat(HELLO, GREEDY)         # queued before the swap
+    swap = engine.activate("ad-a", path)
+    after = engine.chat(HELLO, GREEDY)          # queued after it
+    list(before), list(after)
+    swap.result(timeout=60)
+    assert before.result.adapter_id is None
+    assert after.result.adapter_id == "ad-a"
+
+
+def test_broken_adapter_is_refused_and_the_old_one_keeps_serving(engine, tiny_model_dir,
+                                                                 tmp_path):
+    good = make_adapter(tiny_model_dir, tmp_path / "ad-good", seed=1)
+    engine.activate("ad-good", good).result(timeout=60)
+    corrupt = make_adapter(tiny_model_dir, tmp_path / "ad-corrupt", seed=2)
+    (corrupt / "adapter_model.safetensors").write_bytes(b"not a safetensors file")
+    with pytest.raises(Exception):
+        engine.activate("ad-corrupt", corrupt).result(timeout=60)
+    missing = tmp_path / "ad-missing"
+    missing.mkdir()
+    with pytest.raises(FileNotFoundError):
+        engine.activate("ad-missing", missing).result(timeout=60)
+    assert engine.active_adapter == "ad-good"
+    _, result = run(engine)
+    assert result.adapter_id == "ad-good"

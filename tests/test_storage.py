@@ -1,0 +1,136 @@
+import json
+import sqlite3
+
+import pytest
+
+from storage import SCHEMA_VERSION, Home, init_db, open_db
+from storage import adapters, runs
+from storage import chat as store
+from storage.db import schema_version
+
+
+def test_new_database_is_migrated_with_wal_foreign_keys_and_busy_timeout(home):
+    with open_db(home) as db:
+        assert schema_version(db) == SCHEMA_VERSION
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert db.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+        assert db.execute("PRAGMA busy_timeout").fetchone()[0] >= 1000
+        assert {"users", "api_keys", "conversations", "messages", "ratings", "corrections",
+                "flags", "adapters", "promotions", "training_runs"} <= set(db.table_names())
+
+
+def test_migration_is_idempotent_and_refuses_a_newer_schema(home):
+    assert init_db(home) == SCHEMA_VERSION
+    with open_db(home) as db:
+        db.execute("INSERT INTO schema_version (version) VALUES (?)", [SCHEMA_VERSION + 1])
+    with pytest.raises(RuntimeError, match="newer than this Flywheel"):
+        init_db(home)
+
+
+def test_messages_form_a_tree_and_history_follows_one_branch(home):
+    with open_db(home) as db:
+        conv = store.create_conversation(db, system_prompt="Be brief.")
+        q = store.add_message(db, conv, "user", "Capital of France?")
+        a1 = store.add_message(db, conv, "assistant", "Paris.", q, adapter_id=None,
+                               params={"temperature": 0.7}, prompt_tokens=12,
+                               completion_tokens=3, latency_ms=40.5, finish_reason="stop")
+        a2 = store.add_message(db, conv, "assistant", "It is Paris.", q)  # a regeneration
+        follow = store.add_message(db, conv, "user", "And Spain?", a2)
+        assert store.history(db, follow) == [
+            {"role": "system", "content": "Be brief."},
+            {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "It is Paris."},
+            {"role": "user", "content": "And Spain?"},
+        ]
+        stored = store.get_message(db, a1)
+        assert stored["parent_id"] == q and stored["completion_tokens"] == 3
+        assert json.loads(stored["params"]) == {"temperature": 0.7}
+        siblings = [m["id"] for m in db["messages"].rows_where("parent_id = ?", [q])]
+        assert sorted(siblings) == sorted([a1, a2])
+
+
+def test_foreign_keys_reject_orphans(home):
+    with open_db(home) as db, pytest.raises(sqlite3.IntegrityError):
+        store.add_message(db, "conv-missing", "user", "hi")
+
+
+def test_latest_rating_counts_and_corrections_keep_the_original(home):
+    with open_db(home) as db:
+        conv = store.create_conversation(db)
+        q = store.add_message(db, conv, "user", "2+2?")
+        a = store.add_message(db, conv, "assistant", "5", q)
+        store.rate(db, a, "up")
+        store.rate(db, a, "down")  # changed their mind
+        assert [r["rating"] for r in store.latest_ratings(db)] == ["down"]
+        store.add_correction(db, a, "4")
+        assert store.get_message(db, a)["content"] == "5"
+        assert store.corrections(db)[0]["correction"] == "4"
+        assert store.feedback_counts(db) == {"up": 0, "down": 1, "corrections": 1}
+        with pytest.raises(ValueError):
+            store.rate(db, a, "meh")
+        with pytest.raises(KeyError):
+            store.rate(db, q, "up")  # only answers are rated
+
+
+def _publish(home, db, adapter_id):
+    staged = adapters.staging_path(home, adapter_id)
+    (staged / "adapter_config.json").write_text("{}")
+    return adapters.publish(db, home, adapter_id, base_model="tiny", method="sft")
+
+
+def test_publish_renames_staging_into_place_and_registers_a_candidate(home):
+    with open_db(home) as db:
+        row = _publish(home, db, "ad-1")
+        assert row["status"] == "candidate"
+        assert (home.adapters_dir / "ad-1" / "adapter_config.json").is_file()
+        assert not (home.staging_dir / "ad-1").exists()
+        adapters.staging_path(home, "ad-broken")  # never finished writing
+        with pytest.raises(FileNotFoundError):
+            adapters.publish(db, home, "ad-broken", base_model="tiny", method="sft")
+        assert adapters.get(db, "ad-broken") is None
+        assert not (home.adapters_dir / "ad-broken").exists()
+
+
+def test_promote_and_rollback_keep_one_active_adapter(home):
+    with open_db(home) as db:
+        for name in ("ad-1", "ad-2"):
+            _publish(home, db, name)
+        adapters.promote(db, "ad-1")
+        adapters.promote(db, "ad-2")
+        assert adapters.active(db)["id"] == "ad-2"
+        assert adapters.get(db, "ad-1")["status"] == "retired"
+        assert adapters.rollback(db)["id"] == "ad-1"
+        assert adapters.get(db, "ad-2")["status"] == "retired"
+        assert adapters.rollback(db) is None  # back to the base model
+        with pytest.raises(LookupError):
+            adapters.rollback(db)
+        with pytest.raises(KeyError):
+            adapters.promote(db, "ad-missing")
+        actions = [r["action"] for r in db["promotions"].rows]
+        assert actions == ["promote", "promote", "rollback", "rollback"]
+
+
+def test_failed_transaction_leaves_nothing_half_written(home):
+    with open_db(home) as db:
+        _publish(home, db, "ad-1")
+        with pytest.raises(sqlite3.IntegrityError):
+            with store.transaction(db):
+                db.execute("UPDATE adapters SET status = 'retired'")
+                db.execute("UPDATE adapters SET status = 'bogus'")  # violates the CHECK
+        assert adapters.get(db, "ad-1")["status"] == "candidate"
+
+
+def test_training_runs_record_config_manifest_and_outcome(home):
+    with open_db(home) as db:
+        run = runs.start(db, base_model="tiny", method="sft", config={"lr": 1e-3},
+                         manifest={"count": 2})
+        runs.fail(db, run, "boom")
+        row = runs.get(db, run)
+        assert row["status"] == "failed" and row["error"] == "boom"
+        assert row["config"] == {"lr": 1e-3} and row["manifest"] == {"count": 2}
+
+
+def test_home_defaults_to_env_var(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "envhome"))
+    assert Home.resolve().root == (tmp_path / "envhome").resolve()
+    assert Home.resolve(tmp_path / "flag").root == (tmp_path / "flag").resolve()

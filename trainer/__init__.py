@@ -1,0 +1,1 @@
+"""The improving side: datasets from feedback, LoRA training with TRL, publishing adapters."""
