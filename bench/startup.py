@@ -1,0 +1,67 @@
+"""Start-up time of `flywheel serve`: a first start on an empty FLYWHEEL_HOME (converts the
+embedded GGUF) against a second start on the same home (loads the cached safetensors).
+
+    python bench/startup.py [--home DIR]
+
+Prints JSON; `speedup` is first / second, measured in the same run.
+"""
+
+import argparse
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def time_start(home: str) -> tuple[float, str]:
+    """Seconds from launching the process to the first healthy /healthz."""
+    port = free_port()
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "serve", "--home", home,
+                             "--port", str(port)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        while True:
+            if proc.poll() is not None:
+                raise SystemExit(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                    return time.perf_counter() - started, _loaded_line(proc)
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _loaded_line(proc) -> str:
+    proc.terminate()
+    out = proc.stdout.read()
+    return next((line for line in out.splitlines() if line.startswith("Loaded ")), "")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", help="an empty folder to use (default: a new temporary one)")
+    args = parser.parse_args()
+    home = args.home or tempfile.mkdtemp(prefix="flywheel-bench-")
+    first, first_line = time_start(home)
+    second, second_line = time_start(home)
+    print(json.dumps({"first_start_s": round(first, 1), "second_start_s": round(second, 1),
+                      "speedup": round(first / second, 2), "first_log": first_line,
+                      "second_log": second_line}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
