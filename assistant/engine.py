@@ -25,7 +25,7 @@ ACTIVE = "active"  # adapter selector: whatever adapter is active when the reque
 
 @dataclass
 class GenerationParams:
-    temperature: float = 0.7
+    temperature: float = 0.3  # small models ramble when hotter
     top_p: float = 0.95
     max_tokens: int = 256
     seed: int | None = None

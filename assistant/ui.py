@@ -35,6 +35,7 @@ def build_ui(service: ChatService) -> gr.Blocks:
                                         {"role": "assistant", "content": ""}]
         params = GenerationParams(temperature=float(temperature), max_tokens=int(max_tokens))
         update = None
+        yield history, session, "", {}  # show the question at once, before the first token
         try:
             for update in service.send(session["conversation_id"], session["leaf_id"], text, params):
                 history[-1]["content"] = update.text
@@ -74,7 +75,7 @@ def build_ui(service: ChatService) -> gr.Blocks:
             send_btn = gr.Button("Send", variant="primary", scale=1)
             stop_btn = gr.Button("Stop", scale=1)
         with gr.Accordion("Settings", open=False):
-            temperature = gr.Slider(0.0, 1.5, value=0.7, step=0.05, label="Temperature")
+            temperature = gr.Slider(0.0, 1.5, value=0.3, step=0.05, label="Temperature")
             max_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max new tokens")
             new_btn = gr.Button("New conversation")
         last = gr.JSON(visible=False, label="Last answer")
