@@ -75,8 +75,11 @@ def build_ui(service: ChatService) -> gr.Blocks:
             send_btn = gr.Button("Send", variant="primary", scale=1)
             stop_btn = gr.Button("Stop", scale=1)
         with gr.Accordion("Settings", open=False):
-            temperature = gr.Slider(0.0, 1.5, value=0.3, step=0.05, label="Temperature")
-            max_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max new tokens")
+            defaults = GenerationParams()  # one place for the defaults: the engine's
+            temperature = gr.Slider(0.0, 1.5, value=defaults.temperature, step=0.05,
+                                    label="Temperature")
+            max_tokens = gr.Slider(16, 1024, value=defaults.max_tokens, step=16,
+                                   label="Max new tokens")
             new_btn = gr.Button("New conversation")
         last = gr.JSON(visible=False, label="Last answer")
 

@@ -24,31 +24,34 @@ def free_port() -> int:
 
 
 def time_start(home: str) -> tuple[float, str]:
-    """Seconds from launching the process to the first healthy /healthz."""
+    """Seconds from launching the process to the first healthy /healthz, and the server's
+    own "Loaded ..." line. Output goes to a file: a pipe nobody reads could fill and block."""
     port = free_port()
-    started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "serve", "--home", home,
-                             "--port", str(port)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    with tempfile.TemporaryFile("w+") as log:
+        started = time.perf_counter()
+        proc = subprocess.Popen([sys.executable, "-m", "flywheel.cli", "serve", "--home", home,
+                                 "--port", str(port)], stdout=log, stderr=subprocess.STDOUT,
+                                text=True)
+        try:
+            while not _healthy(port):
+                if proc.poll() is not None:
+                    log.seek(0)
+                    raise SystemExit(f"server exited with {proc.returncode}:\n{log.read()}")
+                time.sleep(0.2)
+            elapsed = time.perf_counter() - started
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        log.seek(0)
+        loaded = next((line for line in log.read().splitlines() if line.startswith("Loaded ")), "")
+    return elapsed, loaded
+
+
+def _healthy(port: int) -> bool:
     try:
-        while True:
-            if proc.poll() is not None:
-                raise SystemExit(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
-                    return time.perf_counter() - started, _loaded_line(proc)
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
-def _loaded_line(proc) -> str:
-    proc.terminate()
-    out = proc.stdout.read()
-    return next((line for line in out.splitlines() if line.startswith("Loaded ")), "")
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
 
 
 def main() -> None:
