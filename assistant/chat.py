@@ -1,27 +1,50 @@
-"""One chat turn, end to end: store the user's message, generate, store the answer.
+"""One chat turn, end to end: check it, store the question, generate, store the answer.
 
-The web UI and the HTTP API both go through `ChatService.send`, so a turn is stored the same
-way whoever sent it. The user's message is stored before generation starts; the answer is
-stored when generation ends, including when the reader goes away mid-answer (then it is
-kept, marked `interrupted`).
+The web page and the HTTP API both go through `ChatService`, so a turn is stored the same
+way whoever sent it. A request is checked (length, parameters, model) before anything is
+stored. The answer's id is chosen before generation starts, so the API can stream it; the
+engine's worker stores the answer when generation ends, also when the reader stopped it
+(then it is kept, marked `interrupted`).
 """
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterator
 
-from assistant.engine import ACTIVE, Engine, GenerationParams
+from assistant.engine import ACTIVE, Completion, Engine, GenerationParams, RequestError
 from storage import Home, open_db
+from storage import adapters
 from storage import chat as store
+
+ALIAS = "flywheel"  # the model name that means "whatever adapter is active now"
 
 
 @dataclass
-class TurnUpdate:
+class Turn:
+    """A running answer: iterate for text pieces; `result` is set once iteration ends."""
+    id: str                 # the answer's message id, which is also the API's completion id
     conversation_id: str
     user_message_id: str
-    text: str                       # the answer so far
-    answer_id: str | None = None    # set on the last update, once the answer is stored
-    adapter_id: str | None = None
-    finish_reason: str | None = None
+    prompt_tokens: int
+    stream: object          # engine.Stream
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.stream)
+
+    def cancel(self) -> None:
+        self.stream.cancel()
+
+    def wait(self, timeout: float | None = None) -> Completion | None:
+        self.stream.done.wait(timeout)
+        return self.stream.result
+
+    @property
+    def result(self) -> Completion | None:
+        return self.stream.result
+
+    @property
+    def adapter_id(self) -> str | None:
+        return self.stream.adapter_id
 
 
 class ChatService:
@@ -30,41 +53,84 @@ class ChatService:
         self.home = home
         self.model_name = model_name
 
+    # ---- models ---------------------------------------------------------------------------
+
+    def model_names(self) -> list[str]:
+        """What a client may ask for: the alias, the base model, each servable adapter."""
+        with open_db(self.home) as db:
+            versions = [a["id"] for a in adapters.servable(db, self.model_name)]
+        return [ALIAS, self.model_name, *versions]
+
+    def select(self, name: str) -> tuple[str | None, Path | None]:
+        """(adapter selector, its folder) for a model name; KeyError when it is not servable."""
+        if name == ALIAS:
+            return ACTIVE, None
+        if name == self.model_name:
+            return None, None
+        with open_db(self.home) as db:
+            row = next((a for a in adapters.servable(db, self.model_name) if a["id"] == name), None)
+        if row is None:
+            raise KeyError(name)
+        return row["id"], Path(row["path"])
+
+    # ---- turns ----------------------------------------------------------------------------
+
     def new_conversation(self, system_prompt: str | None = None, user_id: int | None = None,
                          title: str | None = None) -> str:
         with open_db(self.home) as db:
             return store.create_conversation(db, user_id=user_id, system_prompt=system_prompt,
                                              title=title)
 
-    def send(self, conversation_id: str, parent_id: str | None, text: str,
-             params: GenerationParams | None = None,
-             adapter: str | None = ACTIVE) -> Iterator[TurnUpdate]:
-        """Answer `text`, a reply to `parent_id` (None: the first turn). Yields the answer as
-        it grows; the last update carries the stored answer's id."""
+    def reply(self, conversation_id: str | None, parent_id: str | None, text: str,
+              params: GenerationParams | None = None, model: str = ALIAS) -> Turn:
+        """Answer `text`, a new user turn replying to `parent_id` (None: the first turn) in
+        `conversation_id` (None: start a new conversation, titled after `text`)."""
         params = params or GenerationParams()
+        adapter, path = self.select(model)
         with open_db(self.home) as db:
+            earlier = (store.history(db, parent_id) if parent_id else
+                       self._system(db, conversation_id) if conversation_id else [])
+        prompt_tokens = self.engine.check(earlier + [{"role": "user", "content": text}], params)
+        with open_db(self.home) as db, store.transaction(db):
+            if conversation_id is None:
+                conversation_id = store.create_conversation(db, title=text[:60])
             user_message_id = store.add_message(db, conversation_id, "user", text, parent_id)
             messages = store.history(db, user_message_id)
-        stream = self.engine.chat(messages, params, adapter=adapter)
-        answer, finished = "", False
-        try:
-            for piece in stream:
-                answer += piece
-                yield TurnUpdate(conversation_id, user_message_id, answer)
-            finished = True
-        finally:
-            if not finished:  # the reader left (Stop, closed tab, dropped connection)
-                stream.cancel()
-                for _ in stream:  # wait for the worker to stop and set the result
-                    pass
-            result = stream.result
-            if result is not None:
-                with open_db(self.home) as db:
-                    answer_id = store.add_message(
-                        db, conversation_id, "assistant", result.text, user_message_id,
-                        model=self.model_name, adapter_id=result.adapter_id,
-                        params=params.as_dict(), prompt_tokens=result.prompt_tokens,
-                        completion_tokens=result.completion_tokens,
-                        latency_ms=round(result.latency_ms, 1), finish_reason=result.finish_reason)
-        yield TurnUpdate(conversation_id, user_message_id, result.text, answer_id,
-                         result.adapter_id, result.finish_reason)
+        return self._answer(conversation_id, user_message_id, messages, prompt_tokens, params,
+                            adapter, path)
+
+    def complete(self, messages: list[dict[str, str]], params: GenerationParams,
+                 model: str = ALIAS, user_id: int | None = None) -> Turn:
+        """Answer a whole chat sent in one request (the API): stored as a new conversation."""
+        adapter, path = self.select(model)
+        prompt_tokens = self.engine.check(messages, params)
+        with open_db(self.home) as db:
+            conversation_id, user_message_id = store.store_transcript(db, messages, user_id)
+            stored = store.history(db, user_message_id)
+        return self._answer(conversation_id, user_message_id, stored, prompt_tokens, params,
+                            adapter, path)
+
+    def _system(self, db, conversation_id: str) -> list[dict[str, str]]:
+        conversation = store.get_conversation(db, conversation_id)
+        if conversation is None:
+            raise RequestError(f"no conversation {conversation_id}", "conversation")
+        prompt = conversation["system_prompt"]
+        return [{"role": "system", "content": prompt}] if prompt else []
+
+    def _answer(self, conversation_id: str, user_message_id: str, messages: list[dict],
+                prompt_tokens: int, params: GenerationParams, adapter: str | None,
+                path: Path | None) -> Turn:
+        answer_id = store.new_id("chatcmpl")
+
+        def save(result: Completion) -> None:  # runs on the engine's worker
+            with open_db(self.home) as db:
+                store.add_message(
+                    db, conversation_id, "assistant", result.text, user_message_id,
+                    message_id=answer_id, model=self.model_name, adapter_id=result.adapter_id,
+                    params=params.as_dict(), prompt_tokens=result.prompt_tokens,
+                    completion_tokens=result.completion_tokens,
+                    latency_ms=round(result.latency_ms, 1), finish_reason=result.finish_reason)
+
+        stream = self.engine.chat(messages, params, adapter=adapter, adapter_path=path,
+                                  on_finish=save)
+        return Turn(answer_id, conversation_id, user_message_id, prompt_tokens, stream)

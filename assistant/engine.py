@@ -2,25 +2,40 @@
 
 Requests and swaps are jobs in one FIFO queue, so no two threads ever touch the model or
 PEFT's adapter state at once, and a swap can only happen between two generations: a request
-keeps the adapter it started with until it finishes. Text streams back to the caller through
-a per-request queue as tokens are produced.
+keeps the adapter it started with until it finishes. When the worker takes a request it also
+takes the requests queued right behind it that sample the same way (up to `max_batch_size`,
+never past a swap) and generates them as one left-padded batch; rows on different adapters
+run in one batch through PEFT's mixed-adapter inference (`adapter_names`). Text streams back
+to each caller through its own queue, one decoded token at a time.
 """
 
+import collections
 import concurrent.futures
+import copy
 import logging
 import queue
 import threading
 import time
-from dataclasses import asdict, dataclass
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList, TextStreamer
+from transformers import StoppingCriteria, StoppingCriteriaList
 
 log = logging.getLogger("flywheel.engine")
 
 ACTIVE = "active"  # adapter selector: whatever adapter is active when the request starts
+BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
+
+
+class RequestError(ValueError):
+    """A request the engine will not run (too long, bad parameters); `param` names the field."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.param, self.code = param, code
 
 
 @dataclass
@@ -28,10 +43,17 @@ class GenerationParams:
     temperature: float = 0.3  # small models ramble when hotter
     top_p: float = 0.95
     max_tokens: int = 256
-    seed: int | None = None
+    stop: list[str] = field(default_factory=list)  # cut the answer before any of these
+    seed: int | None = None                         # same seed, same prompt: same answer
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+    def batch_key(self) -> tuple | None:
+        """Requests with the same key can share one `generate` call; None: run alone."""
+        if self.seed is not None:
+            return None
+        return (True, self.temperature, self.top_p) if self.temperature > 0 else (False,)
 
 
 @dataclass
@@ -46,68 +68,134 @@ class Completion:
 
 
 class Stream:
-    """Iterate for text pieces as they are generated; `result` is set once iteration ends."""
+    """Iterate for text pieces as they are generated; `result` is set once iteration ends.
+    `adapter_id` is set when generation starts, before the first piece."""
 
     _END = object()
 
     def __init__(self) -> None:
         self._pieces: queue.Queue = queue.Queue()
         self.cancelled = threading.Event()
+        self.done = threading.Event()
+        self.adapter_id: str | None = None
         self.result: Completion | None = None
+        self.error: BaseException | None = None
 
     def __iter__(self) -> Iterator[str]:
         while True:
             item = self._pieces.get()
             if item is Stream._END:
+                if self.error is not None:
+                    raise self.error
                 return
-            if isinstance(item, BaseException):
-                raise item
             yield item
 
     def cancel(self) -> None:
         """Ask the worker to stop after the current token; the partial text is kept."""
         self.cancelled.set()
 
-
-class _QueueStreamer(TextStreamer):
-    def __init__(self, tokenizer, stream: Stream):
-        super().__init__(tokenizer, skip_prompt=True, skip_special_tokens=True)
-        self.stream = stream
-
-    def on_finalized_text(self, text: str, stream_end: bool = False) -> None:
-        if text:
-            self.stream._pieces.put(text)
+    def _finish(self, result: Completion | None, error: BaseException | None = None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+        self._pieces.put(Stream._END)
 
 
-class _Cancelled(StoppingCriteria):
-    def __init__(self, event: threading.Event):
-        self.event = event
+@dataclass
+class _Request:
+    messages: list[dict]
+    params: GenerationParams
+    adapter: str | None            # ACTIVE, None (the base model) or an adapter id
+    adapter_path: Path | None      # where to load a pinned adapter from, if not loaded yet
+    stream: Stream
+    on_finish: Callable[[Completion], None] | None
+    # filled in by the worker
+    adapter_id: str | None = None
+    prompt_ids: list[int] = field(default_factory=list)
+    ids: list[int] = field(default_factory=list)
+    text: str = ""
+    emitted: int = 0
+    done: bool = False
+    hit_stop: bool = False
+    submitted: float = field(default_factory=time.perf_counter)
+
+
+class _StepHook(StoppingCriteria):
+    """Runs once per decoding step with every row's tokens so far: decodes each live row's
+    new token, streams the text, and ends a row on EOS, a stop string, its own max_tokens or
+    a cancel. Being a stopping criterion, a cancel takes effect within one step."""
+
+    def __init__(self, engine: "Engine", rows: list[_Request]):
+        self.engine, self.rows = engine, rows
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool,
-                          device=input_ids.device)
+        last = input_ids[:, -1].tolist()
+        for row, token in zip(self.rows, last):
+            if not row.done:
+                self.engine._advance(row, token)
+        return torch.tensor([r.done for r in self.rows], dtype=torch.bool, device=input_ids.device)
 
 
 class Engine:
-    def __init__(self, model, tokenizer, base_name: str, max_loaded_adapters: int = 3):
+    def __init__(self, model, tokenizer, base_name: str, *, max_batch_size: int = 8,
+                 max_loaded_adapters: int = 2, max_tokens_cap: int = 1024,
+                 context_length: int | None = None):
         self.model = model            # becomes a PeftModel once the first adapter is loaded
         self.tokenizer = tokenizer
         self.base_name = base_name
         self.active_adapter: str | None = None
-        self.max_loaded_adapters = max_loaded_adapters
-        self._loaded: list[str] = []  # adapter names in PEFT, oldest first
-        self._jobs: queue.Queue[Callable[[], None]] = queue.Queue()
+        self.max_batch_size = max_batch_size
+        self.max_loaded_adapters = max_loaded_adapters  # the active one + one for rollback
+        self.max_tokens_cap = max_tokens_cap
+        self.context_length = context_length or getattr(model.config, "max_position_embeddings",
+                                                        2048)
+        self.eos_ids = self._eos_ids()
+        self._loaded: list[str] = []  # adapter names in PEFT, least recently used first
+        self._jobs: collections.deque = collections.deque()
+        self._wakeup = threading.Condition()
+        # Request threads count prompt tokens with their own copy: HF tokenizers are not
+        # meant to be shared across threads while one of them pads or truncates.
+        self._counter = copy.deepcopy(tokenizer)
+        self._counter_lock = threading.Lock()
         self._worker = threading.Thread(target=self._run, name="flywheel-engine", daemon=True)
         self._worker.start()
 
     # ---- public, thread-safe -------------------------------------------------------------
 
+    def check(self, messages: list[dict], params: GenerationParams) -> int:
+        """Validate a request before anything is stored; returns its prompt token count.
+        Raises RequestError with a message for the user."""
+        if not messages or messages[-1]["role"] != "user":
+            raise RequestError("the last message must be from the user", "messages")
+        if params.max_tokens < 1 or params.max_tokens > self.max_tokens_cap:
+            raise RequestError(f"max_tokens must be between 1 and {self.max_tokens_cap}, "
+                               f"not {params.max_tokens}", "max_tokens")
+        if not 0 <= params.temperature <= 2:
+            raise RequestError("temperature must be between 0 and 2", "temperature")
+        if not 0 < params.top_p <= 1:
+            raise RequestError("top_p must be above 0 and at most 1", "top_p")
+        if len(params.stop) > 4 or any(not s for s in params.stop):
+            raise RequestError("stop takes up to 4 non-empty strings", "stop")
+        chars = sum(len(m["content"]) for m in messages)
+        if chars > self.context_length * 16:  # no tokenizer needed to refuse a huge paste
+            raise RequestError(self._too_long(f"{chars} characters", params), "messages",
+                               "context_length_exceeded")
+        with self._counter_lock:
+            prompt_tokens = len(self._counter.apply_chat_template(
+                messages, add_generation_prompt=True, return_dict=True)["input_ids"])
+        if prompt_tokens + params.max_tokens > self.context_length:
+            raise RequestError(self._too_long(f"{prompt_tokens} tokens", params), "messages",
+                               "context_length_exceeded")
+        return prompt_tokens
+
     def chat(self, messages: list[dict], params: GenerationParams | None = None,
-             adapter: str | None = ACTIVE) -> Stream:
-        """Queue a generation for a chat; returns at once with a Stream to read from."""
+             adapter: str | None = ACTIVE, adapter_path: Path | None = None,
+             on_finish: Callable[[Completion], None] | None = None) -> Stream:
+        """Queue a generation for a chat; returns at once with a Stream to read from.
+        `on_finish` runs on the worker with the result before the stream ends (to store it)."""
         stream = Stream()
-        params = params or GenerationParams()
-        self._jobs.put(lambda: self._generate(stream, messages, params, adapter))
+        request = _Request(messages, params or GenerationParams(), adapter,
+                           Path(adapter_path) if adapter_path else None, stream, on_finish)
+        self._put(request)
         return stream
 
     def activate(self, adapter_id: str, path: Path) -> concurrent.futures.Future:
@@ -116,10 +204,27 @@ class Engine:
         return self._submit(lambda: self._activate(adapter_id, Path(path)))
 
     def deactivate(self) -> concurrent.futures.Future:
-        """Serve the bare base model by default again (adapters stay loaded for rollback)."""
+        """Serve the bare base model by default again (adapters stay loadable for rollback)."""
         return self._submit(lambda: setattr(self, "active_adapter", None))
 
+    def queued(self) -> int:
+        with self._wakeup:
+            return len(self._jobs)
+
+    @property
+    def loaded_adapters(self) -> list[str]:
+        return list(self._loaded)
+
     # ---- worker thread only --------------------------------------------------------------
+
+    def _too_long(self, size: str, params: GenerationParams) -> str:
+        return (f"the conversation is too long: {size} plus max_tokens {params.max_tokens} "
+                f"exceeds the model's context of {self.context_length} tokens")
+
+    def _put(self, job) -> None:
+        with self._wakeup:
+            self._jobs.append(job)
+            self._wakeup.notify()
 
     def _submit(self, fn: Callable[[], object]) -> concurrent.futures.Future:
         future: concurrent.futures.Future = concurrent.futures.Future()
@@ -129,57 +234,153 @@ class Engine:
                 future.set_result(fn())
             except BaseException as exc:
                 future.set_exception(exc)
-        self._jobs.put(job)
+        self._put(job)
         return future
+
+    def _next_jobs(self) -> list:
+        """The next job, or the next batch of requests: the head request plus the requests
+        queued behind it with the same sampling, stopping at the first swap (FIFO, fair)."""
+        with self._wakeup:
+            while not self._jobs:
+                self._wakeup.wait()
+            head = self._jobs.popleft()
+            if not isinstance(head, _Request) or head.params.batch_key() is None:
+                return [head]
+            batch, i = [head], 0
+            while i < len(self._jobs) and len(batch) < self.max_batch_size:
+                job = self._jobs[i]
+                if not isinstance(job, _Request):
+                    break  # a swap: requests behind it must see the new adapter
+                if job.params.batch_key() == head.params.batch_key():
+                    batch.append(job)
+                    del self._jobs[i]
+                else:
+                    i += 1
+            return batch
 
     def _run(self) -> None:
         while True:
-            job = self._jobs.get()
+            jobs = self._next_jobs()
             try:
-                job()
+                if isinstance(jobs[0], _Request):
+                    self._generate(jobs)
+                else:
+                    jobs[0]()
             except Exception:  # a job must never kill the worker
                 log.exception("engine job failed")
 
-    def _generate(self, stream: Stream, messages: list[dict], params: GenerationParams,
-                  adapter: str | None) -> None:
-        started = time.perf_counter()
-        adapter_id = self.active_adapter if adapter == ACTIVE else adapter
+    def _generate(self, batch: list[_Request]) -> None:
+        rows = []
+        for row in batch:
+            row.adapter_id = self.active_adapter if row.adapter == ACTIVE else row.adapter
+            row.stream.adapter_id = row.adapter_id
+            try:
+                if row.adapter_id is not None and row.adapter_id not in self._loaded:
+                    self._load_checked(row.adapter_id, row.adapter_path,
+                                       keep={r.adapter_id for r in batch})
+                row.prompt_ids = self.tokenizer.apply_chat_template(
+                    row.messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+            except Exception as exc:
+                log.error("request refused: %s", exc)
+                row.stream._finish(None, exc)
+                continue
+            if row.stream.cancelled.is_set():  # stopped while waiting: no model call at all
+                self._complete(row)
+            else:
+                rows.append(row)
+        if not rows:
+            return
         try:
-            inputs = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=True, return_tensors="pt", return_dict=True,
-            ).to(self.model.device)
-            prompt_tokens = inputs["input_ids"].shape[1]
-            sample = params.temperature > 0
-            if params.seed is not None:
-                torch.manual_seed(params.seed)
-            kwargs = dict(max_new_tokens=params.max_tokens, do_sample=sample,
-                          streamer=_QueueStreamer(self.tokenizer, stream),
-                          stopping_criteria=StoppingCriteriaList([_Cancelled(stream.cancelled)]),
-                          pad_token_id=self.tokenizer.pad_token_id)
-            if sample:
-                kwargs.update(temperature=params.temperature, top_p=params.top_p)
-            else:
-                kwargs.update(temperature=None, top_p=None, top_k=None)
-            with torch.inference_mode(), self._using(adapter_id):
-                output = self.model.generate(**inputs, **kwargs)
-            new_tokens = output[0, prompt_tokens:]
-            text = self.tokenizer.decode(new_tokens, skip_special_tokens=True)
-            hit_eos = len(new_tokens) > 0 and new_tokens[-1].item() in self._eos_ids()
-            if stream.cancelled.is_set():
-                finish = "interrupted"
-            elif hit_eos or len(new_tokens) < params.max_tokens:
-                finish = "stop"
-            else:
-                finish = "length"
-            stream.result = Completion(text=text.strip(), adapter_id=adapter_id,
-                                       prompt_tokens=prompt_tokens,
-                                       completion_tokens=len(new_tokens), finish_reason=finish,
-                                       latency_ms=(time.perf_counter() - started) * 1000)
+            self._run_batch(rows)
         except Exception as exc:
             log.exception("generation failed")
-            stream._pieces.put(exc)
-        finally:
-            stream._pieces.put(Stream._END)
+            for row in rows:
+                row.stream._finish(None, exc)
+            return
+        for row in rows:
+            self._complete(row)
+
+    def _run_batch(self, rows: list[_Request]) -> None:
+        width = max(len(r.prompt_ids) for r in rows)
+        pad = self.tokenizer.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows])
+        attention = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids)
+                                  for r in rows])
+        params = rows[0].params
+        kwargs = dict(max_new_tokens=max(r.params.max_tokens for r in rows),
+                      do_sample=params.temperature > 0, pad_token_id=pad,
+                      stopping_criteria=StoppingCriteriaList([_StepHook(self, rows)]))
+        if params.temperature > 0:
+            kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=None)
+        else:
+            kwargs.update(temperature=None, top_p=None, top_k=None)
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        adapters = {r.adapter_id for r in rows}
+        if len(adapters) == 1:
+            context = self._using(adapters.pop())
+        else:
+            context = nullcontext()
+            kwargs["adapter_names"] = [r.adapter_id or BASE for r in rows]
+        for row in rows:
+            if row.adapter_id in self._loaded:  # most recently used last
+                self._loaded.remove(row.adapter_id)
+                self._loaded.append(row.adapter_id)
+        with torch.inference_mode(), context:
+            self.model.generate(input_ids=input_ids.to(self.model.device),
+                                attention_mask=attention.to(self.model.device), **kwargs)
+
+    def _advance(self, row: _Request, token: int) -> None:
+        """One new token for one row: decode, cut at a stop string, stream what is safe."""
+        if row.stream.cancelled.is_set():
+            row.done = True
+            return
+        if token in self.eos_ids:
+            row.done = True
+            return
+        row.ids.append(token)
+        text = self.tokenizer.decode(row.ids, skip_special_tokens=True).lstrip()
+        hits = [text.find(s) for s in row.params.stop if s in text]
+        if hits:
+            text, row.done, row.hit_stop = text[:min(hits)], True, True
+        if len(row.ids) >= row.params.max_tokens:
+            row.done = True
+        if row.done:
+            text = text.rstrip()
+        # Hold back half a UTF-8 character and trailing whitespace (the answer is stored
+        # stripped, and the streamed pieces add up to exactly what is stored).
+        safe = len(text) if row.done else len(text.rstrip("\ufffd").rstrip())
+        if not row.done:  # hold back an ending that may be the start of a stop string
+            held = max((k for s in row.params.stop for k in range(1, len(s))
+                        if text[:safe].endswith(s[:k])), default=0)
+            safe -= held
+        row.text = text
+        if safe > row.emitted:
+            row.stream._pieces.put(text[row.emitted:safe])
+            row.emitted = safe
+
+    def _complete(self, row: _Request) -> None:
+        row.text = row.text.rstrip()
+        if row.emitted < len(row.text):
+            row.stream._pieces.put(row.text[row.emitted:])
+        if row.stream.cancelled.is_set():
+            finish = "interrupted"
+        elif len(row.ids) >= row.params.max_tokens and not row.hit_stop:
+            finish = "length"
+        else:
+            finish = "stop"
+        result = Completion(text=row.text, adapter_id=row.adapter_id,
+                            prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.ids),
+                            finish_reason=finish,
+                            latency_ms=(time.perf_counter() - row.submitted) * 1000)
+        error = None
+        if row.on_finish is not None:
+            try:
+                row.on_finish(result)
+            except Exception as exc:  # the caller must hear that the answer was not stored
+                log.exception("storing the answer failed")
+                error = exc
+        row.stream._finish(result, error)
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
@@ -188,7 +389,6 @@ class Engine:
 
     def _using(self, adapter_id: str | None):
         """Context in which the model runs as `adapter_id` (None: the bare base model)."""
-        from contextlib import nullcontext
         if adapter_id is None:
             return self.model.disable_adapter() if self._loaded else nullcontext()
         if adapter_id not in self._loaded:
@@ -197,16 +397,24 @@ class Engine:
         return nullcontext()
 
     def _activate(self, adapter_id: str, path: Path) -> str:
+        previous = self.active_adapter
         if adapter_id not in self._loaded:
-            self._load(adapter_id, path)
+            self._load_checked(adapter_id, path, keep={previous})
+        self.active_adapter = adapter_id
+        self._evict(keep={adapter_id, previous})
+        return adapter_id
+
+    def _load_checked(self, adapter_id: str, path: Path | None, keep: set) -> None:
+        """Load beside the others and smoke-test; a broken adapter is unloaded again."""
+        if path is None:
+            raise KeyError(f"adapter {adapter_id} is not loaded and has no path")
+        self._load(adapter_id, path)
         try:
             self._smoke_test(adapter_id)
         except Exception:
             self._unload(adapter_id)
             raise
-        self.active_adapter = adapter_id
-        self._evict()
-        return adapter_id
+        self._evict(keep=keep | {adapter_id, self.active_adapter})
 
     def _load(self, adapter_id: str, path: Path) -> None:
         from peft import PeftModel
@@ -215,23 +423,32 @@ class Engine:
         if not self._loaded:
             self.model = PeftModel.from_pretrained(self.model, path, adapter_name=adapter_id)
         else:
-            self.model.load_adapter(path, adapter_name=adapter_id)
+            try:
+                self.model.load_adapter(path, adapter_name=adapter_id)
+            except Exception:  # take out whatever layers were injected before it failed
+                if adapter_id in self.model.peft_config:
+                    self.model.delete_adapter(adapter_id)
+                raise
         self.model.eval()
         self._loaded.append(adapter_id)
 
     def _unload(self, adapter_id: str) -> None:
-        if adapter_id in self._loaded and len(self._loaded) > 1:
+        if adapter_id not in self._loaded:
+            return
+        self._loaded.remove(adapter_id)
+        if self._loaded:
             self.model.delete_adapter(adapter_id)
-            self._loaded.remove(adapter_id)
-        elif adapter_id in self._loaded:  # the only adapter: back to the plain model
+        else:  # the last adapter: back to the plain model
             self.model = self.model.unload()
-            self._loaded.clear()
 
-    def _evict(self) -> None:
-        """Keep the active adapter and the few before it (for rollback); drop older ones."""
+    def _evict(self, keep: set) -> None:
+        """Unload the least recently used adapters beyond `max_loaded_adapters`; no request
+        is running now (this is the worker), so none is in use. Files stay for reloading."""
         while len(self._loaded) > self.max_loaded_adapters:
-            oldest = next(a for a in self._loaded if a != self.active_adapter)
-            self._unload(oldest)
+            victim = next((a for a in self._loaded if a not in keep), None)
+            if victim is None:
+                return
+            self._unload(victim)
 
     def _smoke_test(self, adapter_id: str) -> None:
         """A new adapter must give finite logits and some text before it serves anyone."""

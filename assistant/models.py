@@ -123,8 +123,27 @@ def pick_device() -> tuple[str, "torch.dtype"]:
     return "cpu", torch.float32
 
 
-def load(base: BaseModel, device: str | None = None):
-    """Load model and tokenizer from a resolved folder, on the best device; eval mode."""
+def quantization_config(quantize: str | None, device: str):
+    """bitsandbytes 4-bit (NF4, bf16 compute) or 8-bit loading; CUDA only."""
+    if quantize is None:
+        return None
+    if quantize not in ("4bit", "8bit"):
+        raise ModelError(f"quantize must be 4bit or 8bit, not {quantize!r}")
+    if device != "cuda":
+        raise ModelError(f"{quantize} loading needs a CUDA GPU; this machine has none")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError(f"{quantize} loading needs bitsandbytes: pip install bitsandbytes")
+    import torch
+    from transformers import BitsAndBytesConfig
+    if quantize == "4bit":
+        return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                  bnb_4bit_compute_dtype=torch.bfloat16)
+    return BitsAndBytesConfig(load_in_8bit=True)
+
+
+def load(base: BaseModel, device: str | None = None, quantize: str | None = None):
+    """Load model and tokenizer from a resolved folder, on the best device; eval mode.
+    On CUDA: bf16 with SDPA attention, optionally 4-bit or 8-bit (`quantize`)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -132,15 +151,19 @@ def load(base: BaseModel, device: str | None = None):
     device = device or auto_device
     if device == "cpu":
         dtype = torch.float32
+    quantization = quantization_config(quantize, device)
     try:
         tokenizer = AutoTokenizer.from_pretrained(base.folder)
+        extra = {"quantization_config": quantization, "device_map": {"": 0}} if quantization else {}
         model = AutoModelForCausalLM.from_pretrained(base.folder, dtype=dtype,
-                                                     attn_implementation="sdpa")
+                                                     attn_implementation="sdpa", **extra)
     except Exception as exc:
         raise ModelError(f"cannot load model from {base.folder}: {exc}") from None
     if tokenizer.chat_template is None:
         raise ModelError(f"model {base.name} has no chat template; Flywheel needs a chat model")
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device).eval()
+    if quantization is None:
+        model.to(device)
+    model.eval()
     return model, tokenizer

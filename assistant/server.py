@@ -1,13 +1,15 @@
-"""`flywheel serve`: load the model, then serve the chat page at / and the API beside it."""
+"""`flywheel serve`: load the model, then serve the chat page at /, the API at /v1 and
+/healthz, with the adapter watcher swapping promoted adapters in."""
 
 import logging
 import time
+from dataclasses import dataclass
 
 import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
-from assistant import models
+from assistant import api, models
 from assistant.chat import ChatService
 from assistant.engine import Engine
 from assistant.swap import AdapterWatcher
@@ -17,29 +19,53 @@ from storage import Home, init_db
 log = logging.getLogger("flywheel.server")
 
 
-def build_app(service: ChatService, base: models.BaseModel) -> FastAPI:
+@dataclass
+class ServeConfig:
+    model: str | None = None          # Hub id, folder or .gguf; None: the embedded default
+    host: str = "127.0.0.1"
+    port: int = 7860
+    poll_interval: float = 2.0        # seconds between checks for a newly promoted adapter
+    max_batch_size: int = 8           # concurrent requests generated together in one batch
+    max_tokens_cap: int = 1024        # the most new tokens one request may ask for
+    quantize: str | None = None       # "4bit" or "8bit" (CUDA + bitsandbytes)
+
+
+@dataclass
+class Server:
+    app: FastAPI
+    engine: Engine
+    watcher: AdapterWatcher
+    service: ChatService
+
+
+def build(home: Home, config: ServeConfig) -> Server:
+    """Everything `flywheel serve` runs, ready for uvicorn (tests and benches use it too)."""
+    init_db(home)
+    started = time.perf_counter()
+    base = models.resolve(config.model, home)
+    model, tokenizer = models.load(base, quantize=config.quantize)
+    print(f"Loaded {base.name} on {model.device} ({model.dtype}) in "
+          f"{time.perf_counter() - started:.1f}s from {base.folder}", flush=True)
+    engine = Engine(model, tokenizer, base.name, max_batch_size=config.max_batch_size,
+                    max_tokens_cap=config.max_tokens_cap)
+    watcher = AdapterWatcher(engine, home, interval=config.poll_interval)
+    watcher.check()  # serve the active adapter from the first request on
+    watcher.start()
+    service = ChatService(engine, home, base.name)
     app = FastAPI(title="Flywheel")
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"status": "ok", "model": base.name, "adapter": service.engine.active_adapter}
+        return {"status": "ok", "model": base.name, "adapter": engine.active_adapter}
 
-    return gr.mount_gradio_app(app, build_ui(service), path="/")
+    api.install(app, service)
+    app = gr.mount_gradio_app(app, build_ui(service), path="/")
+    return Server(app, engine, watcher, service)
 
 
-def serve(model_spec: str | None, home: Home, host: str = "127.0.0.1", port: int = 7860,
-          poll_interval: float = 2.0) -> None:
+def serve(home: Home, config: ServeConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    init_db(home)
-    started = time.perf_counter()
-    base = models.resolve(model_spec, home)
-    model, tokenizer = models.load(base)
-    print(f"Loaded {base.name} on {model.device} ({model.dtype}) in "
-          f"{time.perf_counter() - started:.1f}s from {base.folder}", flush=True)
-    engine = Engine(model, tokenizer, base.name)
-    watcher = AdapterWatcher(engine, home, interval=poll_interval)
-    watcher.check()  # serve the active adapter from the first request on
-    watcher.start()
-    app = build_app(ChatService(engine, home, base.name), base)
-    print(f"Flywheel is serving on http://{host}:{port} (home: {home.root})", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    server = build(home, config)
+    print(f"Flywheel is serving on http://{config.host}:{config.port} (home: {home.root})",
+          flush=True)
+    uvicorn.run(server.app, host=config.host, port=config.port, log_level="warning")

@@ -22,7 +22,6 @@ class AdapterWatcher(threading.Thread):
         self.engine = engine
         self.home = home
         self.interval = interval
-        self.refused: set[str] = set()  # adapters that failed to load; not retried every poll
         self._stop = threading.Event()
 
     def run(self) -> None:
@@ -40,24 +39,28 @@ class AdapterWatcher(threading.Thread):
         """Swap to the adapter the database calls active, if it differs from the served one."""
         with open_db(self.home) as db:
             wanted = adapters.active(db)
+            refused = adapters.refused_ids(db)
         wanted_id = wanted["id"] if wanted else None
-        if wanted_id == self.engine.active_adapter or wanted_id in self.refused:
+        if wanted_id == self.engine.active_adapter or wanted_id in refused:
             return self.engine.active_adapter
         if wanted is None:
             self.engine.deactivate().result()
             log.warning("no active adapter: serving the base model")
             return None
-        if wanted["base_model"] != self.engine.base_name:
-            self.refused.add(wanted_id)
-            log.error("refusing adapter %s: trained on %s, serving %s", wanted_id,
-                      wanted["base_model"], self.engine.base_name)
-            return self.engine.active_adapter
         try:
+            if wanted["base_model"] != self.engine.base_name:
+                raise ValueError(f"trained on {wanted['base_model']}, "
+                                 f"but this server serves {self.engine.base_name}")
             self.engine.activate(wanted_id, Path(wanted["path"])).result()
         except Exception as exc:
-            self.refused.add(wanted_id)
+            self._record(wanted_id, "refused", f"{type(exc).__name__}: {exc}")
             log.error("refusing adapter %s: %s; still serving %s", wanted_id, exc,
                       self.engine.active_adapter or "the base model")
             return self.engine.active_adapter
+        self._record(wanted_id, "served")
         log.warning("swapped in adapter %s", wanted_id)
         return wanted_id
+
+    def _record(self, adapter_id: str, event: str, detail: str = "") -> None:
+        with open_db(self.home) as db:
+            adapters.record_event(db, adapter_id, event, detail[:2000])

@@ -9,8 +9,8 @@ import logging
 
 import gradio as gr
 
-from assistant.chat import ChatService
-from assistant.engine import GenerationParams
+from assistant.chat import ChatService, Turn
+from assistant.engine import GenerationParams, RequestError
 from storage import open_db
 from storage import chat as store
 
@@ -22,33 +22,66 @@ def _new_session() -> dict:
     return {"conversation_id": None, "leaf_id": None, "history": [], "ids": []}
 
 
+def _finished(session: dict, history: list, turn: Turn) -> tuple[list, dict]:
+    """The session after an answer is stored: the next message replies to it."""
+    session["history"] = history
+    session["ids"] = session["ids"] + [turn.user_message_id, turn.id]
+    session["leaf_id"] = turn.id
+    return history, session
+
+
+def _last(turn: Turn) -> dict:
+    result = turn.result
+    return {"conversation_id": turn.conversation_id, "message_id": turn.id,
+            "adapter_id": result.adapter_id if result else turn.adapter_id,
+            "finish_reason": result.finish_reason if result else None}
+
+
 def build_ui(service: ChatService) -> gr.Blocks:
-    def send(text: str, session: dict, temperature: float, max_tokens: int):
+    running: dict[str, Turn] = {}  # session hash -> the answer being generated for it
+
+    def send(text: str, session: dict, temperature: float, max_tokens: int,
+             request: gr.Request):
         """Send a message in this session's conversation and stream the answer."""
         text = (text or "").strip()
         if not text:
             raise gr.Error("Type a message first.")
         session = dict(session or _new_session())
-        if session["conversation_id"] is None:
-            session["conversation_id"] = service.new_conversation(title=text[:60])
+        params = GenerationParams(temperature=float(temperature), max_tokens=int(max_tokens))
+        try:
+            turn = service.reply(session["conversation_id"], session["leaf_id"], text, params)
+        except RequestError as exc:
+            raise gr.Error(str(exc)) from None
+        session["conversation_id"] = turn.conversation_id
+        running[request.session_hash] = turn
         history = session["history"] + [{"role": "user", "content": text},
                                         {"role": "assistant", "content": ""}]
-        params = GenerationParams(temperature=float(temperature), max_tokens=int(max_tokens))
-        update = None
         yield history, session, "", {}  # show the question at once, before the first token
         try:
-            for update in service.send(session["conversation_id"], session["leaf_id"], text, params):
-                history[-1]["content"] = update.text
+            for piece in turn:
+                history[-1]["content"] += piece
                 yield history, session, "", {}
         except Exception as exc:
             log.exception("chat failed")
             raise gr.Error(f"The model could not answer: {type(exc).__name__}") from None
-        session["history"] = history
-        session["ids"] = session["ids"] + [update.user_message_id, update.answer_id]
-        session["leaf_id"] = update.answer_id
-        last = {"conversation_id": update.conversation_id, "message_id": update.answer_id,
-                "adapter_id": update.adapter_id, "finish_reason": update.finish_reason}
-        yield history, session, "", last
+        finally:
+            running.pop(request.session_hash, None)
+            turn.cancel()  # no-op when finished; stops the model when the page went away
+        history, session = _finished(session, history, turn)
+        yield history, session, "", _last(turn)
+
+    def stop(session: dict, chatbot: list, request: gr.Request):
+        """Stop this session's answer within one token; the partial answer is kept."""
+        turn = running.pop(request.session_hash, None)
+        if turn is None:
+            return chatbot, session, {}
+        turn.cancel()
+        turn.wait(timeout=30)
+        history = list(chatbot or [])
+        if history and history[-1]["role"] == "assistant" and turn.result is not None:
+            history[-1] = {"role": "assistant", "content": turn.result.text}
+        history, session = _finished(dict(session), history, turn)
+        return history, session, _last(turn)
 
     def rate(message_id: str, rating: str) -> str:
         """Rate an answer 'up' or 'down' by its message id."""
@@ -86,7 +119,8 @@ def build_ui(service: ChatService) -> gr.Blocks:
         inputs, outputs = [box, session, temperature, max_tokens], [chatbot, session, box, last]
         sent = send_btn.click(send, inputs, outputs, api_name="send")
         submitted = box.submit(send, inputs, outputs, api_visibility="private")
-        stop_btn.click(None, None, None, cancels=[sent, submitted], api_visibility="private")
+        stop_btn.click(stop, [session, chatbot], [chatbot, session, last], cancels=[sent, submitted],
+                       api_name="stop")
         new_btn.click(lambda: ([], _new_session(), {}), None, [chatbot, session, last],
                       api_name="new_conversation")
         chatbot.like(on_like, [session], None, api_visibility="private")

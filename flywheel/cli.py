@@ -18,10 +18,12 @@ class UsageError(Exception):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from assistant.models import ModelError
-    from assistant.server import serve
+    from assistant.server import ServeConfig, serve
+    config = ServeConfig(model=args.model, host=args.host, port=args.port,
+                         poll_interval=args.poll_interval, max_batch_size=args.max_batch_size,
+                         max_tokens_cap=args.max_tokens_cap, quantize=args.quantize)
     try:
-        serve(args.model, Home.resolve(args.home), host=args.host, port=args.port,
-              poll_interval=args.poll_interval)
+        serve(Home.resolve(args.home), config)
     except ModelError as exc:
         raise UsageError(str(exc)) from None
     return 0
@@ -72,6 +74,35 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_keys(args: argparse.Namespace) -> int:
+    from storage import users
+    home = Home.resolve(args.home)
+    init_db(home)
+    with open_db(home) as db:
+        if args.action == "create":
+            try:
+                key, user = users.create_key(db, args.user, role=args.role)
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
+            print(f"API key for {user['name']} ({user['role']}); shown once, store it now:",
+                  file=sys.stderr)
+            print(key)
+        elif args.action == "list":
+            rows = users.list_keys(db)
+            for row in rows:
+                state = f"revoked {row['revoked_at']}" if row["revoked_at"] else "live"
+                print(f"{row['id']}  {row['user']}  {row['role']}  {row['created_at']}  {state}")
+            if not rows:
+                print("no API keys yet")
+        elif args.action == "revoke":
+            try:
+                users.revoke_key(db, args.id)
+            except KeyError as exc:
+                raise UsageError(exc.args[0]) from None
+            print(f"key {args.id} revoked")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     home = argparse.ArgumentParser(add_help=False)
     home.add_argument("--home", help="data folder (default: $FLYWHEEL_HOME, else ./flywheel-data)")
@@ -84,6 +115,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--port", type=int, default=7860)
     s.add_argument("--poll-interval", type=float, default=2.0,
                    help="seconds between checks for a newly promoted adapter")
+    s.add_argument("--max-batch-size", type=int, default=8,
+                   help="concurrent requests generated together in one batch")
+    s.add_argument("--max-tokens-cap", type=int, default=1024,
+                   help="the most new tokens one request may ask for")
+    s.add_argument("--quantize", choices=["4bit", "8bit"],
+                   help="load the base model in 4 or 8 bits (CUDA with bitsandbytes)")
     s.set_defaults(func=cmd_serve)
 
     t = sub.add_parser("train", parents=[home], help="train, publish and promote one adapter")
@@ -104,6 +141,17 @@ def parser() -> argparse.ArgumentParser:
     pro.add_argument("id")
     asub.add_parser("rollback", parents=[home])
     a.set_defaults(func=cmd_adapters)
+
+    k = sub.add_parser("keys", help="API keys: create (shown once), list, revoke")
+    ksub = k.add_subparsers(dest="action", required=True)
+    kc = ksub.add_parser("create", parents=[home], help="a new key for USER (created if missing)")
+    kc.add_argument("user")
+    kc.add_argument("--role", default="user", choices=["user", "curator", "admin"],
+                    help="role for a user created now")
+    ksub.add_parser("list", parents=[home])
+    kr = ksub.add_parser("revoke", parents=[home])
+    kr.add_argument("id", type=int)
+    k.set_defaults(func=cmd_keys)
     return p
 
 

@@ -94,6 +94,29 @@ def rollback(db: sqlite_utils.Database, reason: str = "") -> dict | None:
     return active(db)
 
 
+def record_event(db: sqlite_utils.Database, adapter_id: str, event: str, detail: str = "") -> None:
+    """What the server did with an adapter: 'served' (swapped in) or 'refused' (and why)."""
+    db["adapter_events"].insert({"adapter_id": adapter_id, "event": event, "detail": detail})
+
+
+def events(db: sqlite_utils.Database, adapter_id: str | None = None) -> list[dict]:
+    where, args = ("adapter_id = ?", [adapter_id]) if adapter_id else (None, [])
+    return list(db["adapter_events"].rows_where(where, args, order_by="id"))
+
+
+def refused_ids(db: sqlite_utils.Database) -> set[str]:
+    """Adapters a server refused to load (broken, incompatible): not offered for serving."""
+    return {r[0] for r in db.execute(
+        "SELECT DISTINCT adapter_id FROM adapter_events WHERE event = 'refused'").fetchall()}
+
+
+def servable(db: sqlite_utils.Database, base_model: str) -> list[dict]:
+    """Adapters a client may ask for by id: trained on `base_model`, not rejected or refused."""
+    refused = refused_ids(db)
+    return [a for a in list_adapters(db) if a["base_model"] == base_model
+            and a["status"] != "rejected" and a["id"] not in refused]
+
+
 def _previous(db: sqlite_utils.Database, current_id: str) -> str | None:
     """Replay the promotion log as a stack (promote pushes, rollback pops) to find what was
     serving before `current_id`; adapters rejected since then are skipped."""

@@ -36,9 +36,11 @@ def add_message(db: sqlite_utils.Database, conversation_id: str, role: str, cont
                 parent_id: str | None = None, *, model: str | None = None,
                 adapter_id: str | None = None, params: dict | None = None,
                 prompt_tokens: int | None = None, completion_tokens: int | None = None,
-                latency_ms: float | None = None, finish_reason: str | None = None) -> str:
-    """Store one turn and return its id (for an answer, also the API's completion id)."""
-    message_id = new_id("msg" if role != "assistant" else "chatcmpl")
+                latency_ms: float | None = None, finish_reason: str | None = None,
+                message_id: str | None = None) -> str:
+    """Store one turn and return its id (for an answer, also the API's completion id).
+    `message_id` lets a caller name an answer before it exists (the API streams its id)."""
+    message_id = message_id or new_id("msg" if role != "assistant" else "chatcmpl")
     db["messages"].insert({
         "id": message_id, "conversation_id": conversation_id, "parent_id": parent_id,
         "role": role, "content": content, "model": model, "adapter_id": adapter_id,
@@ -47,6 +49,26 @@ def add_message(db: sqlite_utils.Database, conversation_id: str, role: str, cont
         "latency_ms": latency_ms, "finish_reason": finish_reason,
     })
     return message_id
+
+
+def store_transcript(db: sqlite_utils.Database, messages: list[dict[str, str]],
+                     user_id: int | None = None) -> tuple[str, str]:
+    """Store a whole chat sent in one go (an API request) as a new conversation: leading
+    system turns become its system prompt, the rest a chain of messages. All or nothing.
+    Returns (conversation id, id of the last stored turn)."""
+    leading = 0
+    while leading < len(messages) and messages[leading]["role"] == "system":
+        leading += 1
+    system_prompt = "\n\n".join(m["content"] for m in messages[:leading]) or None
+    turns = messages[leading:]
+    first_user = next((m["content"] for m in turns if m["role"] == "user"), "")
+    with transaction(db):
+        conversation_id = create_conversation(db, user_id=user_id, system_prompt=system_prompt,
+                                              title=first_user[:60] or None)
+        parent_id = None
+        for turn in turns:
+            parent_id = add_message(db, conversation_id, turn["role"], turn["content"], parent_id)
+    return conversation_id, parent_id
 
 
 def get_message(db: sqlite_utils.Database, message_id: str) -> dict | None:
@@ -112,6 +134,24 @@ def add_correction(db: sqlite_utils.Database, message_id: str, content: str,
                                      "content": content}).last_pk
 
 
+def record_feedback(db: sqlite_utils.Database, message_id: str, rating: str | None = None, *,
+                    rater_id: int | None = None, reasons: list[str] | None = None,
+                    comment: str | None = None, correction: str | None = None,
+                    score: int | None = None) -> dict[str, int | None]:
+    """One piece of feedback on an answer, as the page and `POST /v1/feedback` both send it:
+    a rating (with reasons and comment) and/or a correction, stored together or not at all."""
+    if rating is None and score is None and correction is None and not comment:
+        raise ValueError("feedback needs a rating, a score, a comment or a correction")
+    with transaction(db):
+        rating_id = None
+        if rating is not None or score is not None or comment:
+            rating_id = rate(db, message_id, rating, rater_id=rater_id, score=score,
+                             reasons=reasons, comment=comment)
+        correction_id = (add_correction(db, message_id, correction, author_id=rater_id)
+                         if correction is not None else None)
+    return {"rating_id": rating_id, "correction_id": correction_id}
+
+
 def latest_ratings(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     """One row per rated answer: the answer and its latest thumbs rating."""
     return db.execute_returning_dicts(
@@ -139,6 +179,7 @@ def feedback_counts(db: sqlite_utils.Database) -> dict[str, int]:
             "corrections": len(corrections(db))}
 
 
-__all__ = ["create_conversation", "get_conversation", "add_message", "get_message", "thread",
-           "history", "rate", "add_correction", "latest_ratings", "corrections",
+__all__ = ["create_conversation", "get_conversation", "add_message", "store_transcript",
+           "get_message", "thread",
+           "history", "rate", "add_correction", "record_feedback", "latest_ratings", "corrections",
            "feedback_counts", "transaction"]

@@ -124,6 +124,18 @@ MIGRATIONS: list[str] = [
         created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
     );
     """,
+    # 2: what the server did with each promoted adapter (swapped in, or refused and why).
+    """
+    CREATE TABLE adapter_events (
+        id INTEGER PRIMARY KEY,
+        adapter_id TEXT NOT NULL REFERENCES adapters(id),
+        event TEXT NOT NULL CHECK (event IN ('served', 'refused')),
+        detail TEXT,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    CREATE INDEX adapter_events_adapter ON adapter_events(adapter_id);
+    CREATE INDEX api_keys_user ON api_keys(user_id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -38,7 +38,7 @@ def run(engine, adapter="active"):
 
 def test_stream_pieces_add_up_to_the_stored_result(engine):
     text, result = run(engine)
-    assert text.strip() == result.text
+    assert text == result.text
     assert result.completion_tokens > 0 and result.prompt_tokens > 0
     assert result.finish_reason in ("stop", "length") and result.adapter_id is None
 

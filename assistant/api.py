@@ -1,0 +1,253 @@
+"""The OpenAI-compatible API under /v1: chat completions (streamed or not), models, feedback.
+
+Requests are checked in full (schema, model, length, parameters) before anything is stored,
+and every refusal is a 4xx in OpenAI's error shape, so OpenAI's own client raises its own
+exception classes. A completion's `id` is the stored answer's message id: `POST
+/v1/feedback` takes it back. The response's `model` names the version that answered (an
+adapter id, or the base model). Auth is on once the database holds a user: then every call
+needs `Authorization: Bearer <key>` (`flywheel keys create USER`).
+"""
+
+import asyncio
+import json
+import logging
+import time
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from assistant.chat import ChatService, Turn
+from assistant.engine import GenerationParams, RequestError
+from storage import open_db
+from storage import chat as store
+from storage import users
+
+log = logging.getLogger("flywheel.api")
+
+
+class APIError(Exception):
+    def __init__(self, status: int, message: str, type: str = "invalid_request_error",
+                 param: str | None = None, code: str | None = None):
+        super().__init__(message)
+        self.status, self.type, self.param, self.code = status, type, param, code
+
+
+def error_response(status: int, message: str, type: str = "invalid_request_error",
+                   param: str | None = None, code: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": type, "param": param,
+                                   "code": code}}, status_code=status)
+
+
+# ---- request and response shapes (OpenAI's) ----------------------------------------------
+
+class TextPart(BaseModel):
+    type: Literal["text"]
+    text: str
+
+
+class Message(BaseModel):
+    role: Literal["system", "developer", "user", "assistant"]
+    content: str | list[TextPart]
+    name: str | None = None
+
+    def plain(self) -> dict[str, str]:
+        text = self.content if isinstance(self.content, str) else "".join(
+            p.text for p in self.content)
+        return {"role": "system" if self.role == "developer" else self.role, "content": text}
+
+
+class ChatRequest(BaseModel):
+    # Fields OpenAI defines that Flywheel does not use (presence_penalty, logprobs...) are
+    # accepted and ignored, as other OpenAI-compatible servers do; known fields are strict.
+    model_config = ConfigDict(extra="allow")
+    model: str
+    messages: Annotated[list[Message], Field(min_length=1)]
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    top_p: Annotated[float, Field(gt=0, le=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1)] | None = None
+    max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
+    stop: str | Annotated[list[str], Field(max_length=4)] | None = None
+    seed: int | None = None
+    n: Annotated[int, Field(ge=1, le=1)] = 1
+    stream: bool = False
+    stream_options: dict | None = None
+    user: str | None = None
+
+
+class Feedback(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str
+    rating: Literal["up", "down"] | None = None
+    reason: str | list[str] | None = None
+    comment: str | None = None
+    correction: str | None = None
+    score: Annotated[int, Field(ge=1, le=5)] | None = None
+
+
+# ---- auth ---------------------------------------------------------------------------------
+
+def make_auth(service: ChatService):
+    def authenticate(request: Request) -> dict | None:
+        """The calling user, or None when auth is off (no users: the local owner)."""
+        with open_db(service.home) as db:
+            if not users.auth_enabled(db):
+                return None
+            header = request.headers.get("authorization", "")
+            scheme, _, key = header.partition(" ")
+            user = users.user_for_key(db, key.strip()) if scheme.lower() == "bearer" else None
+        if user is None:
+            raise APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
+                           "invalid_request_error", code="invalid_api_key")
+        return user
+    return authenticate
+
+
+# ---- routes -------------------------------------------------------------------------------
+
+def build_router(service: ChatService) -> APIRouter:
+    router = APIRouter(prefix="/v1")
+    Caller = Annotated[dict | None, Depends(make_auth(service))]
+
+    @router.get("/models")
+    def list_models(caller: Caller) -> dict:
+        return {"object": "list", "data": [
+            {"id": name, "object": "model", "created": 0, "owned_by": "flywheel"}
+            for name in service.model_names()]}
+
+    @router.post("/chat/completions")
+    def chat_completions(body: ChatRequest, caller: Caller):
+        params = _params(body)
+        messages = [m.plain() for m in body.messages]
+        try:
+            turn = service.complete(messages, params, model=body.model,
+                                    user_id=caller["id"] if caller else None)
+        except KeyError:
+            raise APIError(404, f"the model '{body.model}' does not exist; GET /v1/models "
+                           "lists what can be served", param="model",
+                           code="model_not_found") from None
+        except RequestError as exc:
+            raise APIError(400, str(exc), param=exc.param, code=exc.code) from None
+        if body.stream:
+            include_usage = bool((body.stream_options or {}).get("include_usage"))
+            return StreamingResponse(_sse(turn, service.model_name, include_usage),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache"})
+        try:
+            text = "".join(turn)  # blocks this worker thread, not the event loop
+        except Exception as exc:
+            raise APIError(500, f"generation failed: {type(exc).__name__}", "server_error") from None
+        result = turn.result
+        return {
+            "id": turn.id, "object": "chat.completion", "created": int(time.time()),
+            "model": result.adapter_id or service.model_name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                         "finish_reason": result.finish_reason, "logprobs": None}],
+            "usage": _usage(result),
+        }
+
+    @router.post("/feedback")
+    def feedback(body: Feedback, caller: Caller) -> dict:
+        reasons = [body.reason] if isinstance(body.reason, str) else body.reason
+        with open_db(service.home) as db:
+            answer = store.get_message(db, body.id)
+            if answer is None or answer["role"] != "assistant":
+                raise APIError(404, f"no completion with id {body.id}", param="id",
+                               code="completion_not_found")
+            if caller and caller["role"] == "user":  # curators and admins rate any answer
+                owner = db["conversations"].get(answer["conversation_id"])["user_id"]
+                if owner != caller["id"]:
+                    raise APIError(404, f"no completion with id {body.id}", param="id",
+                                   code="completion_not_found")
+            try:
+                ids = store.record_feedback(db, body.id, body.rating, reasons=reasons,
+                                            comment=body.comment, correction=body.correction,
+                                            score=body.score,
+                                            rater_id=caller["id"] if caller else None)
+            except ValueError as exc:
+                raise APIError(400, str(exc)) from None
+        return {"id": body.id, "object": "feedback", **ids}
+
+    return router
+
+
+def _params(body: ChatRequest) -> GenerationParams:
+    defaults = GenerationParams()
+    stop = [body.stop] if isinstance(body.stop, str) else list(body.stop or [])
+    return GenerationParams(
+        temperature=defaults.temperature if body.temperature is None else body.temperature,
+        top_p=defaults.top_p if body.top_p is None else body.top_p,
+        max_tokens=body.max_completion_tokens or body.max_tokens or defaults.max_tokens,
+        stop=stop, seed=body.seed)
+
+
+def _usage(result) -> dict:
+    return {"prompt_tokens": result.prompt_tokens, "completion_tokens": result.completion_tokens,
+            "total_tokens": result.prompt_tokens + result.completion_tokens}
+
+
+async def _sse(turn: Turn, base_name: str, include_usage: bool):
+    """Server-sent events in OpenAI's chunk format, ending with `data: [DONE]`. If the client
+    goes away, Starlette cancels this generator and `finally` stops the model."""
+    created = int(time.time())
+
+    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+        body = {"id": turn.id, "object": "chat.completion.chunk", "created": created,
+                "model": turn.adapter_id or base_name,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+        return f"data: {json.dumps(body)}\n\n"
+
+    pieces = iter(turn)
+    try:
+        first = True
+        while True:
+            piece = await asyncio.to_thread(next, pieces, None)
+            if piece is None:
+                break
+            if first:
+                yield chunk({"role": "assistant", "content": ""})
+                first = False
+            yield chunk({"content": piece})
+        result = turn.result
+        if first:
+            yield chunk({"role": "assistant", "content": ""})
+        yield chunk({}, result.finish_reason)
+        if include_usage:
+            body = {"id": turn.id, "object": "chat.completion.chunk", "created": created,
+                    "model": turn.adapter_id or base_name, "choices": [], "usage": _usage(result)}
+            yield f"data: {json.dumps(body)}\n\n"
+        yield "data: [DONE]\n\n"
+    except Exception as exc:  # the model failed mid-answer: say so in the stream
+        log.exception("streaming failed")
+        body = {"error": {"message": f"generation failed: {type(exc).__name__}",
+                          "type": "server_error", "param": None, "code": None}}
+        yield f"data: {json.dumps(body)}\n\n"
+    finally:
+        turn.cancel()  # no-op when finished; on a disconnect, stops within one token
+
+
+def install(app: FastAPI, service: ChatService) -> None:
+    """Add the /v1 routes and make every error under /v1 an OpenAI-shaped one."""
+    app.include_router(build_router(service))
+
+    @app.exception_handler(APIError)
+    async def api_error(request: Request, exc: APIError):
+        return error_response(exc.status, str(exc), exc.type, exc.param, exc.code)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0]
+        if first.get("type") == "json_invalid":
+            return error_response(400, "the request body is not valid JSON")
+        loc = [str(p) for p in first.get("loc", []) if p != "body"]
+        param = ".".join(loc) or None
+        return error_response(400, f"{param or 'body'}: {first.get('msg')}", param=param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if request.url.path.startswith("/v1"):
+            return error_response(exc.status_code, str(exc.detail))
+        return JSONResponse({"detail": exc.detail}, status_code=exc.status_code)
