@@ -171,6 +171,11 @@ def build_router(service: ChatService) -> APIRouter:
                 raise APIError(400, str(exc)) from None
         return {"id": body.id, "object": "feedback", **ids}
 
+    @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+                      include_in_schema=False)
+    def unknown(path: str):  # without this, the page mounted at / would answer with HTML
+        raise APIError(404, f"no such endpoint: /v1/{path}", code="unknown_url")
+
     return router
 
 
@@ -229,6 +234,20 @@ async def _sse(turn: Turn, base_name: str, include_usage: bool):
         turn.cancel()  # no-op when finished; on a disconnect, stops within one token
 
 
+_TYPE_TAGS = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
+def _param(loc) -> str | None:
+    """`body.messages.0.content.str` -> `messages.0.content`: the field, not pydantic's union
+    branch tags."""
+    parts = []
+    for part in list(loc)[1:] if loc and loc[0] == "body" else list(loc):
+        if isinstance(part, str) and (not part.isidentifier() or part in _TYPE_TAGS):
+            break
+        parts.append(str(part))
+    return ".".join(parts) or None
+
+
 def install(app: FastAPI, service: ChatService) -> None:
     """Add the /v1 routes and make every error under /v1 an OpenAI-shaped one."""
     app.include_router(build_router(service))
@@ -242,8 +261,7 @@ def install(app: FastAPI, service: ChatService) -> None:
         first = exc.errors()[0]
         if first.get("type") == "json_invalid":
             return error_response(400, "the request body is not valid JSON")
-        loc = [str(p) for p in first.get("loc", []) if p != "body"]
-        param = ".".join(loc) or None
+        param = _param(first.get("loc", ()))
         return error_response(400, f"{param or 'body'}: {first.get('msg')}", param=param)
 
     @app.exception_handler(StarletteHTTPException)

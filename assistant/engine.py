@@ -150,6 +150,7 @@ class Engine:
                                                         2048)
         self.eos_ids = self._eos_ids()
         self._loaded: list[str] = []  # adapter names in PEFT, least recently used first
+        self.batches_run: collections.deque = collections.deque(maxlen=100)  # recent sizes
         self._jobs: collections.deque = collections.deque()
         self._wakeup = threading.Condition()
         # Request threads count prompt tokens with their own copy: HF tokenizers are not
@@ -326,6 +327,7 @@ class Engine:
             if row.adapter_id in self._loaded:  # most recently used last
                 self._loaded.remove(row.adapter_id)
                 self._loaded.append(row.adapter_id)
+        self.batches_run.append(len(rows))
         with torch.inference_mode(), context:
             self.model.generate(input_ids=input_ids.to(self.model.device),
                                 attention_mask=attention.to(self.model.device), **kwargs)

@@ -1,9 +1,11 @@
+import time
+
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
 
 from assistant import models
-from assistant.engine import Engine, GenerationParams
+from assistant.engine import Engine, GenerationParams, RequestError
 
 GREEDY = GenerationParams(temperature=0.0, max_tokens=12)
 HELLO = [{"role": "user", "content": "hello"}]
@@ -88,3 +90,65 @@ def test_broken_adapter_is_refused_and_the_old_one_keeps_serving(engine, tiny_mo
     assert engine.active_adapter == "ad-good"
     _, result = run(engine)
     assert result.adapter_id == "ad-good"
+
+
+def test_concurrent_requests_are_batched_and_match_one_at_a_time(engine, tiny_model_dir,
+                                                                 tmp_path):
+    """Eight queued requests (different prompts, lengths and adapters) run as one batch and
+    each gets exactly what it gets alone: padding and mixed adapters do not leak across rows."""
+    engine.activate("ad-a", make_adapter(tiny_model_dir, tmp_path / "ad-a", seed=1)).result(60)
+    prompts = [[{"role": "user", "content": "hi" * (i + 1)}] for i in range(8)]
+    adapters = ["ad-a" if i % 2 else None for i in range(8)]
+    params = [GenerationParams(temperature=0.0, max_tokens=6 + i) for i in range(8)]
+    alone = []
+    for p, a, g in zip(prompts, adapters, params):
+        stream = engine.chat(p, g, adapter=a)
+        alone.append(("".join(stream), stream.result))
+    gate = engine._submit(lambda: time.sleep(0.5))  # hold the worker so all 8 queue up
+    streams = [engine.chat(p, g, adapter=a) for p, a, g in zip(prompts, adapters, params)]
+    gate.result(10)
+    batched = [("".join(s), s.result) for s in streams]
+    assert [t for t, _ in batched] == [t for t, _ in alone]
+    assert [r.adapter_id for _, r in batched] == adapters
+    assert [r.completion_tokens for _, r in batched] == [r.completion_tokens for _, r in alone]
+    assert engine.batches_run[-1] == 8
+
+
+def test_stop_strings_cut_the_answer_and_never_stream_past_it(engine):
+    _, full = run(engine)
+    assert len(full.text) > 4
+    stop = full.text[3:5]
+    stream = engine.chat(HELLO, GenerationParams(temperature=0.0, max_tokens=12, stop=[stop]))
+    text = "".join(stream)
+    assert stream.result.text == text == full.text[:full.text.find(stop)].rstrip()
+    assert stream.result.finish_reason == "stop"
+
+
+def test_same_seed_same_sample(engine):
+    params = GenerationParams(temperature=1.0, max_tokens=16, seed=7)
+    first = engine.chat(HELLO, params)
+    second = engine.chat(HELLO, params)
+    other = engine.chat(HELLO, GenerationParams(temperature=1.0, max_tokens=16, seed=8))
+    texts = ["".join(s) for s in (first, second, other)]
+    assert texts[0] == texts[1] != texts[2]
+
+
+@pytest.mark.parametrize("params, param", [
+    (GenerationParams(max_tokens=0), "max_tokens"),
+    (GenerationParams(max_tokens=5000), "max_tokens"),
+    (GenerationParams(temperature=3.0), "temperature"),
+    (GenerationParams(top_p=0.0), "top_p"),
+    (GenerationParams(stop=["a", "b", "c", "d", "e"]), "stop"),
+])
+def test_bad_parameters_are_refused_before_anything_runs(engine, params, param):
+    with pytest.raises(RequestError) as info:
+        engine.check(HELLO, params)
+    assert info.value.param == param
+
+
+def test_a_conversation_longer_than_the_context_is_refused(engine):
+    assert engine.context_length == 512  # the tiny model's
+    engine.check([{"role": "user", "content": "x" * 200}], GenerationParams(max_tokens=100))
+    with pytest.raises(RequestError, match="exceeds the model's context of 512") as info:
+        engine.check([{"role": "user", "content": "x" * 450}], GenerationParams(max_tokens=100))
+    assert info.value.code == "context_length_exceeded"
