@@ -53,7 +53,7 @@ def build_ui(service: ChatService) -> gr.Blocks:
         except RequestError as exc:
             raise gr.Error(str(exc)) from None
         session["conversation_id"] = turn.conversation_id
-        running[request.session_hash] = turn
+        running[request.session_hash] = (turn, text)
         history = session["history"] + [{"role": "user", "content": text},
                                         {"role": "assistant", "content": ""}]
         yield history, session, "", {}  # show the question at once, before the first token
@@ -65,21 +65,23 @@ def build_ui(service: ChatService) -> gr.Blocks:
             log.exception("chat failed")
             raise gr.Error(f"The model could not answer: {type(exc).__name__}") from None
         finally:
-            running.pop(request.session_hash, None)
-            turn.cancel()  # no-op when finished; stops the model when the page went away
+            # Stop (which cancels this generator first) or a closed page: stop the model.
+            # The entry stays for the Stop handler, which reports the stored partial answer.
+            turn.cancel()
+        running.pop(request.session_hash, None)
         history, session = _finished(session, history, turn)
         yield history, session, "", _last(turn)
 
-    def stop(session: dict, chatbot: list, request: gr.Request):
+    def stop(session: dict, request: gr.Request):
         """Stop this session's answer within one token; the partial answer is kept."""
-        turn = running.pop(request.session_hash, None)
+        turn, text = running.pop(request.session_hash, (None, None))
         if turn is None:
-            return chatbot, session, {}
+            return session["history"], session, {}
         turn.cancel()
-        turn.wait(timeout=30)
-        history = list(chatbot or [])
-        if history and history[-1]["role"] == "assistant" and turn.result is not None:
-            history[-1] = {"role": "assistant", "content": turn.result.text}
+        result = turn.wait(timeout=30)
+        history = session["history"] + [
+            {"role": "user", "content": text},
+            {"role": "assistant", "content": result.text if result else ""}]
         history, session = _finished(dict(session), history, turn)
         return history, session, _last(turn)
 
@@ -119,7 +121,7 @@ def build_ui(service: ChatService) -> gr.Blocks:
         inputs, outputs = [box, session, temperature, max_tokens], [chatbot, session, box, last]
         sent = send_btn.click(send, inputs, outputs, api_name="send")
         submitted = box.submit(send, inputs, outputs, api_visibility="private")
-        stop_btn.click(stop, [session, chatbot], [chatbot, session, last], cancels=[sent, submitted],
+        stop_btn.click(stop, [session], [chatbot, session, last], cancels=[sent, submitted],
                        api_name="stop")
         new_btn.click(lambda: ([], _new_session(), {}), None, [chatbot, session, last],
                       api_name="new_conversation")

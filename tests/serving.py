@@ -24,7 +24,7 @@ def running_server(home: Home, config: ServeConfig):
     server = build(home, config)
     port = free_port()
     uv = uvicorn.Server(uvicorn.Config(server.app, host="127.0.0.1", port=port,
-                                       log_level="warning"))
+                                       log_level="warning", timeout_graceful_shutdown=1))
     thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     deadline = time.monotonic() + 30
