@@ -2,7 +2,10 @@
 /healthz, with the adapter watcher swapping promoted adapters in."""
 
 import logging
+import socket
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import gradio as gr
@@ -69,3 +72,33 @@ def serve(home: Home, config: ServeConfig) -> None:
     print(f"Flywheel is serving on http://{config.host}:{config.port} (home: {home.root})",
           flush=True)
     uvicorn.run(server.app, host=config.host, port=config.port, log_level="warning")
+
+
+@contextmanager
+def serve_in_thread(home: Home, config: ServeConfig):
+    """The same server on 127.0.0.1 in a background thread of this process (on a free port
+    when `config.port` is 0), for tests and benchmarks that also reach into the engine.
+    Yields (base url, Server)."""
+    server = build(home, config)
+    port = config.port or _free_port()
+    uv = uvicorn.Server(uvicorn.Config(server.app, host="127.0.0.1", port=port,
+                                       log_level="warning", timeout_graceful_shutdown=1))
+    thread = threading.Thread(target=uv.run, name="flywheel-uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not uv.started:
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the server did not start")
+        time.sleep(0.05)
+    try:
+        yield f"http://127.0.0.1:{port}", server
+    finally:
+        uv.should_exit = True
+        thread.join(timeout=30)
+        server.watcher.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -8,12 +8,11 @@ import httpx
 import openai
 import pytest
 
-from assistant.server import ServeConfig
+from assistant.server import ServeConfig, serve_in_thread
 from flywheel.cli import main
 from storage import open_db
 from storage import adapters
 from storage import chat as store
-from tests.serving import running_server
 from tests.test_engine import make_adapter
 
 GREEDY = dict(temperature=0, max_tokens=8)
@@ -22,8 +21,9 @@ HELLO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content":
 
 @pytest.fixture
 def server(home, tiny_model_dir):
-    config = ServeConfig(model=str(tiny_model_dir), poll_interval=0.1, max_tokens_cap=400)
-    with running_server(home, config) as (url, srv):
+    config = ServeConfig(model=str(tiny_model_dir), port=0, poll_interval=0.1,
+                         max_tokens_cap=400)
+    with serve_in_thread(home, config) as (url, srv):
         yield url, srv, home
 
 

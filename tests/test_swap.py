@@ -8,11 +8,10 @@ import httpx
 import openai
 import pytest
 
-from assistant.server import ServeConfig
+from assistant.server import ServeConfig, serve_in_thread
 from storage import open_db
 from storage import adapters
 from storage import chat as store
-from tests.serving import running_server
 from tests.test_engine import make_adapter
 
 PROMPTS = [f"question {i}: " + "why " * i for i in range(8)]
@@ -20,8 +19,8 @@ PROMPTS = [f"question {i}: " + "why " * i for i in range(8)]
 
 @pytest.fixture
 def server(home, tiny_model_dir):
-    config = ServeConfig(model=str(tiny_model_dir), poll_interval=0.1, max_batch_size=4)
-    with running_server(home, config) as (url, srv):
+    config = ServeConfig(model=str(tiny_model_dir), port=0, poll_interval=0.1, max_batch_size=4)
+    with serve_in_thread(home, config) as (url, srv):
         yield url, srv, home
 
 

@@ -5,16 +5,15 @@ import time
 import pytest
 from gradio_client import Client
 
-from assistant.server import ServeConfig
+from assistant.server import ServeConfig, serve_in_thread
 from storage import open_db
 from storage import chat as store
-from tests.serving import running_server
 
 
 @pytest.fixture
 def server(home, tiny_model_dir):
-    config = ServeConfig(model=str(tiny_model_dir), poll_interval=0.1, max_tokens_cap=1024)
-    with running_server(home, config) as (url, srv):
+    config = ServeConfig(model=str(tiny_model_dir), port=0, poll_interval=0.1)
+    with serve_in_thread(home, config) as (url, srv):
         yield url, srv, home
 
 
