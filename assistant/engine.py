@@ -114,7 +114,8 @@ class _Request:
     ids: list[int] = field(default_factory=list)
     text: str = ""
     emitted: int = 0
-    done: bool = False
+    done: bool = False       # no more tokens wanted
+    finished: bool = False   # result handed to the caller
     hit_stop: bool = False
     submitted: float = field(default_factory=time.perf_counter)
 
@@ -122,16 +123,26 @@ class _Request:
 class _StepHook(StoppingCriteria):
     """Runs once per decoding step with every row's tokens so far: decodes each live row's
     new token, streams the text, and ends a row on EOS, a stop string, its own max_tokens or
-    a cancel. Being a stopping criterion, a cancel takes effect within one step."""
+    a cancel (so a cancel takes effect within one step); a finished row is stored at once.
+    When requests that could join are waiting and there is room, it stops the whole batch
+    (`preempted`) so the engine can restart it with them."""
 
-    def __init__(self, engine: "Engine", rows: list[_Request]):
-        self.engine, self.rows = engine, rows
+    def __init__(self, engine: "Engine", rows: list[_Request], may_preempt: bool):
+        self.engine, self.rows, self.may_preempt = engine, rows, may_preempt
+        self.preempted = False
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
         last = input_ids[:, -1].tolist()
         for row, token in zip(self.rows, last):
             if not row.done:
                 self.engine._advance(row, token)
+                if row.done:
+                    self.engine._complete(row)
+        live = sum(not r.done for r in self.rows)
+        if (self.may_preempt and 0 < live < self.engine.max_batch_size
+                and self.engine._has_joinable(self.rows[0].params.batch_key())):
+            self.preempted = True
+            return torch.ones(len(self.rows), dtype=torch.bool, device=input_ids.device)
         return torch.tensor([r.done for r in self.rows], dtype=torch.bool, device=input_ids.device)
 
 
@@ -238,39 +249,60 @@ class Engine:
         self._put(job)
         return future
 
-    def _next_jobs(self) -> list:
-        """The next job, or the next batch of requests: the head request plus the requests
-        queued behind it with the same sampling, stopping at the first swap (FIFO, fair)."""
+    def _take_joinable(self, key: tuple, room: int) -> list[_Request]:
+        """Requests at the head of the queue that can join a batch sampling as `key`. Only
+        the head's unbroken run is taken, so nothing overtakes an earlier request (fair),
+        and never past a swap (requests behind it must see the new adapter)."""
+        taken = []
         with self._wakeup:
-            while not self._jobs:
-                self._wakeup.wait()
-            head = self._jobs.popleft()
-            if not isinstance(head, _Request) or head.params.batch_key() is None:
-                return [head]
-            batch, i = [head], 0
-            while i < len(self._jobs) and len(batch) < self.max_batch_size:
-                job = self._jobs[i]
-                if not isinstance(job, _Request):
-                    break  # a swap: requests behind it must see the new adapter
-                if job.params.batch_key() == head.params.batch_key():
-                    batch.append(job)
-                    del self._jobs[i]
-                else:
-                    i += 1
-            return batch
+            while (self._jobs and len(taken) < room and isinstance(self._jobs[0], _Request)
+                   and self._jobs[0].params.batch_key() == key):
+                taken.append(self._jobs.popleft())
+        return taken
+
+    def _has_joinable(self, key: tuple) -> bool:
+        with self._wakeup:
+            head = self._jobs[0] if self._jobs else None
+        return isinstance(head, _Request) and head.params.batch_key() == key
 
     def _run(self) -> None:
         while True:
-            jobs = self._next_jobs()
+            with self._wakeup:
+                while not self._jobs:
+                    self._wakeup.wait()
+                job = self._jobs.popleft()
             try:
-                if isinstance(jobs[0], _Request):
-                    self._generate(jobs)
+                if isinstance(job, _Request):
+                    self._generate(job)
                 else:
-                    jobs[0]()
+                    job()
             except Exception:  # a job must never kill the worker
                 log.exception("engine job failed")
 
-    def _generate(self, batch: list[_Request]) -> None:
+    def _generate(self, head: _Request) -> None:
+        """Generate for `head` and whatever joins it. Requests that arrive while a batch runs
+        do not wait for it to end: at the next step the batch stops, and goes on with the
+        newcomers, its own rows re-reading what they have generated so far (recompute)."""
+        key = head.params.batch_key()
+        rows = self._admit([head] + (self._take_joinable(key, self.max_batch_size - 1)
+                                     if key else []))
+        while rows:
+            try:
+                self._run_batch(rows, may_preempt=key is not None)
+            except Exception as exc:
+                log.exception("generation failed")
+                for row in rows:
+                    if not row.finished:
+                        row.stream._finish(None, exc)
+                return
+            rows = [r for r in rows if not r.finished]
+            if rows:
+                rows += self._admit(self._take_joinable(key, self.max_batch_size - len(rows)),
+                                    keep={r.adapter_id for r in rows})
+
+    def _admit(self, batch: list[_Request], keep: frozenset = frozenset()) -> list[_Request]:
+        """Resolve each request's adapter (loading a pinned one) and tokenize its prompt.
+        Returns the rows ready to generate; refused or already cancelled ones are finished."""
         rows = []
         for row in batch:
             row.adapter_id = self.active_adapter if row.adapter == ACTIVE else row.adapter
@@ -278,39 +310,32 @@ class Engine:
             try:
                 if row.adapter_id is not None and row.adapter_id not in self._loaded:
                     self._load_checked(row.adapter_id, row.adapter_path,
-                                       keep={r.adapter_id for r in batch})
+                                       keep=set(keep) | {r.adapter_id for r in batch})
                 row.prompt_ids = self.tokenizer.apply_chat_template(
                     row.messages, add_generation_prompt=True, return_dict=True)["input_ids"]
             except Exception as exc:
                 log.error("request refused: %s", exc)
+                row.finished = True
                 row.stream._finish(None, exc)
                 continue
             if row.stream.cancelled.is_set():  # stopped while waiting: no model call at all
                 self._complete(row)
             else:
                 rows.append(row)
-        if not rows:
-            return
-        try:
-            self._run_batch(rows)
-        except Exception as exc:
-            log.exception("generation failed")
-            for row in rows:
-                row.stream._finish(None, exc)
-            return
-        for row in rows:
-            self._complete(row)
+        return rows
 
-    def _run_batch(self, rows: list[_Request]) -> None:
-        width = max(len(r.prompt_ids) for r in rows)
+    def _run_batch(self, rows: list[_Request], may_preempt: bool) -> None:
+        """One `generate` call over `rows`, each continuing from what it has so far."""
+        contexts = [r.prompt_ids + r.ids for r in rows]
+        width = max(len(c) for c in contexts)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows])
-        attention = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids)
-                                  for r in rows])
+        input_ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts])
+        attention = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts])
         params = rows[0].params
-        kwargs = dict(max_new_tokens=max(r.params.max_tokens for r in rows),
+        hook = _StepHook(self, rows, may_preempt)
+        kwargs = dict(max_new_tokens=max(r.params.max_tokens - len(r.ids) for r in rows),
                       do_sample=params.temperature > 0, pad_token_id=pad,
-                      stopping_criteria=StoppingCriteriaList([_StepHook(self, rows)]))
+                      stopping_criteria=StoppingCriteriaList([hook]))
         if params.temperature > 0:
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=None)
         else:
@@ -331,6 +356,11 @@ class Engine:
         with torch.inference_mode(), context:
             self.model.generate(input_ids=input_ids.to(self.model.device),
                                 attention_mask=attention.to(self.model.device), **kwargs)
+        if not hook.preempted:
+            for row in rows:  # generate ended without the hook (cannot happen; be safe)
+                if not row.finished:
+                    row.done = True
+                    self._complete(row)
 
     def _advance(self, row: _Request, token: int) -> None:
         """One new token for one row: decode, cut at a stop string, stream what is safe."""
@@ -362,6 +392,7 @@ class Engine:
             row.emitted = safe
 
     def _complete(self, row: _Request) -> None:
+        row.finished = True
         row.text = row.text.rstrip()
         if row.emitted < len(row.text):
             row.stream._pieces.put(row.text[row.emitted:])

@@ -1,5 +1,8 @@
 import json
 
+import pytest
+import torch
+
 from flywheel.cli import main
 from storage import open_db
 from storage import adapters
@@ -39,3 +42,29 @@ def test_train_with_too_little_data_says_so(home, capsys, tiny_model_dir):
     assert main(["train", "--home", str(home.root), "--model", str(tiny_model_dir)]) == 0
     out = capsys.readouterr().out
     assert "not enough training data: 0 SFT examples" in out and "Nothing changed" in out
+
+
+def test_keys_create_list_revoke(home, capsys):
+    assert main(["keys", "list", "--home", str(home.root)]) == 0
+    assert "no API keys yet" in capsys.readouterr().out
+    assert main(["keys", "create", "carol", "--role", "curator", "--home", str(home.root)]) == 0
+    out = capsys.readouterr()
+    key = out.out.strip()
+    assert key.startswith("fw-") and len(key) > 40 and "shown once" in out.err
+    assert main(["keys", "list", "--home", str(home.root)]) == 0
+    listed = capsys.readouterr().out
+    assert "carol  curator" in listed and "live" in listed and key not in listed
+    assert main(["keys", "revoke", "1", "--home", str(home.root)]) == 0
+    assert main(["keys", "list", "--home", str(home.root)]) == 0
+    assert "revoked" in capsys.readouterr().out
+    assert main(["keys", "revoke", "9", "--home", str(home.root)]) == 2
+    assert capsys.readouterr().err.strip() == "flywheel: error: no live API key with id 9"
+
+
+def test_quantized_serving_without_a_gpu_exits_2_with_one_line(home, tiny_model_dir, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert main(["serve", "--model", str(tiny_model_dir), "--quantize", "4bit",
+                 "--home", str(home.root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["flywheel: error: 4bit loading needs a CUDA GPU; this machine has none"]

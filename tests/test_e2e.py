@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 from gradio_client import Client
 
@@ -105,6 +106,14 @@ def test_feedback_trains_an_adapter_that_the_running_server_swaps_in(server):
     assert stored["adapter_id"] == adapter_id == new_last["adapter_id"]
     assert new_text != base_text
     print(f"\nbase model: {base_text!r}\nadapter {adapter_id}: {new_text!r}")
+
+    # The API serves the same versions: "flywheel" is the new adapter, the base is pinnable.
+    api = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+    asked = dict(messages=[{"role": "user", "content": PROBE}], temperature=0, max_tokens=32)
+    active = api.chat.completions.create(model="flywheel", **asked)
+    pinned = api.chat.completions.create(model=health(url)["model"], **asked)
+    assert active.model == adapter_id and active.choices[0].message.content == new_text
+    assert pinned.model == health(url)["model"] and pinned.choices[0].message.content == base_text
 
     # A request in flight keeps its adapter while the server swaps back (rollback).
     long_job = Client(url, verbose=False).submit("Tell me a long story about a dragon.", 0.7,

@@ -152,3 +152,23 @@ def test_a_conversation_longer_than_the_context_is_refused(engine):
     with pytest.raises(RequestError, match="exceeds the model's context of 512") as info:
         engine.check([{"role": "user", "content": "x" * 450}], GenerationParams(max_tokens=100))
     assert info.value.code == "context_length_exceeded"
+
+
+def test_a_request_joins_a_running_batch_instead_of_waiting_for_it(engine):
+    """Continuous batching: a short request that arrives while a long one is generating gets
+    its answer before the long one ends, and both answers are what they would be alone."""
+    long_params = GenerationParams(temperature=0.0, max_tokens=300)
+    short_params = GenerationParams(temperature=0.0, max_tokens=5)
+    short_prompt = [{"role": "user", "content": "bye"}]
+    long_alone = "".join(engine.chat(HELLO, long_params))
+    short_alone = "".join(engine.chat(short_prompt, short_params))
+
+    long = engine.chat(HELLO, long_params)
+    pieces = iter(long)
+    first = next(pieces)  # the long answer is under way
+    short = engine.chat(short_prompt, short_params)
+    short_text = "".join(short)
+    assert not long.done.is_set()  # answered while the long one still runs
+    assert short_text == short_alone and short.result.finish_reason == "length"
+    assert first + "".join(pieces) == long_alone
+    assert long.result.completion_tokens == 300
