@@ -27,7 +27,7 @@ class ServeConfig:
     model: str | None = None          # Hub id, folder or .gguf; None: the embedded default
     host: str = "127.0.0.1"
     port: int = 7860
-    poll_interval: float = 2.0        # seconds between checks for a newly promoted adapter
+    poll_interval: float = 0.5        # seconds between checks for a newly promoted adapter
     max_batch_size: int = 8           # concurrent requests generated together in one batch
     max_tokens_cap: int = 1024        # the most new tokens one request may ask for
     quantize: str | None = None       # "4bit" or "8bit" (CUDA + bitsandbytes)

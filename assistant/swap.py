@@ -17,7 +17,7 @@ log = logging.getLogger("flywheel.swap")
 
 
 class AdapterWatcher(threading.Thread):
-    def __init__(self, engine: Engine, home: Home, interval: float = 2.0):
+    def __init__(self, engine: Engine, home: Home, interval: float = 0.5):
         super().__init__(name="flywheel-adapter-watcher", daemon=True)
         self.engine = engine
         self.home = home
