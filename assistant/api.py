@@ -139,7 +139,8 @@ def build_router(service: ChatService) -> APIRouter:
         try:
             text = "".join(turn)  # blocks this worker thread, not the event loop
         except Exception as exc:
-            raise APIError(500, f"generation failed: {type(exc).__name__}", "server_error") from None
+            raise APIError(500, f"generation failed: {type(exc).__name__}",
+                           "server_error") from None
         result = turn.result
         return {
             "id": turn.id, "object": "chat.completion", "created": int(time.time()),

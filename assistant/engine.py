@@ -1,13 +1,13 @@
 """The one owner of the model: generation and adapter swaps run on a single worker thread.
 
 Requests and swaps are jobs in one FIFO queue, so no two threads ever touch the model or
-PEFT's adapter state at once, and a swap can only happen between two generations: a request
-keeps the adapter it started with until it finishes. When the worker takes a request it also
-takes the requests queued right behind it that sample the same way (up to `max_batch_size`,
-never past a swap) and generates them as one left-padded batch; rows on different adapters
-run in one batch through PEFT's mixed-adapter inference (`adapter_names`). Text streams back
-to each caller through its own queue, one decoded token at a time.
-"""
+PEFT's adapter state at once, and a swap can only happen between two batches: a request
+keeps the adapter it started with until it finishes. Requests that sample the same way are
+generated together as one left-padded batch (up to `max_batch_size`); one that arrives while
+a batch runs joins it at the next token step (the batch restarts with the newcomer, its rows
+re-reading what they have generated so far), so nobody waits for a long answer to end. Rows
+on different adapters share a batch through PEFT's mixed-adapter inference
+(`adapter_names`). Text streams back to each caller through its own queue, token by token."""
 
 import collections
 import concurrent.futures
@@ -223,11 +223,7 @@ class Engine:
         with self._wakeup:
             return len(self._jobs)
 
-    @property
-    def loaded_adapters(self) -> list[str]:
-        return list(self._loaded)
-
-    # ---- worker thread only --------------------------------------------------------------
+    # ---- internals: the worker thread runs all of this (but _put, _submit, _too_long) ----
 
     def _too_long(self, size: str, params: GenerationParams) -> str:
         return (f"the conversation is too long: {size} plus max_tokens {params.max_tokens} "
