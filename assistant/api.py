@@ -4,8 +4,8 @@ Requests are checked in full (schema, model, length, parameters) before anything
 and every refusal is a 4xx in OpenAI's error shape, so OpenAI's own client raises its own
 exception classes. A completion's `id` is the stored answer's message id: `POST
 /v1/feedback` takes it back. The response's `model` names the version that answered (an
-adapter id, or the base model). Auth is on once the database holds a user: then every call
-needs `Authorization: Bearer <key>` (`flywheel keys create USER`).
+adapter id, or the base model). Who may call is `assistant/auth.py`'s: once the database
+holds a user, every call needs `Authorization: Bearer <key>` (`flywheel keys create USER`).
 """
 
 import asyncio
@@ -20,11 +20,11 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from assistant.auth import Auth
 from assistant.chat import ChatService, Turn
 from assistant.engine import GenerationParams, RequestError
 from storage import open_db
 from storage import chat as store
-from storage import users
 
 log = logging.getLogger("flywheel.api")
 
@@ -90,27 +90,22 @@ class Feedback(BaseModel):
 
 # ---- auth ---------------------------------------------------------------------------------
 
-def make_auth(service: ChatService):
+def make_auth(auth: Auth):
     def authenticate(request: Request) -> dict | None:
-        """The calling user, or None when auth is off (no users: the local owner)."""
-        with open_db(service.home) as db:
-            if not users.auth_enabled(db):
-                return None
-            header = request.headers.get("authorization", "")
-            scheme, _, key = header.partition(" ")
-            user = users.user_for_key(db, key.strip()) if scheme.lower() == "bearer" else None
+        """The calling user (a key, or the page's sign-in cookie); None for the local owner."""
+        user = auth.caller(request)
         if user is None:
             raise APIError(401, "missing or invalid API key: send 'Authorization: Bearer <key>'",
                            "invalid_request_error", code="invalid_api_key")
-        return user
+        return None if user["id"] is None else user
     return authenticate
 
 
 # ---- routes -------------------------------------------------------------------------------
 
-def build_router(service: ChatService) -> APIRouter:
+def build_router(service: ChatService, auth: Auth) -> APIRouter:
     router = APIRouter(prefix="/v1")
-    Caller = Annotated[dict | None, Depends(make_auth(service))]
+    Caller = Annotated[dict | None, Depends(make_auth(auth))]
 
     @router.get("/models")
     def list_models(caller: Caller) -> dict:
@@ -249,9 +244,9 @@ def _param(loc) -> str | None:
     return ".".join(parts) or None
 
 
-def install(app: FastAPI, service: ChatService) -> None:
+def install(app: FastAPI, service: ChatService, auth: Auth) -> None:
     """Add the /v1 routes and make every error under /v1 an OpenAI-shaped one."""
-    app.include_router(build_router(service))
+    app.include_router(build_router(service, auth))
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):

@@ -82,22 +82,42 @@ class ChatService:
                                              title=title)
 
     def reply(self, conversation_id: str | None, parent_id: str | None, text: str,
-              params: GenerationParams | None = None, model: str = ALIAS) -> Turn:
+              params: GenerationParams | None = None, model: str = ALIAS, *,
+              user_id: int | None = None, system_prompt: str | None = None) -> Turn:
         """Answer `text`, a new user turn replying to `parent_id` (None: the first turn) in
-        `conversation_id` (None: start a new conversation, titled after `text`)."""
+        `conversation_id` (None: start a new conversation for `user_id`, titled after
+        `text`, with `system_prompt`). An edited turn is a reply to the same parent as the
+        turn it replaces: a new branch, nothing overwritten."""
         params = params or GenerationParams()
         adapter, path = self.select(model)
         with open_db(self.home) as db:
             earlier = (store.history(db, parent_id) if parent_id else
-                       self._system(db, conversation_id) if conversation_id else [])
+                       self._system(db, conversation_id) if conversation_id else
+                       [{"role": "system", "content": system_prompt}] if system_prompt else [])
         prompt_tokens = self.engine.check(earlier + [{"role": "user", "content": text}], params)
         with open_db(self.home) as db, store.transaction(db):
             if conversation_id is None:
-                conversation_id = store.create_conversation(db, title=text[:60])
+                conversation_id = store.create_conversation(
+                    db, user_id=user_id, title=text[:60], system_prompt=system_prompt or None)
             user_message_id = store.add_message(db, conversation_id, "user", text, parent_id)
             messages = store.history(db, user_message_id)
         return self._answer(conversation_id, user_message_id, messages, prompt_tokens, params,
                             adapter, path)
+
+    def regenerate(self, user_message_id: str, params: GenerationParams | None = None,
+                   model: str = ALIAS) -> Turn:
+        """Another answer to a stored user turn, a sibling of the earlier ones (a pair for
+        preference training)."""
+        params = params or GenerationParams()
+        adapter, path = self.select(model)
+        with open_db(self.home) as db:
+            question = store.get_message(db, user_message_id)
+            if question is None or question["role"] != "user":
+                raise RequestError(f"no user message {user_message_id}", "message")
+            messages = store.history(db, user_message_id)
+        prompt_tokens = self.engine.check(messages, params)
+        return self._answer(question["conversation_id"], user_message_id, messages,
+                            prompt_tokens, params, adapter, path)
 
     def complete(self, messages: list[dict[str, str]], params: GenerationParams,
                  model: str = ALIAS, user_id: int | None = None) -> Turn:

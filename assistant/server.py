@@ -13,11 +13,13 @@ import uvicorn
 from fastapi import FastAPI
 
 from assistant import api, models
+from assistant.auth import Auth
 from assistant.chat import ChatService
 from assistant.engine import Engine
 from assistant.swap import AdapterWatcher
 from assistant.ui import build_ui
-from storage import Home, init_db
+from storage import Home, init_db, open_db
+from storage import users
 
 log = logging.getLogger("flywheel.server")
 
@@ -31,6 +33,11 @@ class ServeConfig:
     max_batch_size: int = 8           # concurrent requests generated together in one batch
     max_tokens_cap: int = 1024        # the most new tokens one request may ask for
     quantize: str | None = None       # "4bit" or "8bit" (CUDA + bitsandbytes)
+    session_hours: float = 12.0       # a page sign-in lasts this long
+
+
+class ServeError(Exception):
+    """The server must not start as asked; the message is one line for the user."""
 
 
 @dataclass
@@ -44,6 +51,11 @@ class Server:
 def build(home: Home, config: ServeConfig) -> Server:
     """Everything `flywheel serve` runs, ready for uvicorn (tests and benches use it too)."""
     init_db(home)
+    auth = Auth(home, config.host, config.session_hours)
+    with open_db(home) as db:
+        if not auth.loopback and not users.has_admin(db):
+            raise ServeError(f"refusing to serve on {config.host} without an admin account; "
+                             "create one first: flywheel users add NAME --role admin")
     started = time.perf_counter()
     base = models.resolve(config.model, home)
     model, tokenizer = models.load(base, quantize=config.quantize)
@@ -61,8 +73,10 @@ def build(home: Home, config: ServeConfig) -> Server:
     def healthz() -> dict:
         return {"status": "ok", "model": base.name, "adapter": engine.active_adapter}
 
-    api.install(app, service)
-    app = gr.mount_gradio_app(app, build_ui(service), path="/")
+    api.install(app, service, auth)
+    auth.install(app)
+    app = gr.mount_gradio_app(app, build_ui(service, auth), path="/",
+                              auth_dependency=auth.gradio_user)
     return Server(app, engine, watcher, service)
 
 

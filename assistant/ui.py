@@ -1,130 +1,79 @@
-"""The chat page (Gradio Blocks): streaming answers, multi-turn history, thumbs up / down.
+"""The web page (Gradio Blocks): one app with a tab per job.
 
-The page's events double as its API (`gradio_client`): `/send` chats in the caller's
-session, `/rate` rates an answer by id. Both go through the same service and storage
-functions as the HTTP API.
+    Chat     every signed-in user: conversations, streaming, branches, ratings  (ui_chat.py)
+    Curate   curators and admins: the review queue and side-by-side picks     (ui_curate.py)
+    Admin    admins: adapters, training, plots, users                          (ui_admin.py)
+
+Every event is also an endpoint of the page's API (`gradio_client`), so each handler finds
+the caller (`Page.user`) and checks their role and ownership on the server; the tabs a role
+may not use are hidden as well, but hiding is not what protects them.
 """
-
-import logging
 
 import gradio as gr
 
-from assistant.chat import ChatService, Turn
-from assistant.engine import GenerationParams, RequestError
+from assistant.auth import Auth, Forbidden
+from assistant.chat import ChatService
 from storage import open_db
 from storage import chat as store
 
-log = logging.getLogger("flywheel.ui")
 
+class Page:
+    """What every tab's handlers share: the chat service, the data folder, who is calling."""
 
-def _new_session() -> dict:
-    # history: what the Chatbot shows; ids: the stored message id of each history entry.
-    return {"conversation_id": None, "leaf_id": None, "history": [], "ids": []}
+    def __init__(self, service: ChatService, auth: Auth):
+        self.service = service
+        self.home = service.home
+        self.auth = auth
 
-
-def _finished(session: dict, history: list, turn: Turn) -> tuple[list, dict]:
-    """The session after an answer is stored: the next message replies to it."""
-    session["history"] = history
-    session["ids"] = session["ids"] + [turn.user_message_id, turn.id]
-    session["leaf_id"] = turn.id
-    return history, session
-
-
-def _last(turn: Turn) -> dict:
-    result = turn.result
-    return {"conversation_id": turn.conversation_id, "message_id": turn.id,
-            "adapter_id": result.adapter_id if result else turn.adapter_id,
-            "finish_reason": result.finish_reason if result else None}
-
-
-def build_ui(service: ChatService) -> gr.Blocks:
-    running: dict[str, Turn] = {}  # session hash -> the answer being generated for it
-
-    def send(text: str, session: dict, temperature: float, max_tokens: int,
-             request: gr.Request):
-        """Send a message in this session's conversation and stream the answer."""
-        text = (text or "").strip()
-        if not text:
-            raise gr.Error("Type a message first.")
-        session = dict(session or _new_session())
-        params = GenerationParams(temperature=float(temperature), max_tokens=int(max_tokens))
+    def user(self, request: gr.Request, role: str = "user") -> dict:
+        """The caller, if they have at least `role`; otherwise a message in the page."""
         try:
-            turn = service.reply(session["conversation_id"], session["leaf_id"], text, params)
-        except RequestError as exc:
+            user = self.auth.user_named(getattr(request, "username", None))
+            self.auth.require(user, role)
+        except Forbidden as exc:
             raise gr.Error(str(exc)) from None
-        session["conversation_id"] = turn.conversation_id
-        running[request.session_hash] = (turn, text)
-        history = session["history"] + [{"role": "user", "content": text},
-                                        {"role": "assistant", "content": ""}]
-        yield history, session, "", {}  # show the question at once, before the first token
-        try:
-            for piece in turn:
-                history[-1]["content"] += piece
-                yield history, session, "", {}
-        except Exception as exc:
-            log.exception("chat failed")
-            raise gr.Error(f"The model could not answer: {type(exc).__name__}") from None
-        finally:
-            # Stop (which cancels this generator first) or a closed page: stop the model.
-            # The entry stays for the Stop handler, which reports the stored partial answer.
-            turn.cancel()
-        running.pop(request.session_hash, None)
-        history, session = _finished(session, history, turn)
-        yield history, session, "", _last(turn)
+        return user
 
-    def stop(session: dict, request: gr.Request):
-        """Stop this session's answer within one token; the partial answer is kept."""
-        turn, text = running.pop(request.session_hash, (None, None))
-        if turn is None:
-            return session["history"], session, {}
-        turn.cancel()
-        result = turn.wait(timeout=30)
-        history = session["history"] + [
-            {"role": "user", "content": text},
-            {"role": "assistant", "content": result.text if result else ""}]
-        history, session = _finished(dict(session), history, turn)
-        return history, session, _last(turn)
+    def own_conversation(self, user: dict, conversation_id: str) -> dict:
+        """The conversation, if it is the caller's; another user's is 'not found'."""
+        with open_db(self.home) as db:
+            conversation = store.get_conversation(db, conversation_id)
+        if conversation is None or conversation["user_id"] != user["id"]:
+            raise gr.Error("No such conversation.")
+        return conversation
 
-    def rate(message_id: str, rating: str) -> str:
-        """Rate an answer 'up' or 'down' by its message id."""
-        try:
-            with open_db(service.home) as db:
-                store.rate(db, message_id, rating)
-        except (KeyError, ValueError) as exc:
-            raise gr.Error(str(exc)) from None
-        return "ok"
+    def own_message(self, user: dict, message_id: str, curators_too: bool = False) -> dict:
+        """A message in one of the caller's conversations (curators: any, when allowed)."""
+        with open_db(self.home) as db:
+            message = store.get_message(db, message_id) if message_id else None
+            conversation = (db["conversations"].get(message["conversation_id"])
+                            if message else None)
+        curator = curators_too and user["role"] in ("curator", "admin")
+        if message is None or (conversation["user_id"] != user["id"] and not curator):
+            raise gr.Error("No such message.")
+        return message
 
-    def on_like(session: dict, data: gr.LikeData) -> None:
-        ids = (session or {}).get("ids", [])
-        if not isinstance(data.index, int) or data.index >= len(ids):
-            raise gr.Error("That answer is not stored yet; wait for it to finish.")
-        rate(ids[data.index], "up" if data.liked is True else "down")
 
+def build_ui(service: ChatService, auth: Auth) -> gr.Blocks:
+    from assistant import ui_admin, ui_chat, ui_curate
+    page = Page(service, auth)
     with gr.Blocks(title="Flywheel") as demo:
-        gr.Markdown("## Flywheel\nRate answers with 👍 / 👎: ratings teach the next adapter.")
-        session = gr.State(_new_session())
-        chatbot = gr.Chatbot(label="Chat", height=480)
         with gr.Row():
-            box = gr.Textbox(placeholder="Message Flywheel…", show_label=False, scale=8,
-                             autofocus=True)
-            send_btn = gr.Button("Send", variant="primary", scale=1)
-            stop_btn = gr.Button("Stop", scale=1)
-        with gr.Accordion("Settings", open=False):
-            defaults = GenerationParams()  # one place for the defaults: the engine's
-            temperature = gr.Slider(0.0, 1.5, value=defaults.temperature, step=0.05,
-                                    label="Temperature")
-            max_tokens = gr.Slider(16, 1024, value=defaults.max_tokens, step=16,
-                                   label="Max new tokens")
-            new_btn = gr.Button("New conversation")
-        last = gr.JSON(visible=False, label="Last answer")
+            gr.Markdown("## Flywheel")
+            who = gr.Markdown(elem_id="who")
+        with gr.Tabs():
+            with gr.Tab("Chat", id="chat"):
+                ui_chat.build(page, demo)
+            with gr.Tab("Curate", id="curate", visible=False) as curate_tab:
+                ui_curate.build(page, demo)
+            with gr.Tab("Admin", id="admin", visible=False) as admin_tab:
+                ui_admin.build(page, demo)
 
-        inputs, outputs = [box, session, temperature, max_tokens], [chatbot, session, box, last]
-        sent = send_btn.click(send, inputs, outputs, api_name="send")
-        submitted = box.submit(send, inputs, outputs, api_visibility="private")
-        stop_btn.click(stop, [session], [chatbot, session, last], cancels=[sent, submitted],
-                       api_name="stop")
-        new_btn.click(lambda: ([], _new_session(), {}), None, [chatbot, session, last],
-                      api_name="new_conversation")
-        chatbot.like(on_like, [session], None, api_visibility="private")
-        gr.api(rate, api_name="rate")
+        def on_load(request: gr.Request):
+            user = page.user(request)
+            signed = "" if user["id"] is None else " · [Sign out](/logout)"
+            return (f"Signed in as **{user['name']}** ({user['role']}){signed}",
+                    gr.Tab(visible=user["role"] in ("curator", "admin")),
+                    gr.Tab(visible=user["role"] == "admin"))
+        demo.load(on_load, None, [who, curate_tab, admin_tab], api_visibility="private")
     return demo

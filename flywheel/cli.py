@@ -18,13 +18,13 @@ class UsageError(Exception):
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from assistant.models import ModelError
-    from assistant.server import ServeConfig, serve
+    from assistant.server import ServeConfig, ServeError, serve
     config = ServeConfig(model=args.model, host=args.host, port=args.port,
                          poll_interval=args.poll_interval, max_batch_size=args.max_batch_size,
                          max_tokens_cap=args.max_tokens_cap, quantize=args.quantize)
     try:
         serve(Home.resolve(args.home), config)
-    except ModelError as exc:
+    except (ModelError, ServeError) as exc:
         raise UsageError(str(exc)) from None
     return 0
 
@@ -103,6 +103,47 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def _password(args: argparse.Namespace) -> str:
+    """From standard input with --password-stdin (scripts), else asked twice at a prompt."""
+    import getpass
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass(f"Password for {args.name}: ")
+    if getpass.getpass("Again: ") != first:
+        raise UsageError("the passwords differ")
+    return first
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    from storage import users
+    from storage.db import transaction
+    home = Home.resolve(args.home)
+    init_db(home)
+    with open_db(home) as db:
+        try:
+            if args.action == "add":
+                password = _password(args)
+                if len(password) < users.MIN_PASSWORD:
+                    raise ValueError(f"a password needs at least {users.MIN_PASSWORD} characters")
+                with transaction(db):
+                    users.add_user(db, args.name, args.role)
+                users.set_password(db, args.name.strip(), password)
+                print(f"added {args.name.strip()} ({args.role})")
+            elif args.action == "list":
+                for u in users.list_users(db):
+                    state = "disabled" if u["disabled"] else "active"
+                    print(f"{u['name']}  {u['role']}  {state}  {u['created_at']}")
+            elif args.action == "passwd":
+                users.set_password(db, args.name, _password(args))
+                print(f"new password set for {args.name}")
+            elif args.action in ("disable", "enable"):
+                users.set_disabled(db, args.name, args.action == "disable")
+                print(f"{args.name} is {args.action}d")
+        except (KeyError, ValueError) as exc:
+            raise UsageError(exc.args[0]) from None
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     home = argparse.ArgumentParser(add_help=False)
     home.add_argument("--home", help="data folder (default: $FLYWHEEL_HOME, else ./flywheel-data)")
@@ -152,6 +193,21 @@ def parser() -> argparse.ArgumentParser:
     kr = ksub.add_parser("revoke", parents=[home])
     kr.add_argument("id", type=int)
     k.set_defaults(func=cmd_keys)
+
+    u = sub.add_parser("users", help="accounts for the page: add, list, passwd, disable, enable")
+    usub = u.add_subparsers(dest="action", required=True)
+    ua = usub.add_parser("add", parents=[home])
+    ua.add_argument("name")
+    ua.add_argument("--role", default="user", choices=["user", "curator", "admin"])
+    usub.add_parser("list", parents=[home])
+    up = usub.add_parser("passwd", parents=[home])
+    up.add_argument("name")
+    for action in ("disable", "enable"):
+        usub.add_parser(action, parents=[home]).add_argument("name")
+    for sp in (ua, up):
+        sp.add_argument("--password-stdin", action="store_true",
+                        help="read the password from standard input")
+    u.set_defaults(func=cmd_users)
     return p
 
 

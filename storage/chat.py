@@ -32,6 +32,64 @@ def get_conversation(db: sqlite_utils.Database, conversation_id: str) -> dict | 
     return rows[0] if rows else None
 
 
+def list_conversations(db: sqlite_utils.Database, user_id: int | None) -> list[dict]:
+    """A user's conversations (None: the local owner's), the most recently active first."""
+    owner = "user_id IS ?" if user_id is None else "user_id = ?"
+    return list(db.query(
+        f"""SELECT c.*, COALESCE(MAX(m.created_at), c.created_at) AS active_at
+            FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id
+            WHERE c.{owner} AND c.deleted_at IS NULL GROUP BY c.id
+            ORDER BY active_at DESC""", [user_id]))
+
+
+def update_conversation(db: sqlite_utils.Database, conversation_id: str, *,
+                        title: str | None = None, system_prompt: str | None = None) -> None:
+    """Rename a conversation or change the system prompt used for its next turns."""
+    changes = {}
+    if title is not None:
+        if not title.strip():
+            raise ValueError("a title cannot be empty")
+        changes["title"] = title.strip()[:120]
+    if system_prompt is not None:
+        changes["system_prompt"] = system_prompt.strip() or None
+    if changes:
+        db["conversations"].update(conversation_id, changes)
+
+
+def delete_conversation(db: sqlite_utils.Database, conversation_id: str) -> None:
+    """Hide a conversation from its owner. Its messages stay for the curators' history and
+    training unless flagged; a user who wants them out of training flags no consent."""
+    db.execute("UPDATE conversations SET deleted_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
+               "WHERE id = ?", [conversation_id])
+
+
+def siblings(db: sqlite_utils.Database, message_id: str) -> list[str]:
+    """Ids of the message and its siblings (same parent: regenerations, edits), oldest first."""
+    message = get_message(db, message_id)
+    if message is None:
+        raise KeyError(f"no message with id {message_id}")
+    return [r["id"] for r in db.query(
+        "SELECT id FROM messages WHERE conversation_id = ? AND parent_id IS ? AND role = ? "
+        "ORDER BY created_at, rowid", [message["conversation_id"], message["parent_id"],
+                                       message["role"]])]
+
+
+def latest_leaf(db: sqlite_utils.Database, message_id: str) -> str:
+    """Follow the newest child down from `message_id` to the end of that branch."""
+    while True:
+        child = db.execute("SELECT id FROM messages WHERE parent_id = ? "
+                           "ORDER BY created_at DESC, rowid DESC LIMIT 1", [message_id]).fetchone()
+        if child is None:
+            return message_id
+        message_id = child[0]
+
+
+def last_message(db: sqlite_utils.Database, conversation_id: str) -> str | None:
+    row = db.execute("SELECT id FROM messages WHERE conversation_id = ? "
+                     "ORDER BY created_at DESC, rowid DESC LIMIT 1", [conversation_id]).fetchone()
+    return row[0] if row else None
+
+
 def add_message(db: sqlite_utils.Database, conversation_id: str, role: str, content: str,
                 parent_id: str | None = None, *, model: str | None = None,
                 adapter_id: str | None = None, params: dict | None = None,
@@ -152,6 +210,25 @@ def record_feedback(db: sqlite_utils.Database, message_id: str, rating: str | No
     return {"rating_id": rating_id, "correction_id": correction_id}
 
 
+FLAGS = ("pii", "unsafe", "no_consent")
+
+
+def set_flags(db: sqlite_utils.Database, message_id: str, kinds: list[str],
+              author_id: int | None = None) -> None:
+    """Make an answer's flags exactly `kinds` (flags keep it out of training)."""
+    unknown = set(kinds) - set(FLAGS)
+    if unknown:
+        raise ValueError(f"unknown flags {sorted(unknown)}; use {FLAGS}")
+    with transaction(db):
+        db.execute("DELETE FROM flags WHERE message_id = ?", [message_id])
+        for kind in kinds:
+            db["flags"].insert({"message_id": message_id, "kind": kind, "author_id": author_id})
+
+
+def flags(db: sqlite_utils.Database, message_id: str) -> list[str]:
+    return [r["kind"] for r in db["flags"].rows_where("message_id = ?", [message_id])]
+
+
 def latest_ratings(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     """One row per rated answer: the answer and its latest thumbs rating."""
     return db.execute_returning_dicts(
@@ -179,7 +256,10 @@ def feedback_counts(db: sqlite_utils.Database) -> dict[str, int]:
             "corrections": len(corrections(db))}
 
 
-__all__ = ["create_conversation", "get_conversation", "add_message", "store_transcript",
+__all__ = ["create_conversation", "get_conversation", "list_conversations",
+           "update_conversation", "delete_conversation", "siblings", "latest_leaf",
+           "last_message", "set_flags", "flags", "FLAGS",
+           "add_message", "store_transcript",
            "get_message", "thread",
            "history", "rate", "add_correction", "record_feedback", "latest_ratings", "corrections",
            "feedback_counts", "transaction"]

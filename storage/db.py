@@ -136,6 +136,25 @@ MIGRATIONS: list[str] = [
     CREATE INDEX adapter_events_adapter ON adapter_events(adapter_id);
     CREATE INDEX api_keys_user ON api_keys(user_id);
     """,
+    # 3: signed-in browser sessions, and curators' side-by-side picks.
+    """
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY,
+        user_id INTEGER NOT NULL REFERENCES users(id),
+        expires_at TEXT NOT NULL,
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    CREATE TABLE comparisons (
+        id INTEGER PRIMARY KEY,
+        prompt_id TEXT NOT NULL REFERENCES messages(id),   -- the user turn both answered
+        answer_a TEXT NOT NULL REFERENCES messages(id),
+        answer_b TEXT NOT NULL REFERENCES messages(id),
+        winner TEXT NOT NULL CHECK (winner IN ('a', 'b', 'tie')),
+        curator_id INTEGER REFERENCES users(id),
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    CREATE INDEX flags_message ON flags(message_id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,4 +1,8 @@
-"""Users and their API keys.
+"""Users, their passwords, browser sessions and API keys.
+
+Passwords are hashed with Argon2id (argon2-cffi). A browser session is a random token in a
+cookie; the database keeps its SHA-256 and an expiry, so sessions time out and survive a
+server restart.
 
 An API key is 32 random bytes shown once; the database keeps only its SHA-256. A key is
 high-entropy, so a fast hash is the right tool (as for session tokens); slow password hashing
@@ -7,12 +11,18 @@ is for the passwords people choose. Auth is on as soon as the database holds a u
 
 import hashlib
 import secrets
+from datetime import datetime, timedelta, timezone
 
 import sqlite_utils
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
 
 from storage.db import transaction
 
 ROLES = ("user", "curator", "admin")
+RANK = {role: i for i, role in enumerate(ROLES)}  # a curator may do what a user may, etc.
+_hasher = PasswordHasher()
+MIN_PASSWORD = 8
 KEY_PREFIX = "fw-"
 
 
@@ -76,3 +86,72 @@ def revoke_key(db: sqlite_utils.Database, key_id: int) -> None:
                         "WHERE id = ? AND revoked_at IS NULL", [key_id])
     if cursor.rowcount == 0:
         raise KeyError(f"no live API key with id {key_id}")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def list_users(db: sqlite_utils.Database) -> list[dict]:
+    return list(db.query("SELECT id, name, role, disabled, consent, created_at, "
+                         "password_hash IS NOT NULL AS has_password FROM users ORDER BY id"))
+
+
+def has_admin(db: sqlite_utils.Database) -> bool:
+    """An enabled admin who can sign in (has a password)."""
+    return db.execute("SELECT EXISTS (SELECT 1 FROM users WHERE role = 'admin' AND disabled = 0 "
+                      "AND password_hash IS NOT NULL)").fetchone()[0] == 1
+
+
+def set_password(db: sqlite_utils.Database, name: str, password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise ValueError(f"a password needs at least {MIN_PASSWORD} characters")
+    user = get_user(db, name)
+    if user is None:
+        raise KeyError(f"no user {name!r}")
+    with transaction(db):
+        db["users"].update(user["id"], {"password_hash": _hasher.hash(password)})
+        db.execute("DELETE FROM sessions WHERE user_id = ?", [user["id"]])  # sign out everywhere
+
+
+def set_disabled(db: sqlite_utils.Database, name: str, disabled: bool = True) -> None:
+    user = get_user(db, name)
+    if user is None:
+        raise KeyError(f"no user {name!r}")
+    with transaction(db):
+        db["users"].update(user["id"], {"disabled": int(disabled)})
+        if disabled:
+            db.execute("DELETE FROM sessions WHERE user_id = ?", [user["id"]])
+
+
+def check_password(db: sqlite_utils.Database, name: str, password: str) -> dict | None:
+    """The enabled user with this name and password, or None (same answer for every miss)."""
+    user = get_user(db, name)
+    if user is None or user["disabled"] or not user["password_hash"]:
+        _hasher.hash(password)  # spend the same time as a real check
+        return None
+    try:
+        _hasher.verify(user["password_hash"], password)
+    except (VerificationError, InvalidHashError):
+        return None
+    return user
+
+
+def start_session(db: sqlite_utils.Database, user_id: int, hours: float) -> str:
+    token = secrets.token_urlsafe(32)
+    expires = datetime.now(timezone.utc) + timedelta(hours=hours)
+    db["sessions"].insert({"token_hash": _key_hash(token), "user_id": user_id,
+                           "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%S.%fZ")})
+    return token
+
+
+def user_for_session(db: sqlite_utils.Database, token: str) -> dict | None:
+    rows = db.execute_returning_dicts(
+        """SELECT users.* FROM sessions JOIN users ON users.id = sessions.user_id
+           WHERE sessions.token_hash = ? AND sessions.expires_at > ? AND users.disabled = 0""",
+        [_key_hash(token), _now()])
+    return rows[0] if rows else None
+
+
+def end_session(db: sqlite_utils.Database, token: str) -> None:
+    db.execute("DELETE FROM sessions WHERE token_hash = ?", [_key_hash(token)])

@@ -73,7 +73,7 @@ def server(tmp_path, embedded_cache):
 
 def ask(client: Client, prompt: str, temperature: float, max_tokens: int = 32) -> tuple[str, dict]:
     client.predict(api_name="/new_conversation")
-    history, _, last = client.predict(prompt, temperature, max_tokens, api_name="/send")
+    history, _, last = client.predict(prompt, "", temperature, max_tokens, api_name="/send")
     return history[-1]["content"][0]["text"], last
 
 
@@ -116,7 +116,7 @@ def test_feedback_trains_an_adapter_that_the_running_server_swaps_in(server):
     assert pinned.model == health(url)["model"] and pinned.choices[0].message.content == base_text
 
     # A request in flight keeps its adapter while the server swaps back (rollback).
-    long_job = Client(url, verbose=False).submit("Tell me a long story about a dragon.", 0.7,
+    long_job = Client(url, verbose=False).submit("Tell me a long story about a dragon.", "", 0.7,
                                                  160, api_name="/send")
     wait_for(lambda: long_job.status().code.name in ("ITERATING", "PROCESSING"), 30, "the job")
     rollback = subprocess.run(flywheel("adapters", "rollback", "--home", str(home.root)),

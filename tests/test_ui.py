@@ -21,7 +21,7 @@ def test_stop_ends_the_answer_and_keeps_it_marked_interrupted(server):
     url, srv, home = server
     client = Client(url, verbose=False)
     started = len(srv.engine.batches_run)
-    job = client.submit("hello", 0.0, 400, api_name="/send")
+    job = client.submit("hello", "", 0.0, 400, api_name="/send")
     deadline = time.monotonic() + 10
     while len(srv.engine.batches_run) == started and time.monotonic() < deadline:
         time.sleep(0.01)  # until the model is generating this answer
@@ -34,7 +34,7 @@ def test_stop_ends_the_answer_and_keeps_it_marked_interrupted(server):
 
     # The next message continues the same conversation after the stopped answer.
     job.cancel()
-    history, _, after = client.predict("again", 0.0, 16, api_name="/send")
+    history, _, after = client.predict("again", "", 0.0, 16, api_name="/send")
     with open_db(home) as db:
         follow_up = store.get_message(db, after["message_id"])
         question = store.get_message(db, follow_up["parent_id"])
@@ -46,6 +46,6 @@ def test_too_long_input_is_a_message_in_the_page_and_nothing_is_stored(server):
     url, _, home = server
     client = Client(url, verbose=False)
     with pytest.raises(Exception, match="too long"):
-        client.predict("x" * 600, 0.0, 64, api_name="/send")
+        client.predict("x" * 600, "", 0.0, 64, api_name="/send")
     with open_db(home) as db:
         assert db["messages"].count == 0 and db["conversations"].count == 0

@@ -1,0 +1,125 @@
+"""Who is calling: sign-in, sessions, API keys and roles, for the page and the API alike.
+
+With no users in the database and the server bound to the loopback address, the caller is the
+single local owner, an admin, and nobody signs in (the README's first command). Otherwise
+every page and API call needs a session cookie (from /login) or `Authorization: Bearer <key>`,
+and every action checks the caller's role on the server: hiding a button is not enough,
+since the page's events are also callable through its API.
+"""
+
+import html
+import ipaddress
+
+from fastapi import FastAPI, Form, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from storage import Home, open_db
+from storage import users
+
+COOKIE = "flywheel_session"
+LOCAL = {"id": None, "name": "local", "role": "admin"}  # the owner of a fresh local install
+
+
+class Forbidden(PermissionError):
+    """The caller may not do this; the message is safe to show."""
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+class Auth:
+    def __init__(self, home: Home, host: str, session_hours: float = 12.0):
+        self.home = home
+        self.loopback = is_loopback(host)
+        self.session_hours = session_hours
+
+    def caller(self, request) -> dict | None:
+        """The user behind a request (session cookie or bearer key), LOCAL when nobody needs
+        to sign in, None when the caller is unknown."""
+        with open_db(self.home) as db:
+            if not users.auth_enabled(db):
+                return LOCAL if self.loopback else None
+            token = request.cookies.get(COOKIE)
+            if token:
+                user = users.user_for_session(db, token)
+                if user:
+                    return user
+            scheme, _, key = request.headers.get("authorization", "").partition(" ")
+            if scheme.lower() == "bearer" and key.strip():
+                return users.user_for_key(db, key.strip())
+        return None
+
+    def gradio_user(self, request) -> str | None:
+        """For Gradio's `auth_dependency`: the caller's name, or None (then a 401)."""
+        user = self.caller(request)
+        return user["name"] if user else None
+
+    def user_named(self, name: str | None) -> dict:
+        """The current row of a user Gradio names (re-read on every event: a user disabled
+        or demoted a moment ago loses access at once)."""
+        if name in (None, LOCAL["name"]):
+            with open_db(self.home) as db:
+                if not users.auth_enabled(db) and self.loopback:
+                    return LOCAL
+            raise Forbidden("sign in first")
+        with open_db(self.home) as db:
+            user = users.get_user(db, name)
+        if user is None or user["disabled"]:
+            raise Forbidden("this account is disabled or gone; sign in again")
+        return user
+
+    @staticmethod
+    def require(user: dict, role: str) -> None:
+        if users.RANK[user["role"]] < users.RANK[role]:
+            raise Forbidden(f"this needs the {role} role; you are a {user['role']}")
+
+    def install(self, app: FastAPI) -> None:
+        """/login, /logout, and a redirect to /login for a signed-out visit to the page."""
+        @app.middleware("http")
+        async def to_login(request: Request, call_next):
+            if request.method == "GET" and request.url.path == "/" and self.caller(request) is None:
+                return RedirectResponse("/login", status_code=303)
+            return await call_next(request)
+
+        @app.get("/login", response_class=HTMLResponse)
+        def login_page(error: str = "") -> str:
+            return _LOGIN.format(error=html.escape(error))
+
+        @app.post("/login")
+        def login(username: str = Form(...), password: str = Form(...)):
+            with open_db(self.home) as db:
+                user = users.check_password(db, username.strip(), password)
+                if user is None:
+                    return RedirectResponse("/login?error=Wrong+name+or+password",
+                                            status_code=303)
+                token = users.start_session(db, user["id"], self.session_hours)
+            response = RedirectResponse("/", status_code=303)
+            response.set_cookie(COOKIE, token, max_age=int(self.session_hours * 3600),
+                                httponly=True, samesite="lax")
+            return response
+
+        @app.get("/logout")
+        def logout(request: Request):
+            token = request.cookies.get(COOKIE)
+            if token:
+                with open_db(self.home) as db:
+                    users.end_session(db, token)
+            response = RedirectResponse("/login", status_code=303)
+            response.delete_cookie(COOKIE)
+            return response
+
+
+_LOGIN = """<!doctype html><html><head><meta charset="utf-8"><title>Sign in · Flywheel</title>
+<style>body{{font-family:system-ui,sans-serif;display:grid;place-items:center;height:100vh;
+margin:0;background:#f6f6f7}}form{{background:#fff;padding:2rem;border-radius:12px;
+box-shadow:0 2px 12px #0001;display:grid;gap:.8rem;width:18rem}}input,button{{font:inherit;
+padding:.55rem;border:1px solid #ccc;border-radius:8px}}button{{background:#f97316;color:#fff;
+border:0}}.error{{color:#b91c1c}}</style></head><body>
+<form method="post" action="/login"><h2>Flywheel</h2><div class="error">{error}</div>
+<input name="username" placeholder="Name" autocomplete="username" required autofocus>
+<input name="password" type="password" placeholder="Password" autocomplete="current-password"
+ required><button type="submit">Sign in</button></form></body></html>"""

@@ -1,0 +1,184 @@
+"""The Curate tab (curators and admins): a review queue of answers with the conversation up
+to each, a 1 to 5 score, a correction kept beside the original, flags that keep an answer out
+of training; and side by side, two adapter versions answering one prompt, the better one
+picked (a preference pair).
+
+The page's API: /review_queue, /show_answer, /save_review, /compare, /pick.
+"""
+
+import gradio as gr
+
+from assistant.engine import GenerationParams, RequestError
+from storage import open_db
+from storage import chat as store
+from storage import review
+
+COLUMNS = ["rating", "score", "reviewed", "adapter", "when", "answer"]
+FLAG_LABELS = [("contains personal data", "pii"), ("unsafe", "unsafe"),
+               ("no consent", "no_consent")]
+
+
+def build(page, demo: gr.Blocks) -> None:
+    def queue(rating: str, adapter: str, since: str, reviewed: str, request: gr.Request):
+        """Answers to review, thumbs-down first by default."""
+        page.user(request, "curator")
+        since = (since or "").strip() or None
+        if since and (len(since) != 10 or since[4] != "-" or since[7] != "-"):
+            raise gr.Error("Write the date as YYYY-MM-DD.")
+        with open_db(page.home) as db:
+            rows = review.review_queue(db, rating, adapter, since, reviewed)
+        table = [[r["rating"] or "", r["score"] or "", "yes" if r["reviewed"] else "no",
+                  r["adapter_id"] or review.BASE, r["created_at"][:16].replace("T", " "),
+                  r["content"][:120]] for r in rows]
+        return table, [r["id"] for r in rows], f"{len(rows)} answers"
+
+    def show(ids: list[str], event: gr.SelectData, request: gr.Request):
+        index = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+        return show_answer(ids[index], request)
+
+    def show_answer(message_id: str, request: gr.Request):
+        """The conversation up to an answer, and the review it has so far."""
+        page.user(request, "curator")
+        with open_db(page.home) as db:
+            answer = store.get_message(db, message_id)
+            if answer is None or answer["role"] != "assistant":
+                raise gr.Error("No such answer.")
+            turns = store.history(db, message_id)
+            current = next((r for r in review.review_queue(db) if r["id"] == message_id), None)
+        history = [{"role": t["role"] if t["role"] != "system" else "user",
+                    "content": t["content"] if t["role"] != "system"
+                    else f"[system prompt] {t['content']}"} for t in turns]
+        score = current["score"] if current else None
+        flags = (current["flags"] or "").split(",") if current and current["flags"] else []
+        return (history, message_id, score, (current or {}).get("correction") or "", flags,
+                f"Answer by {answer['adapter_id'] or 'the base model'}")
+
+    def save_review(message_id: str, score, correction: str, flags: list[str],
+                    request: gr.Request) -> str:
+        """Store a score, a correction (beside the original) and the flags of an answer."""
+        user = page.user(request, "curator")
+        if not message_id:
+            raise gr.Error("Pick an answer from the queue first.")
+        correction = (correction or "").strip()
+        try:
+            with open_db(page.home) as db, store.transaction(db):
+                if score:
+                    store.rate(db, message_id, None, rater_id=user["id"], score=int(score))
+                existing = [c["correction"] for c in store.corrections(db)
+                            if c["id"] == message_id]
+                if correction and correction not in existing:
+                    store.add_correction(db, message_id, correction, author_id=user["id"])
+                store.set_flags(db, message_id, flags or [], author_id=user["id"])
+        except (KeyError, ValueError) as exc:
+            raise gr.Error(str(exc)) from None
+        return "Saved."
+
+    def versions(request: gr.Request):
+        page.user(request, "curator")
+        names = page.service.model_names()
+        with open_db(page.home) as db:
+            from storage import adapters
+            ids = [a["id"] for a in adapters.list_adapters(db)]
+        return (gr.Dropdown(choices=["any", review.BASE, *ids]),
+                gr.Dropdown(choices=names, value=names[0]),
+                gr.Dropdown(choices=names, value=names[1] if len(names) > 1 else names[0]))
+
+    def compare(prompt: str, model_a: str, model_b: str, request: gr.Request):
+        """Both versions answer the same prompt (greedy), in a conversation of the curator's."""
+        user = page.user(request, "curator")
+        prompt = (prompt or "").strip()
+        if not prompt or model_a == model_b:
+            raise gr.Error("Write a prompt and pick two different versions.")
+        greedy = GenerationParams(temperature=0.0)
+        try:
+            first = page.service.reply(None, None, prompt, greedy, model=model_a,
+                                       user_id=user["id"])
+            second = page.service.regenerate(first.user_message_id, greedy, model=model_b)
+        except (RequestError, KeyError) as exc:
+            raise gr.Error(f"Cannot compare: {exc}") from None
+        text_a, text_b = "".join(first), "".join(second)
+        pair = {"prompt_id": first.user_message_id, "a": first.id, "b": second.id}
+        return text_a, text_b, pair, ""
+
+    def pick(pair: dict, winner: str, request: gr.Request) -> str:
+        """Store which answer is better ('a', 'b' or 'tie'): a preference pair."""
+        user = page.user(request, "curator")
+        if not pair:
+            raise gr.Error("Generate two answers first.")
+        try:
+            with open_db(page.home) as db:
+                review.record_comparison(db, pair["prompt_id"], pair["a"], pair["b"], winner,
+                                         curator_id=user["id"])
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from None
+        return {"a": "Saved: A is better.", "b": "Saved: B is better.", "tie": "Saved: a tie."}[winner]
+
+    # ---- layout and events ----------------------------------------------------------------
+    ids, picked, pair = gr.State([]), gr.State(""), gr.State({})
+    with gr.Tabs():
+        with gr.Tab("Review queue"):
+            with gr.Row():
+                rating = gr.Dropdown(["any", "down", "up", "unrated"], value="any",
+                                     label="Rating", elem_id="filter-rating")
+                adapter = gr.Dropdown(["any", review.BASE], value="any", label="Adapter",
+                                      elem_id="filter-adapter")
+                since = gr.Textbox(label="Since (YYYY-MM-DD)", elem_id="filter-since")
+                reviewed = gr.Dropdown(["any", "no", "yes"], value="no", label="Reviewed",
+                                       elem_id="filter-reviewed")
+                load = gr.Button("Load queue", variant="primary", elem_id="load-queue")
+            count = gr.Markdown(elem_id="queue-count")
+            table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True,
+                                 elem_id="queue")
+            with gr.Row():
+                conversation = gr.Chatbot(label="Conversation up to the answer", height=360,
+                                          elem_id="review-chat")
+                with gr.Column():
+                    about = gr.Markdown()
+                    score = gr.Radio([1, 2, 3, 4, 5], label="Score", elem_id="score")
+                    correction = gr.Textbox(label="Correction (kept beside the original)",
+                                            lines=4, elem_id="correction")
+                    flags = gr.CheckboxGroup(FLAG_LABELS, label="Keep out of training",
+                                             elem_id="flags")
+                    save = gr.Button("Save review", variant="primary", elem_id="save-review")
+                    saved = gr.Markdown(elem_id="review-status")
+        with gr.Tab("Side by side"):
+            prompt = gr.Textbox(label="Prompt", elem_id="compare-prompt")
+            with gr.Row():
+                model_a = gr.Dropdown(label="Version A", elem_id="version-a")
+                model_b = gr.Dropdown(label="Version B", elem_id="version-b")
+                go = gr.Button("Answer with both", variant="primary", elem_id="compare")
+            with gr.Row():
+                answer_a = gr.Textbox(label="A", lines=8, interactive=False, elem_id="answer-a")
+                answer_b = gr.Textbox(label="B", lines=8, interactive=False, elem_id="answer-b")
+            with gr.Row():
+                pick_a = gr.Button("A is better", elem_id="pick-a")
+                pick_tie = gr.Button("Tie", elem_id="pick-tie")
+                pick_b = gr.Button("B is better", elem_id="pick-b")
+            picked_note = gr.Markdown(elem_id="pick-status")
+
+    filters = [rating, adapter, since, reviewed]
+    load.click(queue, filters, [table, ids, count], api_name="review_queue")
+    table.select(show, [ids], [conversation, picked, score, correction, flags, about],
+                 api_visibility="private")
+    gr.api(show_answer, api_name="show_answer")
+    save.click(save_review, [picked, score, correction, flags], [saved], api_name="save_review")
+    go.click(compare, [prompt, model_a, model_b], [answer_a, answer_b, pair, picked_note],
+             api_name="compare")
+
+    def pick_a_fn(pair: dict, request: gr.Request):
+        return pick(pair, "a", request)
+
+    def pick_b_fn(pair: dict, request: gr.Request):
+        return pick(pair, "b", request)
+
+    def pick_tie_fn(pair: dict, request: gr.Request):
+        return pick(pair, "tie", request)
+    pick_a.click(pick_a_fn, [pair], [picked_note], api_name="pick_a")
+    pick_b.click(pick_b_fn, [pair], [picked_note], api_name="pick_b")
+    pick_tie.click(pick_tie_fn, [pair], [picked_note], api_name="pick_tie")
+
+    def on_load(request: gr.Request):
+        if page.auth.user_named(getattr(request, "username", None))["role"] == "user":
+            return gr.Dropdown(), gr.Dropdown(), gr.Dropdown()
+        return versions(request)
+    demo.load(on_load, None, [adapter, model_a, model_b], api_visibility="private")
