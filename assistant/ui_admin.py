@@ -182,8 +182,11 @@ def build(page, demo: gr.Blocks) -> None:
 
     shown = [table, pick, thumbs, curves, serving]
     refresh.click(registry, None, shown, api_name="adapters")
-    promote_btn.click(promote, [pick], [status], api_name="promote").then(
+    def promote_from_page(adapter_id: str, request: gr.Request) -> str:
+        return promote(adapter_id, request)
+    promote_btn.click(promote_from_page, [pick], [status], api_visibility="private").then(
         registry, None, shown, api_visibility="private")
+    gr.api(promote, api_name="promote")
     rollback_btn.click(rollback, None, [status], api_name="rollback").then(
         registry, None, shown, api_visibility="private")
     train_btn.click(train_now, None, [status], api_name="train_now").then(

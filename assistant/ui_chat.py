@@ -202,7 +202,7 @@ def build(page, demo: gr.Blocks) -> None:
         user = page.user(request)
         return [], _new_session(), {}, _conversations(page, user), ""
 
-    def open_conversation(conversation_id: str, request: gr.Request):
+    def show_conversation(conversation_id: str, request: gr.Request):
         """Show a conversation of yours, at its most recent branch."""
         user = page.user(request)
         if not conversation_id:
@@ -327,8 +327,13 @@ def build(page, demo: gr.Blocks) -> None:
     gr.api(rate, api_name="rate")
     new_btn.click(new_conversation, None, [chatbot, session, last, conversations, system],
                   api_name="new_conversation")
-    conversations.input(open_conversation, [conversations], [chatbot, session, system],
-                        api_name="open_conversation")
+    conversations.input(show_conversation, [conversations], [chatbot, session, system],
+                        api_visibility="private")
+
+    def read_conversation(conversation_id: str, request: gr.Request) -> list[dict]:
+        """The messages of one of your conversations, on its most recent branch."""
+        return show_conversation(conversation_id, request)[0]
+    gr.api(read_conversation, api_name="open_conversation")
     rename_btn.click(rename_conversation, [session, title], [conversations, title],
                      api_name="rename_conversation")
     delete_btn.click(delete_conversation, [session], [chatbot, session, conversations],

@@ -53,7 +53,7 @@ def build(page, demo: gr.Blocks) -> None:
         return (history, message_id, score, (current or {}).get("correction") or "", flags,
                 f"Answer by {answer['adapter_id'] or 'the base model'}")
 
-    def save_review(message_id: str, score, correction: str, flags: list[str],
+    def save_review(message_id: str, score: int | None, correction: str, flags: list[str],
                     request: gr.Request) -> str:
         """Store a score, a correction (beside the original) and the flags of an answer."""
         user = page.user(request, "curator")
@@ -83,8 +83,9 @@ def build(page, demo: gr.Blocks) -> None:
                 gr.Dropdown(choices=names, value=names[0]),
                 gr.Dropdown(choices=names, value=names[1] if len(names) > 1 else names[0]))
 
-    def compare(prompt: str, model_a: str, model_b: str, request: gr.Request):
-        """Both versions answer the same prompt (greedy), in a conversation of the curator's."""
+    def compare(prompt: str, model_a: str, model_b: str, request: gr.Request) -> dict:
+        """Both versions answer the same prompt (greedy), in a conversation of the curator's.
+        Returns both texts and the ids that `pick` takes."""
         user = page.user(request, "curator")
         prompt = (prompt or "").strip()
         if not prompt or model_a == model_b:
@@ -96,22 +97,25 @@ def build(page, demo: gr.Blocks) -> None:
             second = page.service.regenerate(first.user_message_id, greedy, model=model_b)
         except (RequestError, KeyError) as exc:
             raise gr.Error(f"Cannot compare: {exc}") from None
-        text_a, text_b = "".join(first), "".join(second)
-        pair = {"prompt_id": first.user_message_id, "a": first.id, "b": second.id}
-        return text_a, text_b, pair, ""
+        return {"prompt_id": first.user_message_id, "answer_a": first.id,
+                "answer_b": second.id, "text_a": "".join(first), "text_b": "".join(second)}
 
-    def pick(pair: dict, winner: str, request: gr.Request) -> str:
-        """Store which answer is better ('a', 'b' or 'tie'): a preference pair."""
+    def pick(prompt_id: str, answer_a: str, answer_b: str, winner: str,
+             request: gr.Request) -> str:
+        """Store which answer to `prompt_id` is better ('a', 'b' or 'tie'): a preference pair."""
         user = page.user(request, "curator")
-        if not pair:
-            raise gr.Error("Generate two answers first.")
-        try:
-            with open_db(page.home) as db:
-                review.record_comparison(db, pair["prompt_id"], pair["a"], pair["b"], winner,
+        with open_db(page.home) as db:
+            for answer in (answer_a, answer_b):
+                row = store.get_message(db, answer)
+                if row is None or row["parent_id"] != prompt_id:
+                    raise gr.Error("Both answers must answer that prompt.")
+            try:
+                review.record_comparison(db, prompt_id, answer_a, answer_b, winner,
                                          curator_id=user["id"])
-        except ValueError as exc:
-            raise gr.Error(str(exc)) from None
-        return {"a": "Saved: A is better.", "b": "Saved: B is better.", "tie": "Saved: a tie."}[winner]
+            except ValueError as exc:
+                raise gr.Error(str(exc)) from None
+        return {"a": "Saved: A is better.", "b": "Saved: B is better.",
+                "tie": "Saved: a tie."}[winner]
 
     # ---- layout and events ----------------------------------------------------------------
     ids, picked, pair = gr.State([]), gr.State(""), gr.State({})
@@ -161,21 +165,29 @@ def build(page, demo: gr.Blocks) -> None:
     table.select(show, [ids], [conversation, picked, score, correction, flags, about],
                  api_visibility="private")
     gr.api(show_answer, api_name="show_answer")
-    save.click(save_review, [picked, score, correction, flags], [saved], api_name="save_review")
-    go.click(compare, [prompt, model_a, model_b], [answer_a, answer_b, pair, picked_note],
-             api_name="compare")
+    def save_from_page(message_id: str, score, correction: str, flags: list[str],
+                       request: gr.Request) -> str:
+        return save_review(message_id, score, correction, flags, request)
+    save.click(save_from_page, [picked, score, correction, flags], [saved],
+               api_visibility="private")
+    gr.api(save_review, api_name="save_review")
+    gr.api(compare, api_name="compare")
+    gr.api(pick, api_name="pick")
 
-    def pick_a_fn(pair: dict, request: gr.Request):
-        return pick(pair, "a", request)
+    def answer_both(prompt: str, model_a: str, model_b: str, request: gr.Request):
+        both = compare(prompt, model_a, model_b, request)
+        return both["text_a"], both["text_b"], both, ""
+    go.click(answer_both, [prompt, model_a, model_b], [answer_a, answer_b, pair, picked_note],
+             api_visibility="private")
 
-    def pick_b_fn(pair: dict, request: gr.Request):
-        return pick(pair, "b", request)
-
-    def pick_tie_fn(pair: dict, request: gr.Request):
-        return pick(pair, "tie", request)
-    pick_a.click(pick_a_fn, [pair], [picked_note], api_name="pick_a")
-    pick_b.click(pick_b_fn, [pair], [picked_note], api_name="pick_b")
-    pick_tie.click(pick_tie_fn, [pair], [picked_note], api_name="pick_tie")
+    def picker(winner: str):
+        def choose(pair: dict, request: gr.Request) -> str:
+            if not pair:
+                raise gr.Error("Answer with both versions first.")
+            return pick(pair["prompt_id"], pair["answer_a"], pair["answer_b"], winner, request)
+        return choose
+    for button, winner in ((pick_a, "a"), (pick_b, "b"), (pick_tie, "tie")):
+        button.click(picker(winner), [pair], [picked_note], api_visibility="private")
 
     def on_load(request: gr.Request):
         if page.auth.user_named(getattr(request, "username", None))["role"] == "user":

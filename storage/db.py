@@ -173,7 +173,18 @@ def _connect(path: Path) -> sqlite_utils.Database:
 @contextmanager
 def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
     """All-or-nothing: BEGIN IMMEDIATE takes the write lock up front, so two writers queue
-    (busy timeout) instead of failing halfway through."""
+    (busy timeout) instead of failing halfway through. Nested inside another transaction it
+    is a savepoint, so functions that need atomicity compose."""
+    if db.conn.in_transaction:
+        db.execute("SAVEPOINT nested")
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK TO nested")
+            db.execute("RELEASE nested")
+            raise
+        db.execute("RELEASE nested")
+        return
     db.execute("BEGIN IMMEDIATE")
     try:
         yield db

@@ -1,3 +1,4 @@
+import io
 import json
 
 import pytest
@@ -68,3 +69,46 @@ def test_quantized_serving_without_a_gpu_exits_2_with_one_line(home, tiny_model_
                  "--home", str(home.root)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["flywheel: error: 4bit loading needs a CUDA GPU; this machine has none"]
+
+
+def users_cmd(home, *args, stdin=None, monkeypatch=None):
+    if stdin is not None:
+        monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
+    return main(["users", *args, "--home", str(home.root)])
+
+
+def test_users_add_list_passwd_disable_enable(home, capsys, monkeypatch):
+    from storage import users
+    assert users_cmd(home, "add", "ann", "--role", "admin", "--password-stdin",
+                     stdin="a long password\n", monkeypatch=monkeypatch) == 0
+    assert "added ann (admin)" in capsys.readouterr().out
+    assert users_cmd(home, "list") == 0
+    assert "ann  admin  active" in capsys.readouterr().out
+    assert users_cmd(home, "passwd", "ann", "--password-stdin", stdin="another password\n",
+                     monkeypatch=monkeypatch) == 0
+    with open_db(home) as db:
+        assert users.check_password(db, "ann", "another password")["name"] == "ann"
+        assert users.check_password(db, "ann", "a long password") is None
+        assert users.has_admin(db)
+    assert users_cmd(home, "disable", "ann") == 0
+    with open_db(home) as db:
+        assert users.check_password(db, "ann", "another password") is None
+    assert users_cmd(home, "enable", "ann") == 0
+    capsys.readouterr()
+    for args, stdin, message in (
+            (("add", "ann", "--password-stdin"), "a long password\n", "already exists"),
+            (("add", "bo", "--password-stdin"), "short\n", "at least 8 characters"),
+            (("disable", "nobody"), None, "no user 'nobody'")):
+        assert users_cmd(home, *args, stdin=stdin, monkeypatch=monkeypatch) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0]
+    with open_db(home) as db:
+        assert users.get_user(db, "bo") is None  # nothing half-made
+
+
+def test_serve_off_loopback_without_an_admin_exits_2_with_one_line(home, tiny_model_dir,
+                                                                  capsys):
+    assert main(["serve", "--model", str(tiny_model_dir), "--host", "0.0.0.0",
+                 "--home", str(home.root)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "without an admin account" in err[0]

@@ -134,3 +134,47 @@ def test_home_defaults_to_env_var(tmp_path, monkeypatch):
     monkeypatch.setenv("FLYWHEEL_HOME", str(tmp_path / "envhome"))
     assert Home.resolve().root == (tmp_path / "envhome").resolve()
     assert Home.resolve(tmp_path / "flag").root == (tmp_path / "flag").resolve()
+
+
+def test_siblings_branches_and_the_review_queue(home):
+    from storage import review
+    with open_db(home) as db:
+        conv = store.create_conversation(db)
+        q = store.add_message(db, conv, "user", "Capital of France?")
+        first = store.add_message(db, conv, "assistant", "Lyon.", q, adapter_id=None)
+        second = store.add_message(db, conv, "assistant", "Paris.", q)  # regenerated
+        follow = store.add_message(db, conv, "user", "And Spain?", second)
+        assert store.siblings(db, first) == store.siblings(db, second) == [first, second]
+        assert store.latest_leaf(db, q) == follow and store.latest_leaf(db, first) == first
+        edited = store.add_message(db, conv, "user", "Capital of Italy?", None)  # an edit
+        assert store.siblings(db, q) == [q, edited]
+
+        store.rate(db, first, "down")
+        store.rate(db, second, "up")
+        third = store.add_message(db, conv, "assistant", "Rome.", edited)
+        assert [r["id"] for r in review.review_queue(db)] == [first, third, second]
+        assert [r["id"] for r in review.review_queue(db, rating="up")] == [second]
+        assert [r["id"] for r in review.review_queue(db, rating="unrated")] == [third]
+        store.set_flags(db, first, ["pii"])
+        assert [r["id"] for r in review.review_queue(db, reviewed="no")] == [third, second]
+        assert review.review_queue(db, since="2999-01-01") == []
+        with pytest.raises(ValueError):
+            store.set_flags(db, first, ["boring"])
+        assert store.flags(db, first) == ["pii"]  # unchanged by the refused call
+        assert review.adapter_ratings(db) == {None: {"up": 1, "down": 1, "rate": 0.5}}
+        with pytest.raises(ValueError):
+            review.record_comparison(db, q, first, second, "both")
+        review.record_comparison(db, q, first, second, "b")
+        assert db["comparisons"].count == 1
+
+
+def test_nested_transactions_roll_back_only_their_part(home):
+    from storage.db import transaction
+    with open_db(home) as db:
+        with transaction(db):
+            conv = store.create_conversation(db)
+            with pytest.raises(RuntimeError), transaction(db):
+                store.add_message(db, conv, "user", "kept out")
+                raise RuntimeError
+            store.add_message(db, conv, "user", "kept")
+        assert [m["content"] for m in db["messages"].rows] == ["kept"]

@@ -1,0 +1,148 @@
+"""Who can do what: sign-in, sessions, roles and ownership, through the page's own API
+(`gradio_client`) and plain HTTP, on a real server with auth on."""
+
+import time
+
+import httpx
+import pytest
+from gradio_client import Client
+
+from assistant.server import ServeConfig, ServeError, build, serve_in_thread
+from storage import open_db
+from storage import users
+from storage import chat as store
+
+PASSWORD = "correct horse battery"
+
+
+def add(home, name, role):
+    with open_db(home) as db:
+        users.add_user(db, name, role)
+        users.set_password(db, name, PASSWORD)
+        key, _ = users.create_key(db, name)
+    return key
+
+
+@pytest.fixture
+def server(home, tiny_model_dir):
+    keys = {name: add(home, name, role) for name, role in
+            (("alice", "user"), ("bob", "user"), ("carol", "curator"), ("dave", "admin"))}
+    config = ServeConfig(model=str(tiny_model_dir), port=0, poll_interval=0.1)
+    with serve_in_thread(home, config) as (url, srv):
+        yield url, home, keys
+
+
+def as_user(url, key) -> Client:
+    return Client(url, verbose=False, headers={"Authorization": f"Bearer {key}"})
+
+
+def denied(call, match):
+    with pytest.raises(Exception, match=match):
+        call()
+
+
+def test_signed_out_visitors_are_sent_to_sign_in_and_get_nothing(server):
+    url, _, _ = server
+    page = httpx.get(url, follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/login"
+    assert httpx.get(f"{url}/config").status_code == 401
+    assert httpx.get(f"{url}/v1/models").status_code == 401
+    assert httpx.get(f"{url}/healthz").status_code == 200  # for load balancers
+
+
+def test_sign_in_gives_a_session_that_times_out_and_ends_on_sign_out(server, home,
+                                                                    tiny_model_dir):
+    url, _, _ = server
+    wrong = httpx.post(f"{url}/login", data={"username": "alice", "password": "nope"})
+    assert wrong.status_code == 303 and "error=" in wrong.headers["location"]
+    with httpx.Client(base_url=url) as browser:
+        signed = browser.post("/login", data={"username": "alice", "password": PASSWORD})
+        assert signed.status_code == 303 and signed.headers["location"] == "/"
+        assert browser.get("/").status_code == 200
+        assert browser.get("/v1/models").status_code == 200  # the page's cookie works there too
+        browser.get("/logout")
+        assert browser.get("/", follow_redirects=False).status_code == 303
+    with open_db(home) as db:  # an expired session is refused
+        token = users.start_session(db, db["users"].count, hours=-1)
+    assert httpx.get(url, cookies={"flywheel_session": token}).status_code == 303
+
+
+def test_users_see_and_rate_only_their_own_conversations(server):
+    url, home, keys = server
+    alice, bob = as_user(url, keys["alice"]), as_user(url, keys["bob"])
+    _, _, last = alice.predict("hello", "", 0.0, 16, api_name="/send")
+    conversation, answer = last["conversation_id"], last["message_id"]
+    history = alice.predict(conversation, api_name="/open_conversation")
+    assert history[0] == {"role": "user", "content": "hello"}
+    denied(lambda: bob.predict(conversation, api_name="/open_conversation"), "No such conversation")
+    denied(lambda: bob.predict(answer, "down", [], "", api_name="/rate"), "No such message")
+    assert alice.predict(answer, "down", ["too long"], "meh", api_name="/rate") == "ok"
+    with open_db(home) as db:
+        [rating] = db["ratings"].rows_where("message_id = ?", [answer])
+        assert rating["rater_id"] == users.get_user(db, "alice")["id"]
+        assert store.get_conversation(db, conversation)["user_id"] == rating["rater_id"]
+
+
+@pytest.mark.parametrize("endpoint, args, role", [
+    ("/review_queue", ("any", "any", "", "any"), "curator"),
+    ("/save_review", ("chatcmpl-x", 5, "better", []), "curator"),
+    ("/compare", ("hi", "flywheel", "tiny-model0"), "curator"),
+    ("/pick", ("msg-x", "chatcmpl-a", "chatcmpl-b", "a"), "curator"),
+    ("/promote", ("ad-x",), "admin"),
+    ("/rollback", (), "admin"),
+    ("/train_now", (), "admin"),
+    ("/add_user", ("mallory", "admin", "password123"), "admin"),
+    ("/reset_password", ("dave", "password123"), "admin"),
+    ("/disable_user", ("dave",), "admin"),
+])
+def test_curator_and_admin_actions_are_refused_to_lower_roles(server, endpoint, args, role):
+    url, home, keys = server
+    callers = ["alice"] + (["carol"] if role == "admin" else [])
+    for name in callers:
+        denied(lambda: as_user(url, keys[name]).predict(*args, api_name=endpoint),
+               f"needs the {role} role")
+    with open_db(home) as db:
+        assert users.get_user(db, "mallory") is None
+        assert users.check_password(db, "dave", PASSWORD) is not None
+        assert db["adapters"].count == 0 and db["corrections"].count == 0
+
+
+def test_a_curator_reviews_and_an_admin_manages_users(server):
+    url, home, keys = server
+    _, _, last = as_user(url, keys["alice"]).predict("hi", "", 0.0, 16, api_name="/send")
+    carol = as_user(url, keys["carol"])
+    table, count = carol.predict("any", "any", "", "no", api_name="/review_queue")
+    assert count == "1 answers" and table["data"][0][2] == "no"
+    assert carol.predict(last["message_id"], 2, "Hello! How can I help?", ["pii"],
+                         api_name="/save_review") == "Saved."
+    with open_db(home) as db:
+        assert store.corrections(db)[0]["correction"] == "Hello! How can I help?"
+        assert store.flags(db, last["message_id"]) == ["pii"]
+    table, count = carol.predict("any", "any", "", "no", api_name="/review_queue")
+    assert count == "0 answers"  # reviewed now
+
+    dave = as_user(url, keys["dave"])
+    people, note = dave.predict("erin", "curator", "password123", api_name="/add_user")
+    assert ["erin", "curator"] == people["data"][-1][:2]
+    dave.predict("alice", api_name="/disable_user")
+    denied(lambda: as_user(url, keys["alice"]).predict(api_name="/new_conversation"),
+           "credentials were not provided")  # a disabled user cannot even load the page
+    assert httpx.get(f"{url}/v1/models",
+                     headers={"Authorization": f"Bearer {keys['alice']}"}).status_code == 401
+
+
+def test_off_loopback_the_server_refuses_to_start_without_an_admin(tmp_path, tiny_model_dir):
+    from storage import Home, init_db
+    home = Home.resolve(tmp_path / "open")
+    init_db(home)
+    with pytest.raises(ServeError, match="without an admin account"):
+        build(home, ServeConfig(model=str(tiny_model_dir), host="0.0.0.0"))
+
+
+def test_loopback_with_no_users_is_the_local_admin(home, tiny_model_dir):
+    config = ServeConfig(model=str(tiny_model_dir), port=0)
+    with serve_in_thread(home, config) as (url, _):
+        assert httpx.get(url).status_code == 200
+        client = Client(url, verbose=False)
+        table, count = client.predict("any", "any", "", "any", api_name="/review_queue")
+        assert count == "0 answers"
