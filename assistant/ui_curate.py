@@ -132,6 +132,7 @@ def build(page, demo: gr.Blocks) -> None:
                 load = gr.Button("Load queue", variant="primary", elem_id="load-queue")
             count = gr.Markdown(elem_id="queue-count")
             table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True,
+                                 column_widths=["9%", "7%", "9%", "15%", "15%", "45%"],
                                  elem_id="queue")
             with gr.Row():
                 conversation = gr.Chatbot(label="Conversation up to the answer", height=360,
