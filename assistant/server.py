@@ -75,7 +75,7 @@ def build(home: Home, config: ServeConfig) -> Server:
 
     api.install(app, service, auth)
     auth.install(app)
-    app = gr.mount_gradio_app(app, build_ui(service, auth), path="/",
+    app = gr.mount_gradio_app(app, build_ui(service, auth, config.model), path="/",
                               auth_dependency=auth.gradio_user)
     return Server(app, engine, watcher, service)
 

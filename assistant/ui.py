@@ -20,10 +20,11 @@ from storage import chat as store
 class Page:
     """What every tab's handlers share: the chat service, the data folder, who is calling."""
 
-    def __init__(self, service: ChatService, auth: Auth):
+    def __init__(self, service: ChatService, auth: Auth, model_spec: str | None):
         self.service = service
         self.home = service.home
         self.auth = auth
+        self.model_spec = model_spec  # what `flywheel train` started from the page trains on
 
     def user(self, request: gr.Request, role: str = "user") -> dict:
         """The caller, if they have at least `role`; otherwise a message in the page."""
@@ -54,9 +55,9 @@ class Page:
         return message
 
 
-def build_ui(service: ChatService, auth: Auth) -> gr.Blocks:
+def build_ui(service: ChatService, auth: Auth, model_spec: str | None = None) -> gr.Blocks:
     from assistant import ui_admin, ui_chat, ui_curate
-    page = Page(service, auth)
+    page = Page(service, auth, model_spec)
     with gr.Blocks(title="Flywheel") as demo:
         with gr.Row():
             gr.Markdown("## Flywheel")

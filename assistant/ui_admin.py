@@ -15,8 +15,8 @@ import pandas as pd
 from storage import adapters, review, runs, users
 from storage import open_db
 
-ADAPTER_COLUMNS = ["id", "status", "method", "run", "examples", "train loss", "👍", "👎",
-                   "👍 rate", "created"]
+ADAPTER_COLUMNS = ["id", "status", "method", "run", "examples", "train loss", "thumbs up",
+                   "thumbs down", "up rate", "created"]
 
 
 def build(page, demo: gr.Blocks) -> None:
@@ -82,8 +82,9 @@ def build(page, demo: gr.Blocks) -> None:
         log_path = page.home.runs_dir / "train-now.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(log_path, "w")
+        model = ["--model", page.model_spec] if page.model_spec else []
         training["process"] = subprocess.Popen(
-            [sys.executable, "-m", "flywheel.cli", "train", "--home", str(page.home.root)],
+            [sys.executable, "-m", "flywheel.cli", "train", "--home", str(page.home.root), *model],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         training["log"] = log_path
         return "Training started."

@@ -146,3 +146,37 @@ def test_loopback_with_no_users_is_the_local_admin(home, tiny_model_dir):
         client = Client(url, verbose=False)
         table, count = client.predict("any", "any", "", "any", api_name="/review_queue")
         assert count == "0 answers"
+
+
+def test_a_curator_compares_two_versions_and_picks_one(server, tiny_model_dir):
+    url, home, keys = server
+    from storage import adapters
+    from tests.test_engine import make_adapter
+    make_adapter(tiny_model_dir, adapters.staging_path(home, "ad-cmp"), seed=1)
+    with open_db(home) as db:
+        adapters.publish(db, home, "ad-cmp", base_model="tiny-model0", method="sft")
+    carol = as_user(url, keys["carol"])
+    both = carol.predict("hello", "tiny-model0", "ad-cmp", api_name="/compare")
+    assert both["text_a"] != both["text_b"]
+    assert carol.predict(both["prompt_id"], both["answer_a"], both["answer_b"], "b",
+                         api_name="/pick") == "Saved: B is better."
+    with open_db(home) as db:
+        [pick] = db["comparisons"].rows
+        a, b = store.get_message(db, pick["answer_a"]), store.get_message(db, pick["answer_b"])
+    assert pick["winner"] == "b" and a["adapter_id"] is None and b["adapter_id"] == "ad-cmp"
+    assert a["parent_id"] == b["parent_id"] == pick["prompt_id"]
+    denied(lambda: carol.predict(both["prompt_id"], both["answer_a"], "chatcmpl-other", "a",
+                                 api_name="/pick"), "must answer that prompt")
+
+
+def test_an_admin_starts_training_in_its_own_process_and_sees_its_progress(server):
+    url, home, keys = server
+    dave = as_user(url, keys["dave"])
+    assert dave.predict(api_name="/train_now") == "Training started."
+    progress = ""
+    deadline = time.monotonic() + 120
+    while "finished" not in progress and time.monotonic() < deadline:
+        progress = dave.predict(api_name="/training_progress")
+        time.sleep(0.5)
+    assert "Training finished (exit 0)" in progress
+    assert "not enough training data" in progress  # nobody has rated anything yet

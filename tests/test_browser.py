@@ -150,13 +150,26 @@ def test_chat_streams_regenerates_switches_siblings_rates_and_stops(browser, loc
     assert rating["rating"] == "down" and rating["reasons"] == '["too long"]'
     assert rating["comment"] == "Shorter, please."
 
+    # Edit the question: a new branch beside the old one, nothing overwritten.
+    page.locator("#chatbot [data-testid='user']").first.click()
+    expect(page.locator("#selected")).to_contain_text("Selected message 1 of 1")
+    page.fill("#edit-box textarea", "Write a short poem about the moon.")
+    page.click("#edit-send")
+    wait_until(lambda: len(answers(home)) == 3, what="the answer to the edited message")
+    with open_db(home) as db:
+        questions = list(db["messages"].rows_where("role = 'user'", order_by="rowid"))
+    assert [q["content"] for q in questions] == ["Write a short poem about the sea.",
+                                                 "Write a short poem about the moon."]
+    assert questions[0]["parent_id"] is None and questions[1]["parent_id"] is None
+    shows(page, answers(home)[2]["content"])
+
     # Stop a long answer mid-way: the partial answer is stored, marked interrupted.
     page.fill("#message textarea", "Tell me a very long story about a dragon and a knight.")
     page.click("#send")
-    wait_until(lambda: len(last_bot_text(page)) > 40 and len(answers(home)) == 2,
+    wait_until(lambda: len(last_bot_text(page)) > 40 and len(answers(home)) == 3,
                what="the long answer to start streaming")
     page.click("#stop")
-    stopped = wait_until(lambda: len(answers(home)) == 3 and answers(home)[2],
+    stopped = wait_until(lambda: len(answers(home)) == 4 and answers(home)[3],
                          what="the stopped answer")
     assert stopped["finish_reason"] == "interrupted" and stopped["completion_tokens"] < 256
     shows(page, stopped["content"])
