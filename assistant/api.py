@@ -125,7 +125,8 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
                            "lists what can be served", param="model",
                            code="model_not_found") from None
         except RequestError as exc:
-            raise APIError(400, str(exc), param=exc.param, code=exc.code) from None
+            raise APIError(exc.status, str(exc), "server_error" if exc.status >= 500
+                           else "invalid_request_error", param=exc.param, code=exc.code) from None
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             return StreamingResponse(_sse(turn, service.model_name, include_usage),

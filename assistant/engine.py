@@ -33,9 +33,10 @@ BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
 class RequestError(ValueError):
     """A request the engine will not run (too long, bad parameters); `param` names the field."""
 
-    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, message: str, param: str | None = None, code: str | None = None,
+                 status: int = 400):
         super().__init__(message)
-        self.param, self.code = param, code
+        self.param, self.code, self.status = param, code, status
 
 
 @dataclass
@@ -149,7 +150,7 @@ class _StepHook(StoppingCriteria):
 class Engine:
     def __init__(self, model, tokenizer, base_name: str, *, max_batch_size: int = 8,
                  max_loaded_adapters: int = 2, max_tokens_cap: int = 1024,
-                 context_length: int | None = None):
+                 context_length: int | None = None, max_queued: int = 64):
         self.model = model            # becomes a PeftModel once the first adapter is loaded
         self.tokenizer = tokenizer
         self.base_name = base_name
@@ -157,6 +158,7 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.max_loaded_adapters = max_loaded_adapters  # the active one + one for rollback
         self.max_tokens_cap = max_tokens_cap
+        self.max_queued = max_queued  # beyond this many waiting requests, say "busy"
         self.context_length = context_length or getattr(model.config, "max_position_embeddings",
                                                         2048)
         self.eos_ids = self._eos_ids()
@@ -178,6 +180,9 @@ class Engine:
         Raises RequestError with a message for the user."""
         if not messages or messages[-1]["role"] != "user":
             raise RequestError("the last message must be from the user", "messages")
+        if self.queued() >= self.max_queued:
+            raise RequestError("the model is busy; try again in a moment", code="model_busy",
+                               status=503)
         if params.max_tokens < 1 or params.max_tokens > self.max_tokens_cap:
             raise RequestError(f"max_tokens must be between 1 and {self.max_tokens_cap}, "
                                f"not {params.max_tokens}", "max_tokens")

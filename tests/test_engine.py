@@ -172,3 +172,16 @@ def test_a_request_joins_a_running_batch_instead_of_waiting_for_it(engine):
     assert short_text == short_alone and short.result.finish_reason == "length"
     assert first + "".join(pieces) == long_alone
     assert long.result.completion_tokens == 300
+
+
+def test_a_full_queue_says_busy_instead_of_queueing_forever(engine):
+    engine.max_queued = 2
+    gate = engine._submit(lambda: time.sleep(0.5))  # hold the worker
+    waiting = [engine.chat(HELLO, GREEDY), engine.chat(HELLO, GREEDY)]
+    with pytest.raises(RequestError, match="busy") as info:
+        engine.check(HELLO, GREEDY)
+    assert info.value.status == 503
+    gate.result(5)
+    for stream in waiting:
+        list(stream)
+    assert engine.check(HELLO, GREEDY) > 0  # room again
