@@ -28,7 +28,7 @@ def build(page, demo: gr.Blocks) -> None:
         with open_db(page.home) as db:
             rows, stats = adapters.list_adapters(db), review.adapter_ratings(db)
             all_runs = runs.list_runs(db)
-            daily = review.daily_thumbs_up(db)
+            daily = review.thumbs_up_over_time(db)
         by_run = {r["id"]: r for r in all_runs}
         table = []
         for a in reversed(rows):
@@ -44,8 +44,9 @@ def build(page, demo: gr.Blocks) -> None:
                           base["rate"], ""])
         losses = [{"run": r["id"], "step": i + 1, "loss": loss} for r in all_runs
                   for i, loss in enumerate(r["metrics"].get("loss_curve", []))]
-        thumbs = pd.DataFrame(daily or [], columns=["day", "adapter", "thumbs_up_rate",
+        thumbs = pd.DataFrame(daily or [], columns=["time", "adapter", "thumbs_up_rate",
                                                      "ratings"])
+        thumbs["time"] = pd.to_datetime(thumbs["time"])
         curves = pd.DataFrame(losses or [], columns=["run", "step", "loss"])
         serving = page.service.engine.active_adapter or "the base model"
         return (table, gr.Dropdown(choices=[a["id"] for a in rows]), thumbs, curves,
@@ -160,8 +161,9 @@ def build(page, demo: gr.Blocks) -> None:
                                    elem_id="train-progress")
             timer = gr.Timer(2.0, active=False)
         with gr.Tab("Plots"):
-            thumbs = gr.LinePlot(x="day", y="thumbs_up_rate", color="adapter",
-                                 title="Thumbs-up rate per adapter", y_lim=[0, 1],
+            thumbs = gr.LinePlot(x="time", y="thumbs_up_rate", color="adapter",
+                                 title="Thumbs-up rate per adapter (running, per rated answer)",
+                                 y_lim=[0, 1],
                                  elem_id="thumbs-plot")
             curves = gr.LinePlot(x="step", y="loss", color="run", title="Training loss per run",
                                  elem_id="loss-plot")

@@ -75,14 +75,18 @@ def adapter_ratings(db: sqlite_utils.Database) -> dict[str | None, dict]:
     return stats
 
 
-def daily_thumbs_up(db: sqlite_utils.Database) -> list[dict]:
-    """Thumbs-up rate per adapter per day the answers were given: the rows of a plot."""
-    days: dict = {}
-    for row in db.execute_returning_dicts(_ANSWERS):
-        if row["rating"] is None:
-            continue
-        key = (row["created_at"][:10], row["adapter_id"] or BASE)
-        up, n = days.get(key, (0, 0))
-        days[key] = (up + (row["rating"] == "up"), n + 1)
-    return [{"day": day, "adapter": adapter, "thumbs_up_rate": up / n, "ratings": n}
-            for (day, adapter), (up, n) in sorted(days.items())]
+def thumbs_up_over_time(db: sqlite_utils.Database) -> list[dict]:
+    """Each adapter's running thumbs-up rate, one point per rated answer in the order they
+    were given: the rows of the admin page's plot."""
+    rows = sorted((r for r in db.execute_returning_dicts(_ANSWERS) if r["rating"]),
+                  key=lambda r: r["created_at"])
+    counts: dict = {}
+    points = []
+    for row in rows:
+        adapter = row["adapter_id"] or BASE
+        up, n = counts.get(adapter, (0, 0))
+        up, n = up + (row["rating"] == "up"), n + 1
+        counts[adapter] = (up, n)
+        points.append({"time": row["created_at"], "adapter": adapter,
+                       "thumbs_up_rate": round(up / n, 3), "ratings": n})
+    return points

@@ -178,3 +178,21 @@ def test_nested_transactions_roll_back_only_their_part(home):
                 raise RuntimeError
             store.add_message(db, conv, "user", "kept")
         assert [m["content"] for m in db["messages"].rows] == ["kept"]
+
+
+def test_each_user_lists_only_their_own_live_conversations(home):
+    from storage import users
+    with open_db(home) as db:
+        alice, bob = (users.add_user(db, n)["id"] for n in ("alice", "bob"))
+        mine = store.create_conversation(db, user_id=alice, title="mine")
+        gone = store.create_conversation(db, user_id=alice, title="gone")
+        store.create_conversation(db, user_id=bob, title="theirs")
+        store.create_conversation(db, title="local")
+        store.delete_conversation(db, gone)
+        store.update_conversation(db, mine, title="renamed", system_prompt="Be brief.")
+        assert [c["title"] for c in store.list_conversations(db, alice)] == ["renamed"]
+        assert [c["title"] for c in store.list_conversations(db, None)] == ["local"]
+        assert store.get_conversation(db, mine)["system_prompt"] == "Be brief."
+        assert store.get_conversation(db, gone) is None
+        with pytest.raises(ValueError):
+            store.update_conversation(db, mine, title="  ")
