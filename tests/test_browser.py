@@ -15,6 +15,7 @@ from assistant.server import ServeConfig, serve_in_thread
 from storage import Home, adapters, open_db, users
 from storage import chat as store
 from tests.conftest import copy_model_cache
+from tests.test_e2e import wait_for
 from tests.test_engine import make_adapter
 
 pytestmark = pytest.mark.integration
@@ -71,16 +72,6 @@ def answers(home) -> list[dict]:
         return list(db["messages"].rows_where("role = 'assistant'", order_by="rowid"))
 
 
-def wait_until(check, timeout=120, what="it"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def letters(text: str) -> str:
     """Letters and digits only: the page renders answers as Markdown (line breaks, emphasis)."""
     return re.sub(r"[^0-9A-Za-z]", "", text)
@@ -88,9 +79,9 @@ def letters(text: str) -> str:
 
 def shows(page, content: str, selector="#chatbot [data-testid='bot']") -> None:
     """The last message matching `selector` shows `content` (waits for the page to update)."""
-    wait_until(lambda: page.locator(selector).count()
-               and letters(page.locator(selector).last.inner_text()) == letters(content),
-               timeout=15, what=f"the page to show {content[:40]!r}")
+    wait_for(lambda: page.locator(selector).count()
+             and letters(page.locator(selector).last.inner_text()) == letters(content),
+             15, f"the page to show {content[:40]!r}")
 
 
 def last_bot_text(page) -> str:
@@ -128,7 +119,7 @@ def test_chat_streams_regenerates_switches_siblings_rates_and_stops(browser, loc
 
     # Regenerate: a second answer beside the first; the page moves between the two.
     page.click("#regenerate")
-    wait_until(lambda: len(answers(home)) == 2, what="the regenerated answer")
+    wait_for(lambda: len(answers(home)) == 2, 120, "the regenerated answer")
     second = answers(home)[1]
     assert second["parent_id"] == first["parent_id"] and second["id"] != first["id"]
     shows(page, second["content"])
@@ -155,7 +146,7 @@ def test_chat_streams_regenerates_switches_siblings_rates_and_stops(browser, loc
     expect(page.locator("#selected")).to_contain_text("Selected message 1 of 1")
     page.fill("#edit-box textarea", "Write a short poem about the moon.")
     page.click("#edit-send")
-    wait_until(lambda: len(answers(home)) == 3, what="the answer to the edited message")
+    wait_for(lambda: len(answers(home)) == 3, 120, "the answer to the edited message")
     with open_db(home) as db:
         questions = list(db["messages"].rows_where("role = 'user'", order_by="rowid"))
     assert [q["content"] for q in questions] == ["Write a short poem about the sea.",
@@ -166,11 +157,11 @@ def test_chat_streams_regenerates_switches_siblings_rates_and_stops(browser, loc
     # Stop a long answer mid-way: the partial answer is stored, marked interrupted.
     page.fill("#message textarea", "Tell me a very long story about a dragon and a knight.")
     page.click("#send")
-    wait_until(lambda: len(last_bot_text(page)) > 40 and len(answers(home)) == 3,
-               what="the long answer to start streaming")
+    wait_for(lambda: len(last_bot_text(page)) > 40 and len(answers(home)) == 3, 120,
+             "the long answer to start streaming")
     page.click("#stop")
-    stopped = wait_until(lambda: len(answers(home)) == 4 and answers(home)[3],
-                         what="the stopped answer")
+    stopped = wait_for(lambda: len(answers(home)) == 4 and answers(home)[3], 120,
+                       "the stopped answer")
     assert stopped["finish_reason"] == "interrupted" and stopped["completion_tokens"] < 256
     shows(page, stopped["content"])
     page.close()
@@ -219,15 +210,15 @@ def test_an_admin_promotes_and_rolls_back(browser, team_server):
     page.get_by_role("option", name=adapter_id).click()
     page.click("#promote")
     expect(page.locator("#admin-status")).to_contain_text(f"{adapter_id} is now active")
-    wait_until(lambda: httpx.get(f"{url}/healthz").json()["adapter"] == adapter_id,
-               what="the swap")
+    wait_for(lambda: httpx.get(f"{url}/healthz").json()["adapter"] == adapter_id, 120,
+             "the swap")
     page.click("#refresh-adapters")
     expect(page.locator("#serving")).to_contain_text(adapter_id)
     page.screenshot(path=OUTPUT / "browser-admin.png", full_page=True)
     page.click("#rollback")
     expect(page.locator("#admin-status")).to_contain_text("the base model is now active")
-    wait_until(lambda: httpx.get(f"{url}/healthz").json()["adapter"] is None,
-               what="the swap back")
+    wait_for(lambda: httpx.get(f"{url}/healthz").json()["adapter"] is None, 120,
+             "the swap back")
     page.close()
 
 
