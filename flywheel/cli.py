@@ -103,6 +103,52 @@ def cmd_keys(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write a dataset as JSONL (to a temporary file, renamed into place when complete)."""
+    import os
+    import time
+    from trainer.dataset import DataConfig, build, to_openai, to_trl
+    home = Home.resolve(args.home)
+    init_db(home)
+    fmt = "sft" if args.format == "openai" else args.format
+    count_tokens = None
+    if args.model is not None or not args.no_length_check:
+        from assistant import models
+        from transformers import AutoTokenizer
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(models.resolve(args.model, home).folder)
+        except models.ModelError as exc:
+            raise UsageError(str(exc)) from None
+        count_tokens = lambda turns: len(tokenizer.apply_chat_template(  # noqa: E731
+            turns, return_dict=True)["input_ids"])
+    started = time.perf_counter()
+    config = DataConfig(max_length=args.max_length, validation_share=args.validation_share,
+                        near_duplicate_threshold=args.threshold)
+    with open_db(home) as db:
+        datasets, manifest = build(db, config, count_tokens=count_tokens)
+    manifest["seconds"] = round(time.perf_counter() - started, 2)
+    sides = ["train", "validation"] if args.split == "all" else [args.split]
+    rows = [to_openai(e) if args.format == "openai" else to_trl(e, fmt)
+            for side in sides for e in datasets[fmt][side]]
+    lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    if args.out:
+        tmp = f"{args.out}.tmp-{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(lines)
+        os.replace(tmp, args.out)
+    else:
+        sys.stdout.write(lines)
+    if args.report:
+        with open(args.report, "w") as f:
+            json.dump(manifest, f, indent=1)
+    summary = {k: {s: v[s] for s in ("train", "validation", "sources")}
+               for k, v in manifest["formats"].items()}
+    print(f"{len(rows)} {args.format} examples written ({args.split}); formats: "
+          f"{json.dumps(summary)}; dropped: {json.dumps(manifest['dropped'])}; scrubbed: "
+          f"{json.dumps(manifest['scrubbed'])}; {manifest['seconds']}s", file=sys.stderr)
+    return 0
+
+
 def _password(args: argparse.Namespace) -> str:
     """From standard input with --password-stdin (scripts), else asked twice at a prompt."""
     import getpass
@@ -208,6 +254,20 @@ def parser() -> argparse.ArgumentParser:
         sp.add_argument("--password-stdin", action="store_true",
                         help="read the password from standard input")
     u.set_defaults(func=cmd_users)
+
+    e = sub.add_parser("export", parents=[home], help="write a training dataset as JSONL")
+    e.add_argument("--format", required=True, choices=["sft", "dpo", "kto", "openai"])
+    e.add_argument("--out", help="file to write (default: standard output)")
+    e.add_argument("--split", default="all", choices=["train", "validation", "all"])
+    e.add_argument("--model", help="base model whose tokenizer measures length (default: embedded)")
+    e.add_argument("--no-length-check", action="store_true",
+                   help="skip fitting examples to the context (no tokenizer needed)")
+    e.add_argument("--max-length", type=int, default=1024, help="tokens per example")
+    e.add_argument("--validation-share", type=float, default=0.1)
+    e.add_argument("--threshold", type=float, default=0.95,
+                   help="cosine similarity at which examples are near duplicates")
+    e.add_argument("--report", help="also write the manifest (counts, drops, scrubs) as JSON")
+    e.set_defaults(func=cmd_export)
     return p
 
 
