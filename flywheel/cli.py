@@ -34,7 +34,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     from trainer.train import NotEnoughData, TrainConfig, run_cycle
     config = TrainConfig(model=args.model, min_examples=args.min_examples, epochs=args.epochs,
                          max_steps=args.max_steps, learning_rate=args.learning_rate,
-                         batch_size=args.batch_size, promote=not args.no_promote)
+                         batch_size=args.batch_size, promote=not args.no_promote,
+                         validation_share=args.validation_share, replay_share=args.replay_share,
+                         anchor_share=args.anchor_share)
     try:
         run_cycle(Home.resolve(args.home), config)
     except NotEnoughData as exc:
@@ -218,6 +220,12 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--learning-rate", type=float, default=2e-4)
     t.add_argument("--batch-size", type=int, default=4)
     t.add_argument("--no-promote", action="store_true", help="leave the new adapter a candidate")
+    t.add_argument("--validation-share", type=float, default=0.1,
+                   help="share of conversations held out for validation")
+    t.add_argument("--replay-share", type=float, default=0.1,
+                   help="earlier runs' examples mixed in, as a share of the new ones")
+    t.add_argument("--anchor-share", type=float, default=0.1,
+                   help="anchor-set examples mixed in (the set is generated once per model)")
     t.set_defaults(func=cmd_train)
 
     a = sub.add_parser("adapters", help="list, promote or roll back adapters")

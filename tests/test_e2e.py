@@ -91,7 +91,8 @@ def test_feedback_trains_an_adapter_that_the_running_server_swaps_in(server):
 
     train = subprocess.run(flywheel("train", "--home", str(home.root), "--min-examples", "6",
                                     "--max-steps", "8", "--batch-size", "2",
-                                    "--learning-rate", "2e-3"),
+                                    "--learning-rate", "2e-3", "--validation-share", "0",
+                                    "--anchor-share", "0"),
                            capture_output=True, text=True, timeout=900)
     (OUTPUT / "e2e-train.log").write_text(train.stdout + train.stderr)
     assert train.returncode == 0, train.stderr[-2000:]

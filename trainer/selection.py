@@ -28,6 +28,16 @@ def _excluded(db: sqlite_utils.Database) -> tuple[set[str], set[str]]:
     return flagged, conversations
 
 
+def excluded_messages(db: sqlite_utils.Database) -> set[str]:
+    """Ids of every message that must not be trained on: flagged, or in a conversation
+    whose owner withheld consent or is disabled."""
+    flagged, withheld = _excluded(db)
+    in_withheld = {r[0] for r in db.execute(
+        "SELECT m.id FROM messages m JOIN conversations c ON c.id = m.conversation_id "
+        "JOIN users u ON u.id = c.user_id WHERE u.consent = 0 OR u.disabled = 1")}
+    return flagged | in_withheld
+
+
 def _judgements(db: sqlite_utils.Database) -> dict[str, dict]:
     """Per answer: the thumbs rating that counts and the latest 1-5 score."""
     rows = db.execute_returning_dicts(

@@ -10,13 +10,13 @@ so the adapter is trained on exactly the weights it will be served on.
 import json
 import shutil
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 
 from assistant import models
 from storage import Home, init_db, open_db
 from storage import adapters, runs
 from storage import chat as store
-from trainer.dataset import build_sft, manifest
 
 
 @dataclass
@@ -34,6 +34,10 @@ class TrainConfig:
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Trade compute for memory; None: on with CUDA, off on the CPU (where it only slows a small model down)."})
     seed: int = field(default=42, metadata={"help": "Seed for shuffling and initialisation."})
     promote: bool = field(default=True, metadata={"help": "Make the new adapter active when training succeeds."})
+    validation_share: float = field(default=0.1, metadata={"help": "Share of conversations held out for validation."})
+    near_duplicate_threshold: float = field(default=0.95, metadata={"help": "Cosine similarity (all-MiniLM-L6-v2) at which examples are duplicates."})
+    replay_share: float = field(default=0.1, metadata={"help": "Earlier runs' examples mixed in, as a share of the new training examples."})
+    anchor_share: float = field(default=0.1, metadata={"help": "Anchor-set examples (base model answers to general prompts) mixed in, as a share."})
 
 
 class NotEnoughData(Exception):
@@ -44,22 +48,16 @@ def run_cycle(home: Home, config: TrainConfig) -> dict:
     """Train, publish and (by default) promote one adapter; returns the adapter row.
     Raises NotEnoughData, having changed nothing, when the feedback is too thin."""
     init_db(home)
-    with open_db(home) as db:
-        examples = build_sft(db)
-        counts = store.feedback_counts(db)
-    if len(examples) < config.min_examples:
-        raise NotEnoughData(
-            f"not enough training data: {len(examples)} SFT examples (from {counts['up']} liked "
-            f"answers and {counts['corrections']} corrections), need at least {config.min_examples}")
-    print(f"Dataset: {len(examples)} SFT examples {manifest(examples)['sources']}", flush=True)
-
     base = models.resolve(config.model, home)
+    examples, data_manifest = training_data(home, base, config)
+    print(f"Dataset: {len(examples)} SFT examples {data_manifest['sources']}", flush=True)
     adapter_id = adapters.new_adapter_id()
     with open_db(home) as db:
         active = adapters.active(db)
         run_id = runs.start(db, base_model=base.name, method="sft", config=asdict(config),
-                            manifest=manifest(examples))
+                            manifest=data_manifest)
     workdir = home.runs_dir / run_id
+    _save_examples(workdir / REPLAY_FILE, [e for e in examples if e["source"] not in REPLAYED])
     try:
         started = time.perf_counter()
         metrics = _train_sft(base, examples, config, workdir, home, adapter_id)
@@ -81,6 +79,78 @@ def run_cycle(home: Home, config: TrainConfig) -> dict:
     print(f"Adapter {adapter_id}: status {row['status']}"
           + (f" (replaces {replaced})" if config.promote else ""), flush=True)
     return row
+
+
+REPLAY_FILE = "sft-train.jsonl"  # a run's own feedback examples, replayed by later runs
+REPLAYED = ("replay", "anchor")
+
+
+def training_data(home: Home, base: models.BaseModel, config: TrainConfig) -> tuple[list, dict]:
+    """The SFT training split, cleaned, scrubbed and deduplicated, with a share of earlier
+    runs' data and of the anchor set mixed in; and its manifest. Raises NotEnoughData."""
+    import random
+
+    from transformers import AutoTokenizer
+
+    from trainer import anchor, selection
+    from trainer.dataset import DataConfig, build, example_hash
+
+    tokenizer = AutoTokenizer.from_pretrained(base.folder)
+    count = lambda turns: len(tokenizer.apply_chat_template(  # noqa: E731
+        turns, return_dict=True)["input_ids"])
+    data_config = DataConfig(max_length=config.max_length,
+                             validation_share=config.validation_share,
+                             near_duplicate_threshold=config.near_duplicate_threshold)
+    data_config.min_examples["sft"] = config.min_examples
+    with open_db(home) as db:
+        datasets, data_manifest = build(db, data_config, count_tokens=count)
+        counts = store.feedback_counts(db)
+    sft = datasets["sft"]
+    total = len(sft["train"]) + len(sft["validation"])
+    if total < config.min_examples or not sft["train"]:
+        missing = ", ".join(f"{fmt} needs {n} more" for fmt, n in data_manifest["missing"].items())
+        raise NotEnoughData(
+            f"not enough training data: {total} SFT examples (from {counts['up']} liked "
+            f"answers and {counts['corrections']} corrections), need at least "
+            f"{config.min_examples}; missing: {missing or 'nothing else'}")
+    train = [{**e, "message_id": e["message_ids"][0]} for e in sft["train"]]
+    rng = random.Random(config.seed)
+    # Replay: earlier runs' examples that this run's data no longer holds, as long as their
+    # answer may still be trained on (not flagged, consent given, not held out). With the
+    # default (all accumulated feedback) that is rare; it matters when a run trains on new
+    # feedback only, continuing from the active adapter.
+    with open_db(home) as db:
+        blocked = selection.excluded_messages(db)
+    held_out = {i for e in sft["validation"] for i in e["message_ids"]}
+    seen = {e["sha256"] for e in train}
+    earlier = [e for path in sorted(home.runs_dir.glob(f"*/{REPLAY_FILE}"))
+               for e in _load_examples(path) if e["sha256"] not in seen
+               and e["message_id"] not in blocked | held_out]
+    earlier = list({e["sha256"]: e for e in earlier}.values())
+    replay = rng.sample(earlier, min(len(earlier), round(config.replay_share * len(train))))
+    anchors = []
+    n_anchor = round(config.anchor_share * len(train))
+    if n_anchor:
+        pool = anchor.load_or_make(home, base)
+        anchors = [{**a, "source": "anchor", "message_id": None}
+                   for a in rng.sample(pool, min(n_anchor, len(pool)))]
+    mixed = train + [{**e, "source": "replay"} for e in replay] + anchors
+    for e in mixed:
+        e.setdefault("sha256", example_hash(e))
+    data_manifest.update(count=len(mixed), sources=dict(Counter(e["source"] for e in mixed)),
+                         validation=len(sft["validation"]))
+    return mixed, data_manifest
+
+
+def _save_examples(path, examples: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    keep = ("prompt", "completion", "source", "message_id", "sha256")
+    path.write_text("".join(json.dumps({k: e.get(k) for k in keep}, ensure_ascii=False) + "\n"
+                            for e in examples))
+
+
+def _load_examples(path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _train_sft(base: models.BaseModel, examples: list[dict], config: TrainConfig, workdir,
