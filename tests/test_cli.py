@@ -112,3 +112,11 @@ def test_serve_off_loopback_without_an_admin_exits_2_with_one_line(home, tiny_mo
                  "--home", str(home.root)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "without an admin account" in err[0]
+
+
+def test_export_with_an_unknown_model_exits_2_and_writes_nothing(home, tmp_path, capsys):
+    out = tmp_path / "x.jsonl"
+    assert main(["export", "--format", "sft", "--out", str(out), "--model", "missing.gguf",
+                 "--home", str(home.root)]) == 2
+    assert capsys.readouterr().err.strip() == "flywheel: error: model file not found: missing.gguf"
+    assert not out.exists()

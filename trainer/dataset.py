@@ -6,8 +6,8 @@
     scrub                personal data -> typed placeholders (trainer/privacy.py)
     deduplicate          exact copies, and near-copies by all-MiniLM-L6-v2 embeddings; prompts
                          that are near-copies but got different answers stay, as one group
-    split                train / validation by conversation (a stable hash), a near-duplicate
-                         group always on one side
+    split                train / validation by conversation (a stable hash), every format
+                         alike; conversations linked by a near-duplicate group share a side
 
 `build()` returns the datasets and a manifest: a content hash per example, counts per format
 and source, what was dropped and why, what was scrubbed. `build_sft()` and `manifest()` are
@@ -129,6 +129,7 @@ def build(db: sqlite_utils.Database, config: DataConfig | None = None, count_tok
     datasets, manifest = {}, {"formats": {}, "dropped": {}, "scrubbed": {}, "config": {
         "max_length": config.max_length, "validation_share": config.validation_share,
         "near_duplicate_threshold": config.near_duplicate_threshold}}
+    cleaned = {}
     for fmt, examples in selection.select(db).items():
         clean, found = [], scrubbed.setdefault(fmt, Counter())
         for e in examples:
@@ -146,12 +147,24 @@ def build(db: sqlite_utils.Database, config: DataConfig | None = None, count_tok
             clean.append(e)
         if config.deduplicate:
             clean = _deduplicate(clean, fmt, config.near_duplicate_threshold, embed, drops)
-        for e in clean:
-            e.setdefault("group", e["conversation_id"])
-        # A near-duplicate group sits on the side of its group id (a conversation id).
+        cleaned[fmt] = clean
+    # One side per conversation, across all formats, and near-duplicate groups on one side
+    # too: conversations linked by a group are merged (union-find), and each merged set goes
+    # to the side of its smallest conversation id.
+    parent: dict[str, str] = {}
+
+    def root(c: str) -> str:
+        while parent.setdefault(c, c) != c:
+            parent[c] = parent[parent[c]]
+            c = parent[c]
+        return c
+    for e in (e for rows in cleaned.values() for e in rows):
+        a, b = root(e["conversation_id"]), root(e.setdefault("group", e["conversation_id"]))
+        parent[max(a, b)] = min(a, b)
+    for fmt, clean in cleaned.items():
         sides = {"train": [], "validation": []}
         for e in clean:
-            sides[split_of(e["group"], config.validation_share)].append(e)
+            sides[split_of(root(e["conversation_id"]), config.validation_share)].append(e)
         datasets[fmt] = sides
         manifest["formats"][fmt] = {
             "train": len(sides["train"]), "validation": len(sides["validation"]),
