@@ -69,7 +69,8 @@ def _broken(example: dict, fmt: str) -> str | None:
         return "prompt does not end with a user turn"
     if any(not example[k][0]["content"].strip() for k in ANSWER_KEYS[fmt]):
         return "empty answer"
-    if fmt == "dpo" and example["chosen"][0]["content"].strip() == example["rejected"][0]["content"].strip():
+    if fmt == "dpo" and (example["chosen"][0]["content"].strip()
+                         == example["rejected"][0]["content"].strip()):
         return "chosen equals rejected"
     return None
 
@@ -106,11 +107,14 @@ def _deduplicate(examples: list[dict], fmt: str, threshold: float, embed, drops:
     whole_sim, prompt_sim = whole @ whole.T, prompts @ prompts.T
     kept: list[int] = []
     for i, e in enumerate(unique):
-        if any(whole_sim[i, j] >= threshold for j in kept):
+        if kept and whole_sim[i, kept].max() >= threshold:
             drops[f"{fmt}: near duplicate"] += 1
             continue
-        group = next((unique[j]["group"] for j in kept if prompt_sim[i, j] >= threshold), None)
-        e["group"] = group or e["conversation_id"]
+        e["group"] = e["conversation_id"]
+        if kept:
+            best = int(prompt_sim[i, kept].argmax())
+            if prompt_sim[i, kept[best]] >= threshold:
+                e["group"] = unique[kept[best]]["group"]
         kept.append(i)
     return [unique[i] for i in kept]
 
@@ -174,9 +178,10 @@ def build(db: sqlite_utils.Database, config: DataConfig | None = None, count_tok
                          for side, rows in sides.items() for e in rows]}
     manifest["dropped"] = dict(drops)
     manifest["scrubbed"] = {fmt: dict(counts) for fmt, counts in scrubbed.items()}
-    manifest["missing"] = {fmt: config.min_examples[fmt] - len(
-        datasets[fmt]["train"]) - len(datasets[fmt]["validation"]) for fmt in FORMATS
-        if len(datasets[fmt]["train"]) + len(datasets[fmt]["validation"]) < config.min_examples[fmt]}
+    sizes = {fmt: len(datasets[fmt]["train"]) + len(datasets[fmt]["validation"])
+             for fmt in FORMATS}
+    manifest["missing"] = {fmt: config.min_examples[fmt] - n for fmt, n in sizes.items()
+                           if n < config.min_examples[fmt]}
     return datasets, manifest
 
 
