@@ -2,10 +2,8 @@
 tests (hypothesis), and all three formats built from feedback sent to a real server."""
 
 import json
-import re
 import string
 import tempfile
-from pathlib import Path
 
 import httpx
 import openai
