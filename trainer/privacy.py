@@ -1,15 +1,16 @@
 """Scrubbing personal data out of training text, each find replaced by a typed placeholder.
 
+    [EMAIL]   e-mail addresses
     [SECRET]  API keys and tokens   detect-secrets' detectors (AWS, GitHub, GitLab, OpenAI,
                                     Slack, Stripe, JWT, private keys...), plus long
                                     high-entropy letter-and-digit tokens such as `sk-...`
-    [EMAIL]   e-mail addresses
     [CARD]    payment card numbers  13 to 19 digits that pass the Luhn check (python-stdnum)
     [IP]      IPv4 and IPv6         candidates confirmed by the standard `ipaddress` module
     [PHONE]   phone numbers         libphonenumber's matcher (phonenumbers), valid numbers only
 
-Everything runs offline. Secrets go first (a token can hold digits that look like a phone),
-phones last (a card or an IP is not a phone).
+Everything runs offline, in the order above: e-mails first (a domain can look like a token),
+then secrets (a token can hold digits that look like a phone), phones last (a card or an IP
+is not a phone).
 """
 
 import ipaddress
@@ -94,8 +95,8 @@ def scrub(text: str, region: str = "US") -> tuple[str, Counter]:
                     counts[kind] += n
                     text = text.replace(value, PLACEHOLDERS[kind])
 
-    replace(_secrets(text), "secret")
     replace(_EMAIL, "email")
+    replace(_secrets(text), "secret")
     replace(_CARD, "card", lambda s: luhn.is_valid(re.sub(r"\D", "", s)))
     replace(_IPV4, "ip", _is_ip)
     replace(_IPV6, "ip", lambda s: s.count(":") >= 2 and _is_ip(s))
