@@ -9,9 +9,8 @@ The page's API: /review_queue, /show_answer, /save_review, /compare, /pick.
 import gradio as gr
 
 from assistant.engine import GenerationParams, RequestError
-from storage import open_db
+from storage import adapters, open_db, review
 from storage import chat as store
-from storage import review
 
 COLUMNS = ["rating", "score", "reviewed", "adapter", "when", "answer"]
 FLAG_LABELS = [("contains personal data", "pii"), ("unsafe", "unsafe"),
@@ -40,18 +39,16 @@ def build(page, demo: gr.Blocks) -> None:
         """The conversation up to an answer, and the review it has so far."""
         page.user(request, "curator")
         with open_db(page.home) as db:
-            answer = store.get_message(db, message_id)
-            if answer is None or answer["role"] != "assistant":
+            current = review.answer_review(db, message_id)
+            if current is None:
                 raise gr.Error("No such answer.")
             turns = store.history(db, message_id)
-            current = next((r for r in review.review_queue(db) if r["id"] == message_id), None)
         history = [{"role": t["role"] if t["role"] != "system" else "user",
                     "content": t["content"] if t["role"] != "system"
                     else f"[system prompt] {t['content']}"} for t in turns]
-        score = current["score"] if current else None
-        flags = (current["flags"] or "").split(",") if current and current["flags"] else []
-        return (history, message_id, score, (current or {}).get("correction") or "", flags,
-                f"Answer by {answer['adapter_id'] or 'the base model'}")
+        flags = current["flags"].split(",") if current["flags"] else []
+        return (history, message_id, current["score"], current["correction"] or "", flags,
+                f"Answer by {current['adapter_id'] or 'the base model'}")
 
     def save_review(message_id: str, score: int | None, correction: str, flags: list[str],
                     request: gr.Request) -> str:
@@ -62,22 +59,22 @@ def build(page, demo: gr.Blocks) -> None:
         correction = (correction or "").strip()
         try:
             with open_db(page.home) as db, store.transaction(db):
+                current = review.answer_review(db, message_id)
+                if current is None:
+                    raise KeyError("No such answer.")
                 if score:
                     store.rate(db, message_id, None, rater_id=user["id"], score=int(score))
-                existing = [c["correction"] for c in store.corrections(db)
-                            if c["id"] == message_id]
-                if correction and correction not in existing:
+                if correction and correction != current["correction"]:
                     store.add_correction(db, message_id, correction, author_id=user["id"])
                 store.set_flags(db, message_id, flags or [], author_id=user["id"])
         except (KeyError, ValueError) as exc:
-            raise gr.Error(str(exc)) from None
+            raise gr.Error(str(exc.args[0])) from None
         return "Saved."
 
     def versions(request: gr.Request):
         page.user(request, "curator")
         names = page.service.model_names()
         with open_db(page.home) as db:
-            from storage import adapters
             ids = [a["id"] for a in adapters.list_adapters(db)]
         return (gr.Dropdown(choices=["any", review.BASE, *ids]),
                 gr.Dropdown(choices=names, value=names[0]),

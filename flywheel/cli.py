@@ -164,19 +164,13 @@ def _password(args: argparse.Namespace) -> str:
 
 def cmd_users(args: argparse.Namespace) -> int:
     from storage import users
-    from storage.db import transaction
     home = Home.resolve(args.home)
     init_db(home)
     with open_db(home) as db:
         try:
             if args.action == "add":
-                password = _password(args)
-                if len(password) < users.MIN_PASSWORD:
-                    raise ValueError(f"a password needs at least {users.MIN_PASSWORD} characters")
-                with transaction(db):
-                    users.add_user(db, args.name, args.role)
-                users.set_password(db, args.name.strip(), password)
-                print(f"added {args.name.strip()} ({args.role})")
+                user = users.add_user(db, args.name, args.role, password=_password(args))
+                print(f"added {user['name']} ({user['role']})")
             elif args.action == "list":
                 for u in users.list_users(db):
                     state = "disabled" if u["disabled"] else "active"

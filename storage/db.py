@@ -8,6 +8,7 @@ rows of `schema_version`, so a database can be upgraded in place by any newer Fl
 
 import sqlite3
 from contextlib import contextmanager
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterator
 
@@ -157,6 +158,12 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def utc_now(plus_hours: float = 0.0) -> str:
+    """An ISO UTC timestamp (now, or `plus_hours` from now) that sorts as text."""
+    moment = datetime.now(timezone.utc) + timedelta(hours=plus_hours)
+    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def _connect(path: Path) -> sqlite_utils.Database:

@@ -31,8 +31,7 @@ def review_queue(db: sqlite_utils.Database, rating: str = "any", adapter: str = 
     thumbs-up; newest first within each."""
     rows = db.execute_returning_dicts(_ANSWERS + " ORDER BY m.created_at DESC")
     out = []
-    for row in rows:
-        row["reviewed"] = bool(row["score"] or row["correction"] or row["flags"])
+    for row in map(_decode, rows):
         if rating == "unrated" and row["rating"] is not None:
             continue
         if rating in ("up", "down") and row["rating"] != rating:
@@ -45,11 +44,22 @@ def review_queue(db: sqlite_utils.Database, rating: str = "any", adapter: str = 
             continue
         if reviewed in ("yes", "no") and row["reviewed"] != (reviewed == "yes"):
             continue
-        row["reasons"] = json.loads(row["reasons"] or "[]")
         out.append(row)
     order = {"down": 0, None: 1, "up": 2}
     out.sort(key=lambda r: order[r["rating"]])  # stable: newest first within each
     return out[:limit]
+
+
+def answer_review(db: sqlite_utils.Database, message_id: str) -> dict | None:
+    """One answer as the queue shows it: latest rating, score, correction, flags."""
+    rows = db.execute_returning_dicts(_ANSWERS + " AND m.id = ?", [message_id])
+    return _decode(rows[0]) if rows else None
+
+
+def _decode(row: dict) -> dict:
+    row["reviewed"] = bool(row["score"] or row["correction"] or row["flags"])
+    row["reasons"] = json.loads(row["reasons"] or "[]")
+    return row
 
 
 def record_comparison(db: sqlite_utils.Database, prompt_id: str, answer_a: str, answer_b: str,

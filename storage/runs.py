@@ -6,9 +6,7 @@ from datetime import datetime, timezone
 
 import sqlite_utils
 
-
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+from storage.db import utc_now
 
 
 def start(db: sqlite_utils.Database, *, base_model: str, method: str, config: dict,
@@ -23,11 +21,11 @@ def start(db: sqlite_utils.Database, *, base_model: str, method: str, config: di
 def finish(db: sqlite_utils.Database, run_id: str, *, metrics: dict,
            adapter_id: str | None) -> None:
     db["training_runs"].update(run_id, {"status": "succeeded", "metrics": json.dumps(metrics),
-                                        "adapter_id": adapter_id, "finished_at": _now()})
+                                        "adapter_id": adapter_id, "finished_at": utc_now()})
 
 
 def fail(db: sqlite_utils.Database, run_id: str, error: str) -> None:
-    db["training_runs"].update(run_id, {"status": "failed", "error": error, "finished_at": _now()})
+    db["training_runs"].update(run_id, {"status": "failed", "error": error, "finished_at": utc_now()})
 
 
 def get(db: sqlite_utils.Database, run_id: str) -> dict | None:

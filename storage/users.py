@@ -11,13 +11,12 @@ is for the passwords people choose. Auth is on as soon as the database holds a u
 
 import hashlib
 import secrets
-from datetime import datetime, timedelta, timezone
 
 import sqlite_utils
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
-from storage.db import transaction
+from storage.db import transaction, utc_now
 
 ROLES = ("user", "curator", "admin")
 RANK = {role: i for i, role in enumerate(ROLES)}  # a curator may do what a user may, etc.
@@ -35,8 +34,10 @@ def get_user(db: sqlite_utils.Database, name: str) -> dict | None:
     return rows[0] if rows else None
 
 
-def add_user(db: sqlite_utils.Database, name: str, role: str = "user") -> dict:
-    """Create a user (no password yet; the page's sign-in sets one)."""
+def add_user(db: sqlite_utils.Database, name: str, role: str = "user",
+             password: str | None = None) -> dict:
+    """Create a user, with a password to sign in with (None: only API keys, until one is
+    set). All checked before anything is written."""
     name = name.strip()
     if not name:
         raise ValueError("a user name cannot be empty")
@@ -44,8 +45,16 @@ def add_user(db: sqlite_utils.Database, name: str, role: str = "user") -> dict:
         raise ValueError(f"role must be one of {', '.join(ROLES)}, not {role!r}")
     if get_user(db, name) is not None:
         raise ValueError(f"user {name!r} already exists")
-    db["users"].insert({"name": name, "role": role})
+    if password is not None:
+        _check_password_rules(password)
+    db["users"].insert({"name": name, "role": role,
+                        "password_hash": _hasher.hash(password) if password else None})
     return get_user(db, name)
+
+
+def _check_password_rules(password: str) -> None:
+    if len(password) < MIN_PASSWORD:
+        raise ValueError(f"a password needs at least {MIN_PASSWORD} characters")
 
 
 def auth_enabled(db: sqlite_utils.Database) -> bool:
@@ -88,10 +97,6 @@ def revoke_key(db: sqlite_utils.Database, key_id: int) -> None:
         raise KeyError(f"no live API key with id {key_id}")
 
 
-def _now() -> str:
-    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 def list_users(db: sqlite_utils.Database) -> list[dict]:
     return list(db.query("SELECT id, name, role, disabled, consent, created_at, "
                          "password_hash IS NOT NULL AS has_password FROM users ORDER BY id"))
@@ -104,8 +109,7 @@ def has_admin(db: sqlite_utils.Database) -> bool:
 
 
 def set_password(db: sqlite_utils.Database, name: str, password: str) -> None:
-    if len(password) < MIN_PASSWORD:
-        raise ValueError(f"a password needs at least {MIN_PASSWORD} characters")
+    _check_password_rules(password)
     user = get_user(db, name)
     if user is None:
         raise KeyError(f"no user {name!r}")
@@ -139,9 +143,8 @@ def check_password(db: sqlite_utils.Database, name: str, password: str) -> dict 
 
 def start_session(db: sqlite_utils.Database, user_id: int, hours: float) -> str:
     token = secrets.token_urlsafe(32)
-    expires = datetime.now(timezone.utc) + timedelta(hours=hours)
     db["sessions"].insert({"token_hash": _key_hash(token), "user_id": user_id,
-                           "expires_at": expires.strftime("%Y-%m-%dT%H:%M:%S.%fZ")})
+                           "expires_at": utc_now(plus_hours=hours)})
     return token
 
 
@@ -149,7 +152,7 @@ def user_for_session(db: sqlite_utils.Database, token: str) -> dict | None:
     rows = db.execute_returning_dicts(
         """SELECT users.* FROM sessions JOIN users ON users.id = sessions.user_id
            WHERE sessions.token_hash = ? AND sessions.expires_at > ? AND users.disabled = 0""",
-        [_key_hash(token), _now()])
+        [_key_hash(token), utc_now()])
     return rows[0] if rows else None
 
 

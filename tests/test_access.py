@@ -17,8 +17,7 @@ PASSWORD = "correct horse battery"
 
 def add(home, name, role):
     with open_db(home) as db:
-        users.add_user(db, name, role)
-        users.set_password(db, name, PASSWORD)
+        users.add_user(db, name, role, password=PASSWORD)
         key, _ = users.create_key(db, name)
     return key
 

@@ -60,8 +60,7 @@ def team_server(tmp_path_factory, embedded_cache):
     init_db(home)
     with open_db(home) as db:
         for name, role in (("carol", "curator"), ("dave", "admin")):
-            users.add_user(db, name, role)
-            users.set_password(db, name, PASSWORD)
+            users.add_user(db, name, role, password=PASSWORD)
         key, _ = users.create_key(db, "alice")
     with serve_in_thread(home, ServeConfig(port=0, poll_interval=0.2)) as (url, server):
         yield url, server, home, key

@@ -19,23 +19,23 @@ from storage import chat as store
 CURATOR_ROLES = ("curator", "admin")
 
 
+# Conversations whose owner withheld consent or is disabled: nothing in them is trained on.
+_WITHHELD = """SELECT c.id FROM conversations c JOIN users u ON u.id = c.user_id
+               WHERE u.consent = 0 OR u.disabled = 1"""
+
+
 def _excluded(db: sqlite_utils.Database) -> tuple[set[str], set[str]]:
-    """(flagged message ids, conversation ids whose owner withheld consent or is disabled)."""
+    """(flagged message ids, withheld conversation ids)."""
     flagged = {r[0] for r in db.execute("SELECT DISTINCT message_id FROM flags")}
-    conversations = {r[0] for r in db.execute(
-        """SELECT c.id FROM conversations c JOIN users u ON u.id = c.user_id
-           WHERE u.consent = 0 OR u.disabled = 1""")}
-    return flagged, conversations
+    return flagged, {r[0] for r in db.execute(_WITHHELD)}
 
 
 def excluded_messages(db: sqlite_utils.Database) -> set[str]:
-    """Ids of every message that must not be trained on: flagged, or in a conversation
-    whose owner withheld consent or is disabled."""
-    flagged, withheld = _excluded(db)
-    in_withheld = {r[0] for r in db.execute(
-        "SELECT m.id FROM messages m JOIN conversations c ON c.id = m.conversation_id "
-        "JOIN users u ON u.id = c.user_id WHERE u.consent = 0 OR u.disabled = 1")}
-    return flagged | in_withheld
+    """Ids of every message that must not be trained on: flagged, or in a withheld
+    conversation."""
+    flagged, _ = _excluded(db)
+    return flagged | {r[0] for r in db.execute(
+        f"SELECT id FROM messages WHERE conversation_id IN ({_WITHHELD})")}
 
 
 def _judgements(db: sqlite_utils.Database) -> dict[str, dict]:
