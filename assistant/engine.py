@@ -121,6 +121,15 @@ class _Request:
     submitted: float = field(default_factory=time.perf_counter)
 
 
+def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(input_ids, attention_mask) for a batch of token lists, padded on the left, as
+    decoder-only generation needs (every row's next token lands in the last column)."""
+    width = max(len(s) for s in sequences)
+    ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in sequences])
+    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences])
+    return ids, mask
+
+
 class _StepHook(StoppingCriteria):
     """Runs once per decoding step with every row's tokens so far: decodes each live row's
     new token, streams the text, and ends a row on EOS, a stop string, its own max_tokens or
@@ -327,11 +336,8 @@ class Engine:
 
     def _run_batch(self, rows: list[_Request], may_preempt: bool) -> None:
         """One `generate` call over `rows`, each continuing from what it has so far."""
-        contexts = [r.prompt_ids + r.ids for r in rows]
-        width = max(len(c) for c in contexts)
         pad = self.tokenizer.pad_token_id
-        input_ids = torch.tensor([[pad] * (width - len(c)) + c for c in contexts])
-        attention = torch.tensor([[0] * (width - len(c)) + [1] * len(c) for c in contexts])
+        input_ids, attention = left_pad([r.prompt_ids + r.ids for r in rows], pad)
         params = rows[0].params
         hook = _StepHook(self, rows, may_preempt)
         kwargs = dict(max_new_tokens=max(r.params.max_tokens - len(r.ids) for r in rows),

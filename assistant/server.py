@@ -94,7 +94,7 @@ def serve_in_thread(home: Home, config: ServeConfig):
     when `config.port` is 0), for tests and benchmarks that also reach into the engine.
     Yields (base url, Server)."""
     server = build(home, config)
-    port = config.port or _free_port()
+    port = config.port or free_port()
     uv = uvicorn.Server(uvicorn.Config(server.app, host="127.0.0.1", port=port,
                                        log_level="warning", timeout_graceful_shutdown=1))
     thread = threading.Thread(target=uv.run, name="flywheel-uvicorn", daemon=True)
@@ -112,7 +112,8 @@ def serve_in_thread(home: Home, config: ServeConfig):
         server.watcher.stop()
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free now."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

@@ -23,7 +23,7 @@ import openai
 from assistant.server import ServeConfig, serve_in_thread
 from storage import Home, open_db
 from trainer.anchor import PROMPTS
-from trainer.dataset import DataConfig, build
+from trainer.dataset import DataConfig, build, token_counter
 
 PERSONAL = [
     "My email is jane.doe@example.com, can you write me a welcome note?",
@@ -84,12 +84,8 @@ def main() -> None:
                 list(pool.map(lambda a: chat_and_rate(url, a[0], a[1], args.max_tokens),
                               zip(todo, seeds)))
             chat_seconds = round(time.perf_counter() - started, 1)
-    from transformers import AutoTokenizer
-
     from assistant import models
-    tokenizer = AutoTokenizer.from_pretrained(models.resolve(None, home).folder)
-    count = lambda turns: len(tokenizer.apply_chat_template(  # noqa: E731
-        turns, return_dict=True)["input_ids"])
+    count = token_counter(models.resolve(None, home).folder)
     started = time.perf_counter()
     with open_db(home) as db:
         rated = db.execute("SELECT COUNT(DISTINCT message_id) FROM ratings").fetchone()[0]

@@ -8,7 +8,6 @@ Prints JSON; `speedup` is first / second, measured in the same run.
 
 import argparse
 import json
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,11 +15,7 @@ import time
 
 import httpx
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from assistant.server import free_port
 
 
 def time_start(home: str) -> tuple[float, str]:

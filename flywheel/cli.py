@@ -7,6 +7,10 @@ Bad input ends with one line on stderr and exit code 2; nothing is half-written.
 import argparse
 import json
 import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+import sqlite_utils
 
 from storage import Home, init_db, open_db
 from storage import adapters
@@ -14,6 +18,15 @@ from storage import adapters
 
 class UsageError(Exception):
     """Reported as one line, exit code 2."""
+
+
+@contextmanager
+def _database(args: argparse.Namespace) -> Iterator[sqlite_utils.Database]:
+    """The database under `--home`, created or migrated first."""
+    home = Home.resolve(args.home)
+    init_db(home)
+    with open_db(home) as db:
+        yield db
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -48,9 +61,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_adapters(args: argparse.Namespace) -> int:
-    home = Home.resolve(args.home)
-    init_db(home)
-    with open_db(home) as db:
+    with _database(args) as db:
         if args.action == "list":
             rows = adapters.list_adapters(db)
             if args.json:
@@ -78,9 +89,7 @@ def cmd_adapters(args: argparse.Namespace) -> int:
 
 def cmd_keys(args: argparse.Namespace) -> int:
     from storage import users
-    home = Home.resolve(args.home)
-    init_db(home)
-    with open_db(home) as db:
+    with _database(args) as db:
         if args.action == "create":
             try:
                 key, user = users.create_key(db, args.user, role=args.role)
@@ -109,20 +118,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Write a dataset as JSONL (to a temporary file, renamed into place when complete)."""
     import os
     import time
-    from trainer.dataset import DataConfig, build, to_openai, to_trl
+    from trainer.dataset import DataConfig, build, to_openai, to_trl, token_counter
     home = Home.resolve(args.home)
     init_db(home)
     fmt = "sft" if args.format == "openai" else args.format
     count_tokens = None
     if args.model is not None or not args.no_length_check:
         from assistant import models
-        from transformers import AutoTokenizer
         try:
-            tokenizer = AutoTokenizer.from_pretrained(models.resolve(args.model, home).folder)
+            count_tokens = token_counter(models.resolve(args.model, home).folder)
         except models.ModelError as exc:
             raise UsageError(str(exc)) from None
-        count_tokens = lambda turns: len(tokenizer.apply_chat_template(  # noqa: E731
-            turns, return_dict=True)["input_ids"])
     started = time.perf_counter()
     config = DataConfig(max_length=args.max_length, validation_share=args.validation_share,
                         near_duplicate_threshold=args.threshold)
@@ -164,9 +170,7 @@ def _password(args: argparse.Namespace) -> str:
 
 def cmd_users(args: argparse.Namespace) -> int:
     from storage import users
-    home = Home.resolve(args.home)
-    init_db(home)
-    with open_db(home) as db:
+    with _database(args) as db:
         try:
             if args.action == "add":
                 user = users.add_user(db, args.name, args.role, password=_password(args))

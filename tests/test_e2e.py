@@ -1,7 +1,6 @@
 """The whole loop through real processes: serve, chat in the page, like, train, hot swap."""
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ import openai
 import pytest
 from gradio_client import Client
 
+from assistant.server import free_port
 from storage import Home, open_db
 from storage import chat as store
 from tests.conftest import copy_model_cache
@@ -22,12 +22,6 @@ PROBE = "Name a fruit."
 TRAIN_PROMPTS = [PROBE, "Give me a tip for sleeping well.", "What is a cat?",
                  "Say something kind.", "Describe rain in one sentence.", "Recommend a hobby."]
 OUTPUT = Path(os.environ.get("FLYWHEEL_TEST_OUTPUT", "test-output"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def flywheel(*args: str) -> list[str]:

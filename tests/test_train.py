@@ -1,11 +1,13 @@
 import json
+from collections import Counter
 
 import pytest
 
 from storage import open_db
 from storage import adapters, runs
 from storage import chat as store
-from trainer.dataset import build_sft, manifest
+from trainer.dataset import example_hash
+from trainer.selection import select
 from trainer.anchor import TOPICS
 from trainer.train import NotEnoughData, TrainConfig, run_cycle
 
@@ -29,16 +31,16 @@ def test_sft_dataset_takes_liked_answers_and_corrections_with_the_whole_prompt(h
     with open_db(home) as db:
         store.add_correction(db, disliked[0], "A better answer.")
         store.add_correction(db, liked[0], "Corrected instead.")  # the correction wins
-        examples = build_sft(db)
-    by_id = {e["message_id"]: e for e in examples}
+        examples = select(db)["sft"]
+    by_id = {e["message_ids"][0]: e for e in examples}
     assert set(by_id) == set(liked) | set(disliked)
     assert by_id[liked[1]]["prompt"] == [{"role": "system", "content": "Answer briefly."},
                                          {"role": "user", "content": f"Question 1: what is {TOPICS[1]}?"}]
     assert by_id[liked[1]]["completion"] == [{"role": "assistant", "content": f"Answer 1: {TOPICS[-2]}."}]
     assert by_id[liked[0]]["completion"][0]["content"] == "Corrected instead."
     assert by_id[disliked[0]]["source"] == "correction"
-    assert manifest(examples)["sources"] == {"liked": 1, "correction": 2}
-    assert len({e["sha256"] for e in manifest(examples)["examples"]}) == 3
+    assert Counter(e["source"] for e in examples) == {"liked": 1, "correction": 2}
+    assert len({example_hash(e) for e in examples}) == 3
 
 
 def test_too_little_data_changes_nothing(home, tiny_model_dir):

@@ -44,8 +44,10 @@ def load_or_make(home, base, size: int = len(PROMPTS), max_tokens: int = 128,
     path = anchor_path(home, base.name, size)
     if path.is_file():
         return [json.loads(line) for line in path.read_text().splitlines()]
-    from assistant import models  # the same loading code the server uses
     import torch
+
+    from assistant import models  # the same loading code and padding the server uses
+    from assistant.engine import left_pad
     model, tokenizer = models.load(base)
     prompts = PROMPTS[:size]
     rows = []
@@ -54,16 +56,14 @@ def load_or_make(home, base, size: int = len(PROMPTS), max_tokens: int = 128,
         encoded = [tokenizer.apply_chat_template([{"role": "user", "content": p}],
                                                  add_generation_prompt=True,
                                                  return_dict=True)["input_ids"] for p in chunk]
-        width = max(len(e) for e in encoded)
         pad = tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(e)) + e for e in encoded], device=model.device)
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in encoded],
-                            device=model.device)
+        ids, mask = left_pad(encoded, pad)
         with torch.inference_mode():
-            out = model.generate(input_ids=ids, attention_mask=mask, max_new_tokens=max_tokens,
+            out = model.generate(input_ids=ids.to(model.device),
+                                 attention_mask=mask.to(model.device), max_new_tokens=max_tokens,
                                  do_sample=False, temperature=None, top_p=None, top_k=None,
                                  pad_token_id=pad)
-        for prompt, row in zip(chunk, out[:, width:]):
+        for prompt, row in zip(chunk, out[:, ids.shape[1]:]):
             answer = tokenizer.decode(row, skip_special_tokens=True).strip()
             rows.append({"prompt": [{"role": "user", "content": prompt}],
                          "completion": [{"role": "assistant", "content": answer}]})

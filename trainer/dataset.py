@@ -10,8 +10,7 @@
                          alike; conversations linked by a near-duplicate group share a side
 
 `build()` returns the datasets and a manifest: a content hash per example, counts per format
-and source, what was dropped and why, what was scrubbed. `build_sft()` and `manifest()` are
-the older single-format view that `flywheel train` uses.
+and source, what was dropped and why, what was scrubbed.
 """
 
 import hashlib
@@ -78,6 +77,14 @@ def _broken(example: dict, fmt: str) -> str | None:
 def _text(example: dict, fmt: str) -> str:
     answers = " || ".join(example[k][0]["content"] for k in ANSWER_KEYS[fmt])
     return " ".join(t["content"] for t in example["prompt"]) + " => " + answers
+
+
+def token_counter(model_folder):
+    """`count(turns)`: the length of a list of messages in the model's tokens, chat template
+    included, as `build(count_tokens=...)` takes it."""
+    from transformers import AutoTokenizer
+    tokenizer = AutoTokenizer.from_pretrained(model_folder)
+    return lambda turns: len(tokenizer.apply_chat_template(turns, return_dict=True)["input_ids"])
 
 
 def _embedder():
@@ -195,24 +202,3 @@ def to_trl(example: dict, fmt: str) -> dict:
 def to_openai(example: dict) -> dict:
     """OpenAI's chat fine-tuning format: one `messages` list (SFT examples)."""
     return {"messages": example["prompt"] + example["completion"]}
-
-
-# ---- the single-format view `flywheel train` uses ----------------------------------------
-
-def build_sft(db: sqlite_utils.Database) -> list[dict]:
-    """SFT examples with where they came from (`message_id`, `source`), unscrubbed and not
-    deduplicated; a corrected answer yields the correction, not the original."""
-    return [{"prompt": e["prompt"], "completion": e["completion"], "source": e["source"],
-             "message_id": e["message_ids"][0]}
-            for e in selection.select(db)["sft"] if e["completion"][0]["content"].strip()]
-
-
-def manifest(examples: list[dict]) -> dict:
-    """What a run trained on: a content hash per example and counts per source."""
-    return {
-        "format": "sft",
-        "count": len(examples),
-        "sources": dict(Counter(e["source"] for e in examples)),
-        "examples": [{"message_id": e["message_id"], "source": e["source"],
-                      "sha256": example_hash(e)} for e in examples],
-    }

@@ -90,20 +90,16 @@ def training_data(home: Home, base: models.BaseModel, config: TrainConfig) -> tu
     runs' data and of the anchor set mixed in; and its manifest. Raises NotEnoughData."""
     import random
 
-    from transformers import AutoTokenizer
-
     from trainer import anchor, selection
-    from trainer.dataset import DataConfig, build, example_hash
+    from trainer.dataset import DataConfig, build, example_hash, token_counter
 
-    tokenizer = AutoTokenizer.from_pretrained(base.folder)
-    count = lambda turns: len(tokenizer.apply_chat_template(  # noqa: E731
-        turns, return_dict=True)["input_ids"])
     data_config = DataConfig(max_length=config.max_length,
                              validation_share=config.validation_share,
                              near_duplicate_threshold=config.near_duplicate_threshold)
     data_config.min_examples["sft"] = config.min_examples
+    count_tokens = token_counter(base.folder)
     with open_db(home) as db:
-        datasets, data_manifest = build(db, data_config, count_tokens=count)
+        datasets, data_manifest = build(db, data_config, count_tokens=count_tokens)
         counts = store.feedback_counts(db)
     sft = datasets["sft"]
     total = len(sft["train"]) + len(sft["validation"])
