@@ -196,31 +196,27 @@ async def _sse(turn: Turn, base_name: str, include_usage: bool):
     goes away, Starlette cancels this generator and `finally` stops the model."""
     created = int(time.time())
 
-    def chunk(delta: dict, finish: str | None = None, **extra) -> str:
+    def chunk(delta: dict | None, finish: str | None = None, usage: dict | None = None) -> str:
+        """One SSE event; `delta=None` is the closing usage chunk, which has no choices."""
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
         body = {"id": turn.id, "object": "chat.completion.chunk", "created": created,
-                "model": turn.adapter_id or base_name,
-                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra}
+                "model": turn.adapter_id or base_name, "choices": choices}
+        if usage is not None:
+            body["usage"] = usage
         return f"data: {json.dumps(body)}\n\n"
 
     pieces = iter(turn)
     try:
-        first = True
-        while True:
-            piece = await asyncio.to_thread(next, pieces, None)
-            if piece is None:
-                break
-            if first:
-                yield chunk({"role": "assistant", "content": ""})
-                first = False
+        # The first chunk waits for the first piece: by then the adapter that answers is known.
+        piece = await asyncio.to_thread(next, pieces, None)
+        yield chunk({"role": "assistant", "content": ""})
+        while piece is not None:
             yield chunk({"content": piece})
+            piece = await asyncio.to_thread(next, pieces, None)
         result = turn.result
-        if first:
-            yield chunk({"role": "assistant", "content": ""})
         yield chunk({}, result.finish_reason)
         if include_usage:
-            body = {"id": turn.id, "object": "chat.completion.chunk", "created": created,
-                    "model": turn.adapter_id or base_name, "choices": [], "usage": _usage(result)}
-            yield f"data: {json.dumps(body)}\n\n"
+            yield chunk(None, usage=_usage(result))
         yield "data: [DONE]\n\n"
     except Exception as exc:  # the model failed mid-answer: say so in the stream
         log.exception("streaming failed")

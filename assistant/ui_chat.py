@@ -51,13 +51,13 @@ def _conversations(page, user: dict, selected: str | None = None):
 
 
 def build(page, demo: gr.Blocks) -> None:
-    running: dict[str, tuple[Turn, dict, list]] = {}  # session hash -> answer in progress
+    running: dict[str, tuple[Turn, dict]] = {}  # session hash -> answer in progress, session
 
     def stream(turn: Turn, session: dict, history: list, request: gr.Request):
         """Show the answer as it grows; afterwards the branch ends at the stored answer."""
         session = {**session, "conversation_id": turn.conversation_id, "selected": None}
         history = history + [{"role": "assistant", "content": ""}]
-        running[request.session_hash] = (turn, session, history)
+        running[request.session_hash] = (turn, session)
         yield history, session, "", {}  # the question shows at once, before the first token
         try:
             for piece in turn:
@@ -101,7 +101,7 @@ def build(page, demo: gr.Blocks) -> None:
         if entry is None:
             history, _ = _branch(page, session["leaf_id"])
             return history, session, {}
-        turn, session, _ = entry
+        turn, session = entry
         turn.cancel()
         turn.wait(timeout=30)
         history, ids = _branch(page, turn.id)
