@@ -1,4 +1,4 @@
-"""`flywheel serve | train | adapters ...`: parses arguments and hands off to the part that
+"""`flywheel serve | train | schedule | adapters ...`: parses arguments and hands off to the part that
 does the work. Heavy imports happen inside each command so `--help` stays fast.
 
 Bad input ends with one line on stderr and exit code 2; nothing is half-written.
@@ -42,25 +42,66 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def train_config(args: argparse.Namespace):
+    """Defaults, then --config FILE.toml, then the named flags, then --set section.field=value."""
+    from trainer.config import load, update
+    flags = {"model": args.model, "method": args.method, "start_from": args.start_from,
+             "promotion": "manual" if args.no_promote else args.promotion,
+             "ab_share": args.ab_share, "min_examples": args.min_examples,
+             "min_new_feedback": args.min_new_feedback, "validation_share": args.validation_share,
+             "replay_share": args.replay_share, "anchor_share": args.anchor_share,
+             "quantize": args.quantize}
+    # These apply to every method's settings (the method is often picked from the data).
+    shared = {"epochs": args.epochs, "max_steps": args.max_steps,
+              "learning_rate": args.learning_rate, "batch_size": args.batch_size}
+    flags.update({m: {k: v for k, v in shared.items() if v is not None}
+                  for m in ("sft", "dpo", "kto")})
+    try:
+        config = load(args.config)
+        config = update(config, {k: v for k, v in flags.items() if v is not None})
+        return load(None, args.set, base=config)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from assistant.models import ModelError
-    from trainer.train import NotEnoughData, TrainConfig, run_cycle
-    config = TrainConfig(model=args.model, min_examples=args.min_examples, epochs=args.epochs,
-                         max_steps=args.max_steps, learning_rate=args.learning_rate,
-                         batch_size=args.batch_size, promote=not args.no_promote,
-                         validation_share=args.validation_share, replay_share=args.replay_share,
-                         anchor_share=args.anchor_share)
+    from storage.lock import Busy
+    from trainer.train import NotEnoughData, NothingToResume, run_cycle
+    config = train_config(args)
     try:
-        run_cycle(Home.resolve(args.home), config)
+        run_cycle(Home.resolve(args.home), config, resume=args.resume)
     except NotEnoughData as exc:
         print(f"{exc}. Nothing changed.")
         return 0
-    except ModelError as exc:
+    except (ModelError, Busy, NothingToResume) as exc:
         raise UsageError(str(exc)) from None
     return 0
 
 
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from trainer.schedule import ScheduleError, run_schedule
+    try:
+        run_schedule(Home.resolve(args.home), args.at, train_args=_schedule_train_args(args),
+                     min_new_feedback=args.min_new_feedback, niceness=args.nice,
+                     run_now=args.now)
+    except ScheduleError as exc:
+        raise UsageError(str(exc)) from None
+    return 0
+
+
+def _schedule_train_args(args: argparse.Namespace) -> list[str]:
+    out = []
+    for flag in ("model", "config", "promotion", "method"):
+        if getattr(args, flag) is not None:
+            out += [f"--{flag}", str(getattr(args, flag))]
+    for item in args.set or []:
+        out += ["--set", item]
+    return out
+
+
 def cmd_adapters(args: argparse.Namespace) -> int:
+    from storage import ab
     with _database(args) as db:
         if args.action == "list":
             rows = adapters.list_adapters(db)
@@ -68,15 +109,21 @@ def cmd_adapters(args: argparse.Namespace) -> int:
                 print(json.dumps(rows, indent=2))
             else:
                 for row in rows:
-                    print(f"{row['id']}  {row['status']:<9}  {row['method']}  {row['base_model']}  "
-                          f"{row['created_at']}")
+                    gate = row["metrics"].get("gate")
+                    verdict = f"gate {gate['verdict']}" if gate else "no gate"
+                    print(f"{row['id']}  {row['status']:<9}  {row['method']:<7}  {verdict:<9}  "
+                          f"{row['base_model']}  {row['created_at']}")
                 if not rows:
                     print("no adapters yet")
         elif args.action == "promote":
             try:
-                row = adapters.promote(db, args.id, reason="flywheel adapters promote")
+                row = adapters.promote(db, args.id, reason="flywheel adapters promote",
+                                       force=args.force)
+                ab.stop(db, reason=f"{args.id} promoted")
             except KeyError as exc:
                 raise UsageError(exc.args[0]) from None
+            except ValueError as exc:
+                raise UsageError(str(exc)) from None
             print(f"{row['id']} is now active")
         elif args.action == "rollback":
             try:
@@ -84,7 +131,36 @@ def cmd_adapters(args: argparse.Namespace) -> int:
             except LookupError as exc:
                 raise UsageError(exc.args[0]) from None
             print(f"{row['id'] if row else 'the base model'} is now active")
+        elif args.action == "ab":
+            cmd_ab(db, args)
     return 0
+
+
+def cmd_ab(db, args: argparse.Namespace) -> None:
+    """Start, stop or report the A/B split of new conversations."""
+    from storage import ab
+    if args.stop:
+        ended = ab.stop(db, reason="stopped with flywheel adapters ab --stop")
+        print(f"A/B split for {ended['candidate_id']} stopped" if ended else "no A/B split runs")
+        return
+    if args.id:
+        try:
+            test = ab.start(db, args.id, args.share, reason="flywheel adapters ab")
+        except KeyError as exc:
+            raise UsageError(exc.args[0]) from None
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"{test['share']:.0%} of new conversations now go to {test['candidate_id']}")
+        return
+    report = ab.report(db)
+    if report is None:
+        print("no A/B split runs")
+        return
+    for arm in ("candidate", "control"):
+        a = report[arm]
+        rate = "n/a" if a["up_rate"] is None else f"{a['up_rate']:.0%}"
+        print(f"{arm:<9}  {a['adapter']}  answers {a['answers']}  up {a['up']}  "
+              f"down {a['down']}  up rate {rate}")
 
 
 def cmd_keys(args: argparse.Namespace) -> int:
@@ -210,21 +286,54 @@ def parser() -> argparse.ArgumentParser:
                    help="load the base model in 4 or 8 bits (CUDA with bitsandbytes)")
     s.set_defaults(func=cmd_serve)
 
-    t = sub.add_parser("train", parents=[home], help="train, publish and promote one adapter")
+    t = sub.add_parser("train", parents=[home],
+                       help="one cycle: data, training, evaluation gate, publish, promote")
     t.add_argument("--model", help="base model spec; must match the server's")
-    t.add_argument("--min-examples", type=int, default=20)
-    t.add_argument("--epochs", type=float, default=3.0)
-    t.add_argument("--max-steps", type=int, default=-1)
-    t.add_argument("--learning-rate", type=float, default=2e-4)
-    t.add_argument("--batch-size", type=int, default=4)
-    t.add_argument("--no-promote", action="store_true", help="leave the new adapter a candidate")
-    t.add_argument("--validation-share", type=float, default=0.1,
-                   help="share of conversations held out for validation")
-    t.add_argument("--replay-share", type=float, default=0.1,
+    t.add_argument("--config", help="a TOML file of settings (see trainer/config.py)")
+    t.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override one setting, e.g. dpo.beta=0.2 or gate.max_forgetting=0.1")
+    t.add_argument("--method", help="auto (default), sft, dpo, kto or sft+dpo")
+    t.add_argument("--start-from", help="base (default): a fresh adapter on all feedback; "
+                                        "active: continue the active adapter on new feedback")
+    t.add_argument("--promotion", help="auto (default): promote when the gate passes; manual: "
+                                       "leave a passing adapter a candidate")
+    t.add_argument("--no-promote", action="store_true", help="the same as --promotion manual")
+    t.add_argument("--ab-share", type=float,
+                   help="with manual promotion, send this share of new conversations to a "
+                        "passing candidate")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the interrupted run from its last checkpoint")
+    t.add_argument("--min-examples", type=int, help="SFT examples needed (default 20)")
+    t.add_argument("--min-new-feedback", type=int,
+                   help="skip unless this much feedback arrived since the last run")
+    t.add_argument("--epochs", type=float, help="passes over the data, every method")
+    t.add_argument("--max-steps", type=int, help="optimizer steps per stage (overrides epochs)")
+    t.add_argument("--learning-rate", type=float, help="learning rate, every method")
+    t.add_argument("--batch-size", type=int, help="examples per device per step, every method")
+    t.add_argument("--validation-share", type=float,
+                   help="share of conversations held out for validation (default 0.1)")
+    t.add_argument("--replay-share", type=float,
                    help="earlier runs' examples mixed in, as a share of the new ones")
-    t.add_argument("--anchor-share", type=float, default=0.1,
-                   help="anchor-set examples mixed in (the set is generated once per model)")
+    t.add_argument("--anchor-share", type=float,
+                   help="anchor-set examples mixed in (answers generated once per model)")
+    t.add_argument("--quantize", choices=["4bit"], help="QLoRA: a 4-bit base (CUDA)")
     t.set_defaults(func=cmd_train)
+
+    sc = sub.add_parser("schedule", parents=[home],
+                        help="run a training cycle every night at a set time")
+    sc.add_argument("--at", default="02:00", help="local time HH:MM[:SS] (default 02:00)")
+    sc.add_argument("--min-new-feedback", type=int, default=20,
+                    help="skip the night with less new feedback than this (default 20)")
+    sc.add_argument("--nice", type=int, default=10,
+                    help="CPU niceness of the training process (default 10: below the server)")
+    sc.add_argument("--now", action="store_true", help="also run one cycle right away")
+    sc.add_argument("--model", help="base model spec, passed to flywheel train")
+    sc.add_argument("--config", help="TOML settings, passed to flywheel train")
+    sc.add_argument("--promotion", help="auto or manual, passed to flywheel train")
+    sc.add_argument("--method", help="passed to flywheel train")
+    sc.add_argument("--set", action="append", metavar="KEY=VALUE",
+                    help="passed to flywheel train")
+    sc.set_defaults(func=cmd_schedule)
 
     a = sub.add_parser("adapters", help="list, promote or roll back adapters")
     asub = a.add_subparsers(dest="action", required=True)
@@ -232,7 +341,16 @@ def parser() -> argparse.ArgumentParser:
     lst.add_argument("--json", action="store_true")
     pro = asub.add_parser("promote", parents=[home])
     pro.add_argument("id")
+    pro.add_argument("--force", action="store_true",
+                     help="promote even an adapter the evaluation gate rejected")
     asub.add_parser("rollback", parents=[home])
+    abp = asub.add_parser("ab", parents=[home],
+                          help="A/B split: ID --share S starts one, --stop ends it, "
+                               "no arguments reports thumbs-up rates")
+    abp.add_argument("id", nargs="?", help="the candidate adapter to send conversations to")
+    abp.add_argument("--share", type=float, default=0.2,
+                     help="share of new conversations for the candidate (default 0.2)")
+    abp.add_argument("--stop", action="store_true", help="end the running split")
     a.set_defaults(func=cmd_adapters)
 
     k = sub.add_parser("keys", help="API keys: create (shown once), list, revoke")

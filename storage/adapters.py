@@ -25,6 +25,12 @@ def new_adapter_id() -> str:
     return f"ad-{stamp}-{os.urandom(2).hex()}"
 
 
+def adapter_id_for_run(run_id: str) -> str:
+    """The adapter a run produces is named after the run (run-X -> ad-X), so a resumed run
+    publishes under the same id and a half-finished publish is recognised."""
+    return "ad-" + run_id.removeprefix("run-")
+
+
 def staging_path(home: Home, adapter_id: str) -> Path:
     """A fresh folder to write an adapter into before it is published."""
     path = home.staging_dir / adapter_id
@@ -36,15 +42,21 @@ def staging_path(home: Home, adapter_id: str) -> Path:
 
 def publish(db: sqlite_utils.Database, home: Home, adapter_id: str, *, base_model: str,
             method: str, run_id: str | None = None, parent_id: str | None = None,
-            metrics: dict | None = None) -> dict:
-    """Move a finished adapter from staging into place and register it as a candidate."""
-    staged = home.staging_dir / adapter_id
-    if not (staged / "adapter_config.json").is_file():
+            metrics: dict | None = None, status: str = "candidate") -> dict:
+    """Move a finished adapter from staging into place and register it (a candidate, or
+    `rejected` when the gate refused it: kept for inspection, never served).
+
+    Safe to repeat after a crash: a folder already moved into place but never registered
+    (the process died between the rename and the insert) is registered now."""
+    if status not in ("candidate", "rejected"):
+        raise ValueError(f"a new adapter is a candidate or rejected, not {status!r}")
+    staged, final = home.staging_dir / adapter_id, home.adapters_dir / adapter_id
+    if (staged / "adapter_config.json").is_file():
+        os.replace(staged, final)  # atomic on one filesystem
+    elif not (final / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{staged} holds no adapter_config.json; nothing to publish")
-    final = home.adapters_dir / adapter_id
-    os.replace(staged, final)  # atomic on one filesystem
     db["adapters"].insert({"id": adapter_id, "base_model": base_model, "method": method,
-                           "status": "candidate", "parent_id": parent_id, "run_id": run_id,
+                           "status": status, "parent_id": parent_id, "run_id": run_id,
                            "metrics": json.dumps(metrics or {}), "path": str(final)})
     return get(db, adapter_id)
 
@@ -64,12 +76,19 @@ def active(db: sqlite_utils.Database) -> dict | None:
     return _decode(rows[0]) if rows else None
 
 
-def promote(db: sqlite_utils.Database, adapter_id: str, reason: str = "") -> dict:
-    """Make `adapter_id` the active adapter; the one it replaces is retired (still loadable)."""
+def promote(db: sqlite_utils.Database, adapter_id: str, reason: str = "",
+            force: bool = False) -> dict:
+    """Make `adapter_id` the active adapter; the one it replaces is retired (still loadable).
+    An adapter the evaluation gate rejected is refused (ValueError) unless `force`."""
     with transaction(db):
         target = get(db, adapter_id)
         if target is None:
             raise KeyError(f"no adapter {adapter_id}")
+        if target["status"] == "rejected" and not force:
+            gate = target["metrics"].get("gate", {})
+            raise ValueError(f"{adapter_id} was rejected by the evaluation gate "
+                             f"({gate.get('reason', 'no reason recorded')}); "
+                             "promote it anyway with --force")
         db.execute("UPDATE adapters SET status = 'retired' WHERE status = 'active'")
         db.execute("UPDATE adapters SET status = 'active' WHERE id = ?", [adapter_id])
         db.execute("INSERT INTO promotions (adapter_id, action, reason) VALUES (?, 'promote', ?)",

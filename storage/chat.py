@@ -256,10 +256,19 @@ def feedback_counts(db: sqlite_utils.Database) -> dict[str, int]:
             "corrections": len(corrections(db))}
 
 
+def feedback_since(db: sqlite_utils.Database, since: str | None) -> int:
+    """Ratings, corrections and side-by-side picks given after `since` (an ISO timestamp;
+    None: ever): the scheduler's 'is there enough new feedback tonight?'."""
+    since = since or ""
+    return sum(db.execute(f"SELECT COUNT(*) FROM {table} WHERE created_at > ?",
+                          [since]).fetchone()[0]
+               for table in ("ratings", "corrections", "comparisons"))
+
+
 __all__ = ["create_conversation", "get_conversation", "list_conversations",
            "update_conversation", "delete_conversation", "siblings", "latest_leaf",
            "last_message", "set_flags", "flags", "FLAGS",
            "add_message", "store_transcript",
            "get_message", "thread",
            "history", "rate", "add_correction", "record_feedback", "latest_ratings", "corrections",
-           "feedback_counts", "transaction"]
+           "feedback_counts", "feedback_since", "transaction"]

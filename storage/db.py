@@ -156,6 +156,22 @@ MIGRATIONS: list[str] = [
     );
     CREATE INDEX flags_message ON flags(message_id);
     """,
+    # 4: a training run's live progress and starting point; A/B splits of new conversations.
+    """
+    ALTER TABLE training_runs ADD COLUMN progress TEXT NOT NULL DEFAULT '{}';
+    ALTER TABLE training_runs ADD COLUMN start_from TEXT;  -- NULL: the base model; else an adapter
+    CREATE TABLE ab_tests (
+        id INTEGER PRIMARY KEY,
+        candidate_id TEXT NOT NULL REFERENCES adapters(id),
+        share REAL NOT NULL CHECK (share > 0 AND share < 1),
+        started_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        ended_at TEXT,
+        reason TEXT
+    );
+    -- At most one split runs at a time.
+    CREATE UNIQUE INDEX ab_tests_one_running ON ab_tests((ended_at IS NULL)) WHERE ended_at IS NULL;
+    CREATE INDEX ratings_created ON ratings(created_at);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -1,4 +1,9 @@
-"""Training runs: what was trained, on which data, how it went."""
+"""Training runs: what was trained, on which data, from which starting point, how it went.
+
+A run is `running` from its start until it `succeeded` or `failed`. A run still marked
+`running` while no process holds the training lock (storage/lock.py) was interrupted: it can
+be resumed (`flywheel train --resume`) or is abandoned by the next fresh run.
+"""
 
 import json
 import os
@@ -10,12 +15,21 @@ from storage.db import utc_now
 
 
 def start(db: sqlite_utils.Database, *, base_model: str, method: str, config: dict,
-          manifest: dict) -> str:
+          manifest: dict, start_from: str | None = None) -> str:
     run_id = f"run-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
     db["training_runs"].insert({"id": run_id, "status": "running", "base_model": base_model,
                                 "method": method, "config": json.dumps(config, default=str),
-                                "manifest": json.dumps(manifest)})
+                                "manifest": json.dumps(manifest), "start_from": start_from,
+                                "progress": json.dumps({"phase": "starting"})})
     return run_id
+
+
+def set_progress(db: sqlite_utils.Database, run_id: str, **fields) -> None:
+    """Merge `fields` (phase, stage, step, max_steps, loss, eval_loss, ...) into the run's live
+    progress, which the admin page polls."""
+    row = get(db, run_id)
+    progress = {**row["progress"], **fields, "updated_at": utc_now()}
+    db["training_runs"].update(run_id, {"progress": json.dumps(progress, default=str)})
 
 
 def finish(db: sqlite_utils.Database, run_id: str, *, metrics: dict,
@@ -33,10 +47,23 @@ def get(db: sqlite_utils.Database, run_id: str) -> dict | None:
     if not rows:
         return None
     row = dict(rows[0])
-    for key in ("config", "manifest", "metrics"):
+    for key in ("config", "manifest", "metrics", "progress"):
         row[key] = json.loads(row[key] or "{}")
     return row
 
 
 def list_runs(db: sqlite_utils.Database) -> list[dict]:
     return [get(db, r["id"]) for r in db["training_runs"].rows_where(order_by="started_at", select="id")]
+
+
+def unfinished(db: sqlite_utils.Database) -> list[dict]:
+    """Runs still marked running, newest first (interrupted ones, when nobody holds the lock)."""
+    return [get(db, r["id"]) for r in db["training_runs"].rows_where(
+        "status = 'running'", order_by="started_at DESC", select="id")]
+
+
+def last_started(db: sqlite_utils.Database) -> dict | None:
+    """The newest run that did not fail: new feedback is counted from its start."""
+    rows = list(db["training_runs"].rows_where("status != 'failed'", order_by="started_at DESC",
+                                               limit=1, select="id"))
+    return get(db, rows[0]["id"]) if rows else None

@@ -1,193 +1,418 @@
-"""`flywheel train`: one cycle from feedback to a served adapter.
+"""`flywheel train`: one cycle from feedback to a served adapter, safe to leave running nightly.
 
-    feedback in SQLite -> SFT dataset -> LoRA with TRL's SFTTrainer -> adapter folder
-    (staged, then renamed into place) -> adapter + run rows -> promoted to active
+    lock         one run at a time (storage/lock.py); a crashed run does not hold it
+    prepare      feedback -> SFT / DPO / KTO datasets (trainer/dataset.py), replay and
+                 anchor examples mixed in, the method picked (trainer/methods.py); all of it
+                 written to runs/<id>/ so a resumed run trains on exactly the same data
+    train        each stage with TRL + LoRA, checkpointing as it goes (trainer/methods.py)
+    gate         the candidate against the active adapter or the base (trainer/gate.py)
+    publish      adapter folder renamed into place, its row (candidate or rejected), the
+                 run's result and, where policy allows, the promotion: one transaction
 
-The base model is resolved and loaded by `assistant.models`, the same code the server uses,
-so the adapter is trained on exactly the weights it will be served on.
+A run killed at any point leaves nothing the server would load: the server only loads the
+adapter row marked active, and that row is written with the folder already complete.
+`flywheel train --resume` continues the interrupted run from its last checkpoint.
+
+Under `accelerate launch` every process trains; only the main one takes the lock, prepares
+the data, evaluates and writes to the database.
 """
 
 import json
+import random
 import shutil
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from contextlib import ExitStack
+from pathlib import Path
 
 from assistant import models
 from storage import Home, init_db, open_db
-from storage import adapters, runs
+from storage import ab, adapters, lock, runs
 from storage import chat as store
+from storage.db import transaction
+from trainer import anchor, methods
+from trainer.config import TrainConfig, as_dict, from_dict
+from trainer.methods import NotEnoughData
+from trainer.progress import ProgressToDatabase, plot_losses, save_json
 
-
-@dataclass
-class TrainConfig:
-    model: str | None = field(default=None, metadata={"help": "Base model spec; None: the embedded default."})
-    min_examples: int = field(default=20, metadata={"help": "Refuse to train on fewer SFT examples than this."})
-    epochs: float = field(default=3.0, metadata={"help": "Passes over the dataset (ignored when max_steps > 0)."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps; -1: use epochs."})
-    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate for the LoRA weights."})
-    batch_size: int = field(default=4, metadata={"help": "Examples per device per step."})
-    max_length: int = field(default=1024, metadata={"help": "Tokens per example (prompt + answer)."})
-    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
-    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path."})
-    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Trade compute for memory; None: on with CUDA, off on the CPU (where it only slows a small model down)."})
-    seed: int = field(default=42, metadata={"help": "Seed for shuffling and initialisation."})
-    promote: bool = field(default=True, metadata={"help": "Make the new adapter active when training succeeds."})
-    validation_share: float = field(default=0.1, metadata={"help": "Share of conversations held out for validation."})
-    near_duplicate_threshold: float = field(default=0.95, metadata={"help": "Cosine similarity (all-MiniLM-L6-v2) at which examples are duplicates."})
-    replay_share: float = field(default=0.1, metadata={"help": "Earlier runs' examples mixed in, as a share of the new training examples."})
-    anchor_share: float = field(default=0.1, metadata={"help": "Anchor-set examples (base model answers to general prompts) mixed in, as a share."})
-
-
-class NotEnoughData(Exception):
-    pass
-
-
-def run_cycle(home: Home, config: TrainConfig) -> dict:
-    """Train, publish and (by default) promote one adapter; returns the adapter row.
-    Raises NotEnoughData, having changed nothing, when the feedback is too thin."""
-    init_db(home)
-    base = models.resolve(config.model, home)
-    examples, data_manifest = training_data(home, base, config)
-    print(f"Dataset: {len(examples)} SFT examples {data_manifest['sources']}", flush=True)
-    adapter_id = adapters.new_adapter_id()
-    with open_db(home) as db:
-        active = adapters.active(db)
-        run_id = runs.start(db, base_model=base.name, method="sft", config=asdict(config),
-                            manifest=data_manifest)
-    workdir = home.runs_dir / run_id
-    _save_examples(workdir / REPLAY_FILE, [e for e in examples if e["source"] not in REPLAYED])
-    try:
-        started = time.perf_counter()
-        metrics = _train_sft(base, examples, config, workdir, home, adapter_id)
-        metrics["train_seconds"] = round(time.perf_counter() - started, 1)
-        with open_db(home) as db:
-            row = adapters.publish(db, home, adapter_id, base_model=base.name, method="sft",
-                                   run_id=run_id, metrics=metrics)
-            runs.finish(db, run_id, metrics=metrics, adapter_id=adapter_id)
-            if config.promote:
-                row = adapters.promote(db, adapter_id, reason=f"trained by {run_id}")
-    except BaseException as exc:
-        shutil.rmtree(home.staging_dir / adapter_id, ignore_errors=True)
-        with open_db(home) as db:
-            runs.fail(db, run_id, f"{type(exc).__name__}: {exc}")
-        raise
-    finally:
-        shutil.rmtree(workdir / "checkpoints", ignore_errors=True)
-    replaced = active["id"] if active else "the base model"
-    print(f"Adapter {adapter_id}: status {row['status']}"
-          + (f" (replaces {replaced})" if config.promote else ""), flush=True)
-    return row
-
+__all__ = ["run_cycle", "NotEnoughData", "NothingToResume", "TrainConfig", "gather"]
 
 REPLAY_FILE = "sft-train.jsonl"  # a run's own feedback examples, replayed by later runs
 REPLAYED = ("replay", "anchor")
 
 
-def training_data(home: Home, base: models.BaseModel, config: TrainConfig) -> tuple[list, dict]:
-    """The SFT training split, cleaned, scrubbed and deduplicated, with a share of earlier
-    runs' data and of the anchor set mixed in; and its manifest. Raises NotEnoughData."""
-    import random
+class NothingToResume(Exception):
+    pass
 
-    from trainer import anchor, selection
+
+def run_cycle(home: Home, config: TrainConfig, resume: bool = False) -> dict | None:
+    """Train, gate, publish and (policy allowing) promote one adapter; returns its row (on
+    the main process). Raises NotEnoughData, having changed nothing, when the feedback is too
+    thin, lock.Busy when another run holds the lock, NothingToResume for a --resume with no
+    interrupted run."""
+    from accelerate import PartialState
+    init_db(home)
+    device, _ = models.pick_device()
+    state = PartialState(cpu=device == "cpu")
+    main = state.is_main_process
+    with ExitStack() as held:
+        plan = None
+        if main:
+            try:
+                held.enter_context(lock.training_lock(home))
+                plan = prepare(home, config, resume)
+            except Exception as exc:  # every process must hear of it, or the others hang
+                plan = {"error": exc}
+        plan = _from_main(state, plan)
+        if "error" in plan:
+            raise plan["error"]
+        config = from_dict(plan["config"])
+        run_id, row = plan["run_id"], None
+        try:
+            started = time.perf_counter()
+            final, stage_metrics, histories = train(home, plan, config, device)
+            if main:
+                print(f"Trained in {time.perf_counter() - started:.1f} s", flush=True)
+            state.wait_for_everyone()
+            if main:
+                row = publish(home, plan, config, final, stage_metrics, histories)
+        except Exception as exc:
+            if main:
+                shutil.rmtree(home.staging_dir / plan["adapter_id"], ignore_errors=True)
+                with open_db(home) as db:
+                    runs.fail(db, run_id, f"{type(exc).__name__}: {exc}")
+            raise
+        except BaseException:  # killed or interrupted: left resumable
+            if main:
+                print("\nInterrupted; continue with: flywheel train --resume", flush=True)
+            raise
+        state.wait_for_everyone()
+    return row
+
+
+def _from_main(state, value):
+    """`value` as the main process has it, on every process."""
+    if state.num_processes == 1:
+        return value
+    from accelerate.utils import broadcast_object_list
+    return broadcast_object_list([value], from_process=0)[0]
+
+
+# ---- prepare ---------------------------------------------------------------------------------
+
+def prepare(home: Home, config: TrainConfig, resume: bool) -> dict:
+    """A new run's data and plan, written under runs/<id>/; or the interrupted run's plan.
+    The caller holds the lock, so every run still marked running has died."""
+    with open_db(home) as db:
+        stale = runs.unfinished(db)
+    if resume:
+        for run in stale:
+            plan_file = home.runs_dir / run["id"] / "plan.json"
+            if plan_file.is_file():
+                plan = json.loads(plan_file.read_text())
+                print(f"Resuming {run['id']} ({'+'.join(plan['stages'])}); "
+                      f"{plan['reason']}", flush=True)
+                return plan
+            _abandon(home, run, "interrupted before its data was written; cannot resume")
+        raise NothingToResume("no interrupted training run to resume")
+    for run in stale:
+        _abandon(home, run, "interrupted and not resumed: a new run started instead")
+
+    base = models.resolve(config.model, home)
+    with open_db(home) as db:
+        last = runs.last_started(db)
+        new = store.feedback_since(db, last["started_at"] if last else None)
+        active = adapters.active(db)
+    if new < config.min_new_feedback:
+        raise NotEnoughData(f"only {new} new ratings, corrections and picks since "
+                            f"{last['id'] if last else 'the start'}; need "
+                            f"{config.min_new_feedback} to train tonight")
+    start = None
+    if config.start_from == "active":
+        if active is None:
+            print("No adapter is active: training from the base model.", flush=True)
+        else:
+            start = active
+    exclude = _trained_by(home, start["run_id"]) if start and start["run_id"] else set()
+    sets, manifest = gather(home, base, config, exclude=exclude)
+    kto = sets["kto"]["train"] + sets["kto"]["validation"]
+    sizes = {fmt: len(sets[fmt]["train"]) + len(sets[fmt]["validation"])
+             for fmt in ("dpo", "kto")}
+    sizes["sft"] = manifest["sft_feedback"]
+    sizes["kto_down"] = sum(not e["label"] for e in kto)
+    stages, reason = methods.pick(sizes, config)
+    print(f"Method: {'+'.join(stages).upper()}. {reason}", flush=True)
+    if start:
+        print(f"Starting from the active adapter {start['id']}, on {manifest['sft_feedback']} "
+              f"SFT examples it has not seen.", flush=True)
+
+    with open_db(home) as db:
+        run_id = runs.start(db, base_model=base.name, method="+".join(stages),
+                            config=as_dict(config), manifest=manifest,
+                            start_from=start["id"] if start else None)
+        runs.set_progress(db, run_id, phase="data")
+    workdir = home.runs_dir / run_id
+    for fmt, sides in sets.items():
+        for side, rows in sides.items():
+            _save_jsonl(workdir / "data" / f"{fmt}-{side}.jsonl", rows)
+    _save_jsonl(workdir / REPLAY_FILE, [e for e in sets["sft"]["train"]
+                                        if e["source"] not in REPLAYED])
+    save_json(workdir / "data" / "gate.json", gate_sets(home, base, sets, config))
+    plan = {"run_id": run_id, "adapter_id": adapters.adapter_id_for_run(run_id),
+            "base": {"name": base.name, "folder": str(base.folder)}, "stages": stages,
+            "reason": reason, "start_from": start["id"] if start else None,
+            "start_path": start["path"] if start else None, "config": as_dict(config)}
+    save_json(workdir / "plan.json", plan)  # last: its presence means the run can resume
+    return plan
+
+
+def _abandon(home: Home, run: dict, why: str) -> None:
+    with open_db(home) as db:
+        runs.fail(db, run["id"], why)
+    shutil.rmtree(home.staging_dir / adapters.adapter_id_for_run(run["id"]), ignore_errors=True)
+    for checkpoints in (home.runs_dir / run["id"]).glob("*/checkpoints"):
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    print(f"Run {run['id']} marked failed: {why}", flush=True)
+
+
+def _trained_by(home: Home, run_id: str) -> set[str]:
+    """Hashes of the examples a run trained on (to continue its adapter on new ones only)."""
+    with open_db(home) as db:
+        run = runs.get(db, run_id)
+    if run is None:
+        return set()
+    return {e["sha256"] for fmt in run["manifest"].get("formats", {}).values()
+            for e in fmt.get("examples", []) if e["split"] == "train"}
+
+
+def gather(home: Home, base: models.BaseModel, config: TrainConfig,
+           exclude: set[str] = frozenset()) -> tuple[dict, dict]:
+    """({format: {"train", "validation"}}, manifest): the pipeline's datasets (without the
+    examples in `exclude`), with a share of earlier runs' SFT examples and of the anchor set
+    mixed into the SFT training split."""
+    from trainer import selection
     from trainer.dataset import DataConfig, build, example_hash, token_counter
 
     data_config = DataConfig(max_length=config.max_length,
                              validation_share=config.validation_share,
                              near_duplicate_threshold=config.near_duplicate_threshold)
-    data_config.min_examples["sft"] = config.min_examples
-    count_tokens = token_counter(base.folder)
+    data_config.min_examples.update(sft=config.min_examples, dpo=config.min_pairs,
+                                    kto=config.min_rated)
     with open_db(home) as db:
-        datasets, data_manifest = build(db, data_config, count_tokens=count_tokens)
-        counts = store.feedback_counts(db)
-    sft = datasets["sft"]
-    total = len(sft["train"]) + len(sft["validation"])
-    if total < config.min_examples or not sft["train"]:
-        missing = ", ".join(f"{fmt} needs {n} more" for fmt, n in data_manifest["missing"].items())
-        raise NotEnoughData(
-            f"not enough training data: {total} SFT examples (from {counts['up']} liked "
-            f"answers and {counts['corrections']} corrections), need at least "
-            f"{config.min_examples}; missing: {missing or 'nothing else'}")
-    train = [{**e, "message_id": e["message_ids"][0]} for e in sft["train"]]
+        sets, manifest = build(db, data_config, count_tokens=token_counter(base.folder))
+        blocked = selection.excluded_messages(db)
+    for sides in sets.values():
+        sides["train"] = [e for e in sides["train"] if e["sha256"] not in exclude]
+    train = [{**e, "message_id": e["message_ids"][0]} for e in sets["sft"]["train"]]
     rng = random.Random(config.seed)
     # Replay: earlier runs' examples that this run's data no longer holds, as long as their
     # answer may still be trained on (not flagged, consent given, not held out). With the
-    # default (all accumulated feedback) that is rare; it matters when a run trains on new
-    # feedback only, continuing from the active adapter.
-    with open_db(home) as db:
-        blocked = selection.excluded_messages(db)
-    held_out = {i for e in sft["validation"] for i in e["message_ids"]}
-    seen = {e["sha256"] for e in train}
+    # default (all accumulated feedback) that is rare; it matters when a run continues the
+    # active adapter on new feedback only.
+    held_out = {i for e in sets["sft"]["validation"] for i in e["message_ids"]}
+    seen = {e["sha256"] for e in train} | set(exclude)
     earlier = [e for path in sorted(home.runs_dir.glob(f"*/{REPLAY_FILE}"))
-               for e in _load_examples(path) if e["sha256"] not in seen
+               for e in _load_jsonl(path) if e["sha256"] not in seen
                and e["message_id"] not in blocked | held_out]
     earlier = list({e["sha256"]: e for e in earlier}.values())
-    replay = rng.sample(earlier, min(len(earlier), round(config.replay_share * len(train))))
-    anchors = []
+    replay = (rng.sample(earlier, min(len(earlier), round(config.replay_share * len(train))))
+              if train else [])
     n_anchor = round(config.anchor_share * len(train))
-    if n_anchor:
-        pool = anchor.load_or_make(home, base)
-        anchors = [{**a, "source": "anchor", "message_id": None}
-                   for a in rng.sample(pool, min(n_anchor, len(pool)))]
+    chosen = rng.sample(anchor.TRAIN_PROMPTS, min(n_anchor, len(anchor.TRAIN_PROMPTS)))
+    anchors = [{**a, "source": "anchor", "message_id": None}
+               for a in (anchor.examples(home, base, chosen) if chosen else [])]
     mixed = train + [{**e, "source": "replay"} for e in replay] + anchors
     for e in mixed:
         e.setdefault("sha256", example_hash(e))
-    data_manifest.update(count=len(mixed), sources=dict(Counter(e["source"] for e in mixed)),
-                         validation=len(sft["validation"]))
-    return mixed, data_manifest
+    sets["sft"]["train"] = mixed
+    manifest.update(count=len(mixed), sources=dict(Counter(e["source"] for e in mixed)),
+                    validation=len(sets["sft"]["validation"]),
+                    sft_feedback=len(train) + len(sets["sft"]["validation"]))
+    return sets, manifest
 
 
-def _save_examples(path, examples: list[dict]) -> None:
+def gate_sets(home: Home, base: models.BaseModel, sets: dict, config: TrainConfig) -> dict:
+    """What the gate measures on, fixed when the run starts: the validation split's preferred
+    answers and pairs, held-out anchor prompts with the base model's answers, and prompts to
+    answer (held-out questions first, then held-out anchor prompts)."""
+    gate = config.gate
+    heldout = [{"prompt": e["prompt"], "completion": e["completion"]}
+               for e in sets["sft"]["validation"]]
+    heldout += [{"prompt": e["prompt"], "completion": e["chosen"]}
+                for e in sets["dpo"]["validation"]]
+    pairs = [{k: e[k] for k in ("prompt", "chosen", "rejected")}
+             for e in sets["dpo"]["validation"]]
+    anchors = anchor.examples(home, base, anchor.spread(anchor.HELDOUT_PROMPTS,
+                                                        gate.anchor_examples))
+    prompts = list({json.dumps(e["prompt"]): e["prompt"] for side in
+                    ("sft", "dpo", "kto") for e in sets[side]["validation"]}.values())
+    prompts = prompts[:gate.generation_prompts]
+    extra = anchor.spread(anchor.HELDOUT_PROMPTS, gate.generation_prompts - len(prompts))
+    prompts += [[{"role": "user", "content": p}] for p in extra]
+    return {"heldout": heldout, "pairs": pairs, "anchor": anchors, "prompts": prompts}
+
+
+# ---- train -----------------------------------------------------------------------------------
+
+def train(home: Home, plan: dict, config: TrainConfig, device: str):
+    """Every stage of the plan, skipping finished ones and resuming a cut one. Returns the
+    last stage's adapter folder, each stage's metrics and log history."""
+    base = models.BaseModel(plan["base"]["name"], Path(plan["base"]["folder"]))
+    workdir = home.runs_dir / plan["run_id"]
+    adapter_path = plan["start_path"]
+    model = tokenizer = None
+    metrics, histories = [], {}
+    for number, method in enumerate(plan["stages"], 1):
+        stage_dir = workdir / f"{number}-{method}"
+        done = methods.stage_result(stage_dir)
+        if done is None:
+            if model is None:
+                model, tokenizer = _load_for_training(base, config, adapter_path, device)
+            rows = {side: _load_jsonl(workdir / "data" / f"{method}-{side}.jsonl")
+                    for side in ("train", "validation")}
+            progress = ProgressToDatabase(home, plan["run_id"], f"{number}/{len(plan['stages'])} "
+                                                               f"{method}")
+            model, _ = methods.train_stage(method, model, tokenizer, rows["train"],
+                                           rows["validation"], config, stage_dir, device,
+                                           callbacks=[progress])
+            done = methods.stage_result(stage_dir)
+            if done is None:  # a process other than the main one: it writes no folder
+                done = ({}, [])
+        else:
+            model = None  # the next stage (if any) starts from this one's saved adapter
+            print(f"Stage {number} ({method.upper()}) already finished", flush=True)
+        metrics.append(done[0])
+        histories[f"{number}-{method}"] = done[1]
+        adapter_path = str(stage_dir / "final")
+    return Path(adapter_path), metrics, histories
+
+
+def _load_for_training(base: models.BaseModel, config: TrainConfig, adapter_path: str | None,
+                       device: str):
+    """The base model (4-bit for QLoRA if asked), with `adapter_path`'s adapter as the
+    trainable starting point when given."""
+    model, tokenizer = models.load(base, device=device, quantize=config.quantize)
+    if config.quantize:
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=config.gradient_checkpointing is not False)
+    model.train()
+    if adapter_path:
+        from peft import PeftModel
+        model = PeftModel.from_pretrained(model, adapter_path, is_trainable=True)
+    return model, tokenizer
+
+
+# ---- gate and publish ------------------------------------------------------------------------
+
+def publish(home: Home, plan: dict, config: TrainConfig, final: Path, stage_metrics: list,
+            histories: dict) -> dict:
+    """Gate the finished adapter, then publish it and apply the promotion policy in one
+    transaction. Each step is skipped when a resumed run finds it done."""
+    run_id, adapter_id = plan["run_id"], plan["adapter_id"]
+    workdir = home.runs_dir / run_id
+    with open_db(home) as db:
+        existing = adapters.get(db, adapter_id)
+    if existing:  # published just before a crash; only the run's row was left to finish
+        _finish_run(home, run_id, existing["metrics"], adapter_id)
+        return existing
+    staged = home.staging_dir / adapter_id
+    if not (staged / "adapter_config.json").is_file() and not (
+            home.adapters_dir / adapter_id / "adapter_config.json").is_file():
+        tmp = home.staging_dir / f".{adapter_id}-tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(final, tmp, ignore=shutil.ignore_patterns("*.json.bak"))
+        tmp.rename(staged)
+    plot = plot_losses(histories, workdir / "loss.png", f"{run_id}: {'+'.join(plan['stages'])}")
+    gate_file = workdir / "gate.json"
+    if gate_file.is_file():
+        report = json.loads(gate_file.read_text())
+    else:
+        with open_db(home) as db:
+            runs.set_progress(db, run_id, phase="evaluating")
+        report = run_gate(home, plan, config, staged if staged.is_dir()
+                          else home.adapters_dir / adapter_id)
+        save_json(gate_file, report)
+    print_gate(report)
+    metrics = {"method": "+".join(plan["stages"]), "stages": stage_metrics,
+               "steps": sum(m.get("steps", 0) for m in stage_metrics),
+               "examples": sum(m.get("examples", 0) for m in stage_metrics),
+               "train_loss": stage_metrics[-1].get("train_loss") if stage_metrics else None,
+               "loss_curve": [x for m in stage_metrics for x in m.get("loss_curve", [])],
+               "loss_plot": str(plot), "gate": report}
+    passed = report["verdict"] == "pass"
+    with open_db(home) as db:
+        runs.set_progress(db, run_id, phase="publishing")
+        with transaction(db):
+            row = adapters.publish(db, home, adapter_id, base_model=plan["base"]["name"],
+                                   method=metrics["method"], run_id=run_id,
+                                   parent_id=plan["start_from"], metrics=metrics,
+                                   status="candidate" if passed else "rejected")
+            if passed and config.promotion == "auto":
+                row = adapters.promote(db, adapter_id, reason=f"gate passed in {run_id}")
+                decision = "promoted: the server swaps it in"
+            elif passed and config.ab_share:
+                ab.start(db, adapter_id, config.ab_share, reason=f"gate passed in {run_id}")
+                decision = (f"a candidate in an A/B split: {config.ab_share:.0%} of new "
+                            "conversations; promote it with flywheel adapters promote")
+            elif passed:
+                decision = ("a candidate waiting for an admin (promotion policy manual): "
+                            f"flywheel adapters promote {adapter_id}")
+            else:
+                decision = "rejected: the server keeps what it serves now"
+            runs.finish(db, run_id, metrics=metrics, adapter_id=adapter_id)
+            runs.set_progress(db, run_id, phase="done", decision=decision)
+    for checkpoints in workdir.glob("*/checkpoints"):
+        shutil.rmtree(checkpoints, ignore_errors=True)
+    print(f"Adapter {adapter_id}: {decision}. Loss curves: {plot}", flush=True)
+    return row
+
+
+def _finish_run(home: Home, run_id: str, metrics: dict, adapter_id: str) -> None:
+    with open_db(home) as db:
+        if runs.get(db, run_id)["status"] == "running":
+            runs.finish(db, run_id, metrics=metrics, adapter_id=adapter_id)
+
+
+def run_gate(home: Home, plan: dict, config: TrainConfig, candidate: Path) -> dict:
+    """Load the base model with the candidate (and the active adapter as the reference, if
+    any) and evaluate."""
+    from peft import PeftModel
+
+    from trainer import gate
+    base = models.BaseModel(plan["base"]["name"], Path(plan["base"]["folder"]))
+    sets = json.loads((home.runs_dir / plan["run_id"] / "data" / "gate.json").read_text())
+    with open_db(home) as db:
+        active = adapters.active(db)
+    print(f"Evaluating {plan['adapter_id']} against "
+          f"{active['id'] if active else 'the base model'} ...", flush=True)
+    model, tokenizer = models.load(base)
+    model = PeftModel.from_pretrained(model, str(candidate), adapter_name="candidate")
+    if active:
+        model.load_adapter(active["path"], adapter_name="reference")
+    return gate.evaluate(model, tokenizer, sets, config.gate, has_reference=active is not None,
+                         reference_name=active["id"] if active else "base model")
+
+
+def print_gate(report: dict) -> None:
+    from trainer.gate import describe
+    print(f"Evaluation gate (reference: {report['reference']}, {report.get('seconds', '?')} s):",
+          flush=True)
+    for name, check in report["checks"].items():
+        mark = "pass" if check["passed"] else "FAIL"
+        print(f"  {mark}  {describe(name, check)}  [{check['n']} {check['unit']}]", flush=True)
+    for name in report["skipped"]:
+        print(f"  skip  {name.replace('_', ' ')}: no held-out data for it", flush=True)
+    print(f"Verdict: {report['verdict']}. {report['reason']}", flush=True)
+
+
+def _save_jsonl(path: Path, rows: list[dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    keep = ("prompt", "completion", "source", "message_id", "sha256")
-    path.write_text("".join(json.dumps({k: e.get(k) for k in keep}, ensure_ascii=False) + "\n"
-                            for e in examples))
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    tmp.replace(path)
 
 
-def _load_examples(path) -> list[dict]:
+def _load_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
-
-def _train_sft(base: models.BaseModel, examples: list[dict], config: TrainConfig, workdir,
-               home: Home, adapter_id: str) -> dict:
-    import datasets
-    from peft import LoraConfig
-    from trl import SFTConfig, SFTTrainer
-
-    model, tokenizer = models.load(base)
-    model.train()
-    device, _ = models.pick_device()
-    data = datasets.Dataset.from_list([{"prompt": e["prompt"], "completion": e["completion"]}
-                                       for e in examples])
-    args = SFTConfig(
-        output_dir=str(workdir / "checkpoints"),
-        num_train_epochs=config.epochs,
-        max_steps=config.max_steps,
-        learning_rate=config.learning_rate,
-        per_device_train_batch_size=config.batch_size,
-        max_length=config.max_length,
-        completion_only_loss=True,  # SmolLM2's template has no {% generation %} block
-        logging_steps=1,
-        save_strategy="no",
-        report_to="none",
-        seed=config.seed,
-        gradient_checkpointing=(device == "cuda" if config.gradient_checkpointing is None
-                                else config.gradient_checkpointing),
-        bf16=device == "cuda",
-        use_cpu=device == "cpu",
-        dataloader_pin_memory=device == "cuda",
-    )
-    lora = LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha,
-                      lora_dropout=config.lora_dropout, target_modules="all-linear",
-                      task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=args, train_dataset=data, processing_class=tokenizer,
-                         peft_config=lora)
-    result = trainer.train()
-    staging = adapters.staging_path(home, adapter_id)
-    trainer.model.save_pretrained(staging)
-    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1))
-    return {"train_loss": round(result.training_loss, 4), "steps": result.global_step,
-            "examples": len(examples), "loss_curve": [round(x, 4) for x in losses]}

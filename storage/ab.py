@@ -1,0 +1,74 @@
+"""A/B splits: a share of new conversations is answered by a candidate adapter while the rest
+get the active one, so thumbs-up rates can be compared before a promotion.
+
+Which side a conversation is on is a hash of its id, so it is stable for the conversation's
+whole life without storing anything; the answers' `adapter_id` says who answered.
+"""
+
+import hashlib
+
+import sqlite_utils
+
+from storage.db import transaction, utc_now
+
+
+def start(db: sqlite_utils.Database, candidate_id: str, share: float, reason: str = "") -> dict:
+    """Send `share` (0 < share < 1) of new conversations to `candidate_id`; ends any split
+    that is running. The candidate must be a servable candidate (not active or rejected)."""
+    if not 0 < share < 1:
+        raise ValueError(f"the A/B share must be between 0 and 1, not {share}")
+    with transaction(db):
+        row = db.execute("SELECT status FROM adapters WHERE id = ?", [candidate_id]).fetchone()
+        if row is None:
+            raise KeyError(f"no adapter {candidate_id}")
+        if row[0] != "candidate":
+            raise ValueError(f"{candidate_id} is {row[0]}; only a candidate can be A/B tested")
+        stop(db, reason=f"replaced by a split for {candidate_id}")
+        db["ab_tests"].insert({"candidate_id": candidate_id, "share": share, "reason": reason})
+    return current(db)
+
+
+def stop(db: sqlite_utils.Database, reason: str = "") -> dict | None:
+    """End the running split (if any); returns it."""
+    running = current(db)
+    if running:
+        db.execute("UPDATE ab_tests SET ended_at = ?, reason = ? WHERE id = ?",
+                   [utc_now(), reason or running["reason"], running["id"]])
+    return running
+
+
+def current(db: sqlite_utils.Database) -> dict | None:
+    rows = list(db["ab_tests"].rows_where("ended_at IS NULL"))
+    return dict(rows[0]) if rows else None
+
+
+def in_candidate_arm(conversation_id: str, share: float) -> bool:
+    """Whether a conversation belongs to the candidate's share (stable: a hash of its id)."""
+    bucket = int(hashlib.sha256(f"ab:{conversation_id}".encode()).hexdigest()[:8], 16)
+    return bucket / 0xFFFFFFFF < share
+
+
+def report(db: sqlite_utils.Database, test: dict | None = None) -> dict | None:
+    """Thumbs up and down, and the up rate, of each arm's answers given since the split
+    started (the candidate's vs everyone else's): what the admin page compares."""
+    test = test or current(db)
+    if test is None:
+        return None
+    rows = db.execute_returning_dicts(
+        """SELECT m.adapter_id,
+                  (SELECT rating FROM ratings WHERE message_id = m.id AND rating IS NOT NULL
+                   ORDER BY id DESC LIMIT 1) AS rating
+           FROM messages m WHERE m.role = 'assistant' AND m.created_at >= ?
+             AND (? IS NULL OR m.created_at <= ?)""",
+        [test["started_at"], test["ended_at"], test["ended_at"]])
+    arms = {"candidate": {"adapter": test["candidate_id"], "answers": 0, "up": 0, "down": 0},
+            "control": {"adapter": "others", "answers": 0, "up": 0, "down": 0}}
+    for row in rows:
+        arm = arms["candidate" if row["adapter_id"] == test["candidate_id"] else "control"]
+        arm["answers"] += 1
+        if row["rating"]:
+            arm[row["rating"]] += 1
+    for arm in arms.values():
+        rated = arm["up"] + arm["down"]
+        arm["up_rate"] = round(arm["up"] / rated, 3) if rated else None
+    return {"test": test, **arms}

@@ -1,0 +1,193 @@
+"""Every setting of `flywheel train`, as typed dataclasses with defaults and a help line each:
+one config per training method (SFT, DPO, KTO), one for the evaluation gate, one for the
+cycle that holds them. A TOML file overrides the defaults and `--set section.field=value`
+flags override the file:
+
+    method = "auto"          # top-level fields: the cycle
+    promotion = "manual"
+    [sft]
+    learning_rate = 1e-4     # one table per method, and [gate]
+    [gate]
+    max_forgetting = 0.10
+
+The defaults follow common practice for LoRA on small instruction models: rank 16, alpha 32,
+dropout 0.05 on every linear layer; 2e-4 for SFT, 5e-5 with beta 0.1 for DPO and KTO.
+"""
+
+import dataclasses
+import tomllib
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union, get_args, get_origin
+
+METHODS = ("auto", "sft", "dpo", "kto", "sft+dpo")
+
+
+@dataclass
+class MethodSettings:
+    """What every method shares: the optimiser, the schedule, the overfitting guards, LoRA."""
+    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate for the LoRA weights."})
+    epochs: float = field(default=3.0, metadata={"help": "Passes over the training set (ignored when max_steps > 0)."})
+    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps; -1: use epochs."})
+    batch_size: int = field(default=4, metadata={"help": "Examples per device per step."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps whose gradients are summed before an update."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay on the LoRA weights (an overfitting guard)."})
+    warmup: float = field(default=0.05, metadata={"help": "Linear warm-up: a share of the steps (< 1) or a number of steps."})
+    lr_scheduler: str = field(default="cosine", metadata={"help": "Learning-rate schedule after warm-up (transformers' names)."})
+    eval_steps: int = field(default=10, metadata={"help": "Validation loss (and a checkpoint) every this many steps."})
+    patience: int = field(default=3, metadata={"help": "Stop early after this many evaluations without a better validation loss."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path (an overfitting guard)."})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": "Layers that get LoRA weights; all-linear: every linear layer but the output head."})
+
+
+@dataclass
+class SFTSettings(MethodSettings):
+    padding_free: bool = field(default=True, metadata={"help": "Concatenate a batch's examples instead of padding them (TRL's padding-free batches; examples are already fitted to max_length)."})
+
+
+@dataclass
+class DPOSettings(MethodSettings):
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate for the LoRA weights."})
+    epochs: float = field(default=2.0, metadata={"help": "Passes over the pairs (ignored when max_steps > 0)."})
+    beta: float = field(default=0.1, metadata={"help": "How far the policy may move from the reference (higher: less)."})
+    loss_type: str = field(default="sigmoid", metadata={"help": "TRL's DPO loss: sigmoid (the paper's), ipo, hinge, ..."})
+
+
+@dataclass
+class KTOSettings(MethodSettings):
+    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate for the LoRA weights."})
+    epochs: float = field(default=2.0, metadata={"help": "Passes over the rated answers (ignored when max_steps > 0)."})
+    beta: float = field(default=0.1, metadata={"help": "How far the policy may move from the reference (higher: less)."})
+    desirable_weight: float = field(default=1.0, metadata={"help": "Loss weight of thumbs-up answers."})
+    undesirable_weight: float = field(default=1.0, metadata={"help": "Loss weight of thumbs-down answers."})
+
+
+@dataclass
+class GateConfig:
+    heldout_loss_tolerance: float = field(default=0.02, metadata={"help": "The candidate's held-out loss on preferred answers may exceed the reference's by at most this share."})
+    preference_accuracy_tolerance: float = field(default=0.05, metadata={"help": "Its preference accuracy on held-out pairs may fall at most this far below the reference's."})
+    max_forgetting: float = field(default=0.15, metadata={"help": "Its loss on held-out anchor prompts may exceed the base model's by at most this share."})
+    degeneration_tolerance: float = field(default=0.10, metadata={"help": "Its share of empty, cut-off or repetitive answers may exceed the reference's by at most this."})
+    anchor_examples: int = field(default=48, metadata={"help": "Held-out anchor prompts (never trained on) for the forgetting check."})
+    generation_prompts: int = field(default=16, metadata={"help": "Prompts answered (greedy) for the degeneration check: held-out questions first."})
+    max_new_tokens: int = field(default=192, metadata={"help": "Tokens per generated answer; an answer that needs more counts as cut off."})
+    batch_size: int = field(default=8, metadata={"help": "Examples per forward pass while evaluating."})
+
+
+@dataclass
+class TrainConfig:
+    model: str | None = field(default=None, metadata={"help": "Base model spec; None: the embedded default. Must match the server's."})
+    method: str = field(default="auto", metadata={"help": "auto, sft, dpo, kto or sft+dpo; auto picks from the data available."})
+    start_from: str = field(default="base", metadata={"help": "base: train a fresh adapter on all feedback; active: continue the active adapter on new feedback."})
+    promotion: str = field(default="auto", metadata={"help": "auto: promote when the gate passes; manual: a passing adapter waits as a candidate."})
+    ab_share: float = field(default=0.0, metadata={"help": "With manual promotion: send this share of new conversations to a passing candidate (0: no A/B split)."})
+    min_examples: int = field(default=20, metadata={"help": "Fewer SFT examples than this: not enough for SFT."})
+    min_pairs: int = field(default=10, metadata={"help": "Fewer preference pairs than this: not enough for DPO."})
+    min_rated: int = field(default=20, metadata={"help": "Fewer thumbs-rated answers than this: not enough for KTO."})
+    kto_min_down_share: float = field(default=0.3, metadata={"help": "auto picks KTO (not SFT) when at least this share of rated answers are thumbs-down and pairs are too few for DPO."})
+    min_new_feedback: int = field(default=0, metadata={"help": "Skip the run when fewer ratings, corrections and picks arrived since the last run."})
+    max_length: int = field(default=1024, metadata={"help": "Tokens per example (prompt + answer)."})
+    validation_share: float = field(default=0.1, metadata={"help": "Share of conversations held out for validation and the gate."})
+    near_duplicate_threshold: float = field(default=0.95, metadata={"help": "Cosine similarity (all-MiniLM-L6-v2) at which examples are duplicates."})
+    replay_share: float = field(default=0.1, metadata={"help": "Earlier runs' examples mixed in, as a share of the new SFT examples."})
+    anchor_share: float = field(default=0.1, metadata={"help": "Anchor-set examples (base model answers to general prompts) mixed in, as a share."})
+    quantize: str | None = field(default=None, metadata={"help": "4bit: QLoRA on a 4-bit base (CUDA + bitsandbytes); None: the base in bf16 (CUDA) or fp32."})
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Trade compute for memory; None: on with CUDA, off on the CPU (where it only slows a small model down)."})
+    seed: int = field(default=42, metadata={"help": "Seed for sampling, shuffling and initialisation."})
+    sft: SFTSettings = field(default_factory=SFTSettings, metadata={"help": "Supervised fine-tuning on liked answers and corrections."})
+    dpo: DPOSettings = field(default_factory=DPOSettings, metadata={"help": "Direct preference optimisation on preference pairs."})
+    kto: KTOSettings = field(default_factory=KTOSettings, metadata={"help": "KTO on thumbs up / down of single answers."})
+    gate: GateConfig = field(default_factory=GateConfig, metadata={"help": "The evaluation gate's thresholds and sample sizes."})
+
+    def validate(self) -> "TrainConfig":
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
+        if self.start_from not in ("base", "active"):
+            raise ValueError(f"start_from must be base or active, not {self.start_from!r}")
+        if self.promotion not in ("auto", "manual"):
+            raise ValueError(f"promotion must be auto or manual, not {self.promotion!r}")
+        if not 0 <= self.ab_share < 1:
+            raise ValueError(f"ab_share must be at least 0 and below 1, not {self.ab_share}")
+        if self.quantize not in (None, "4bit"):
+            raise ValueError(f"quantize must be 4bit or unset, not {self.quantize!r}")
+        return self
+
+    def methods(self) -> dict[str, MethodSettings]:
+        return {"sft": self.sft, "dpo": self.dpo, "kto": self.kto}
+
+
+def _coerce(value: Any, kind: Any, name: str) -> Any:
+    """Check (and where harmless convert) a value against a field's annotation."""
+    options = get_args(kind) if get_origin(kind) in (Union, types.UnionType) else (kind,)
+    if value is None and type(None) in options:
+        return None
+    for option in options:
+        if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if option is not type(None) and isinstance(value, option) and not (
+                option is int and isinstance(value, bool)):
+            return value
+    names = " or ".join(getattr(o, "__name__", str(o)) for o in options)
+    raise ValueError(f"{name} must be {names}, not {value!r}")
+
+
+def update(config: Any, values: dict, prefix: str = "") -> Any:
+    """A copy of dataclass `config` with `values` (nested dicts for nested configs) applied;
+    unknown keys and wrong types are errors."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    changes = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            raise ValueError(f"unknown setting {name!r}")
+        current = getattr(config, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ValueError(f"{name} is a table of settings, not {value!r}")
+            changes[key] = update(current, value, prefix=f"{name}.")
+        else:
+            changes[key] = _coerce(value, fields[key].type, name)
+    return dataclasses.replace(config, **changes)
+
+
+def parse_value(text: str) -> Any:
+    """A flag's value as TOML reads it (1e-4, true, "x", [..]); bare words stay strings."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None,
+         base: TrainConfig | None = None) -> TrainConfig:
+    """Defaults (or `base`), then the TOML file at `path`, then `section.field=value`
+    overrides. Raises ValueError with one line on any bad key, type or file."""
+    config = base or TrainConfig()
+    if path is not None:
+        try:
+            values = tomllib.loads(Path(path).read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ValueError(f"cannot read config {path}: {exc}") from None
+        config = update(config, values)
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"--set takes section.field=value, not {item!r}")
+        *sections, name = key.strip().split(".")
+        values: dict = {name: parse_value(text.strip())}
+        for section in reversed(sections):
+            values = {section: values}
+        config = update(config, values)
+    return config.validate()
+
+
+def as_dict(config: TrainConfig) -> dict:
+    return dataclasses.asdict(config)
+
+
+def from_dict(values: dict) -> TrainConfig:
+    """The config a run recorded (for --resume)."""
+    return update(TrainConfig(), values).validate()

@@ -1,0 +1,238 @@
+"""The evaluation gate: a new adapter must not be worse than the one in production.
+
+The candidate is compared with the reference (the active adapter, or the base model when
+none is active) on data that training never saw:
+
+    held-out loss         mean loss on the validation split's preferred answers (liked
+                          answers, corrections, the chosen side of pairs)
+    preference accuracy   share of held-out pairs where the chosen answer is more likely than
+                          the rejected one (mean log-likelihood per token, so length does not
+                          decide)
+    forgetting            loss on held-out anchor prompts (the base model's own answers),
+                          relative to the base model: +0.10 is 10% higher
+    degeneration          share of greedy answers to held-out prompts that are empty, cut off
+                          (no end of turn within the budget) or repetitive
+
+A check with no data (no pairs yet, say) is skipped and says so. The verdict passes only when
+every check that ran passes. Thresholds are `GateConfig` settings.
+"""
+
+import math
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict
+
+import torch
+from tqdm import tqdm
+
+from trainer.config import GateConfig
+
+CHECKS = ("heldout_loss", "preference_accuracy", "forgetting", "degeneration")
+
+
+def repetitive(text: str) -> bool:
+    """Loops: fewer than half of the answer's word 3-grams are distinct, or a long answer
+    made of two or three characters."""
+    words = text.lower().split()
+    if len(words) >= 12:
+        grams = list(zip(words, words[1:], words[2:]))
+        if len(set(grams)) < 0.5 * len(grams):
+            return True
+    return len(text) >= 20 and len(set(text.replace(" ", ""))) <= 3
+
+
+def _encode(tokenizer, prompt: list[dict], answer: list[dict]) -> tuple[list[int], int]:
+    """(ids of prompt + answer, number of prompt ids), as TRL's prompt/completion form does."""
+    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True,
+                                               return_dict=True)["input_ids"]
+    full = tokenizer.apply_chat_template(prompt + answer, return_dict=True)["input_ids"]
+    return full, len(prompt_ids)
+
+
+@torch.inference_mode()
+def answer_logprobs(model, tokenizer, rows: list[tuple[list, list]], batch_size: int,
+                    desc: str) -> list[tuple[float, int]]:
+    """(sum of log-probabilities, token count) of each answer given its prompt."""
+    pad = tokenizer.pad_token_id
+    out = []
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", leave=False):
+        encoded = [_encode(tokenizer, p, a) for p, a in rows[start:start + batch_size]]
+        width = max(len(ids) for ids, _ in encoded)
+        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, (row, _) in enumerate(encoded):
+            ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
+        logits = model(input_ids=ids.to(model.device),
+                       attention_mask=mask.to(model.device)).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1)
+        picked = logp.gather(-1, ids[:, 1:].to(model.device).unsqueeze(-1)).squeeze(-1).cpu()
+        for i, (row, n_prompt) in enumerate(encoded):
+            answer = picked[i, n_prompt - 1:len(row) - 1]
+            out.append((float(answer.sum()), answer.numel()))
+    return out
+
+
+def mean_loss(scores: list[tuple[float, int]]) -> float:
+    """Token-weighted mean negative log-likelihood."""
+    return -sum(s for s, _ in scores) / max(1, sum(n for _, n in scores))
+
+
+@torch.inference_mode()
+def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
+             batch_size: int, desc: str) -> list[dict]:
+    """Greedy answers with whether each ended by itself (an end-of-turn token)."""
+    from assistant.engine import left_pad
+    pad = tokenizer.pad_token_id
+    stop = {tokenizer.eos_token_id, *([model.generation_config.eos_token_id]
+                                      if isinstance(model.generation_config.eos_token_id, int)
+                                      else model.generation_config.eos_token_id or [])}
+    out = []
+    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
+        chunk = prompts[start:start + batch_size]
+        encoded = [tokenizer.apply_chat_template(p, add_generation_prompt=True,
+                                                 return_dict=True)["input_ids"] for p in chunk]
+        ids, mask = left_pad(encoded, pad)
+        generated = model.generate(input_ids=ids.to(model.device),
+                                   attention_mask=mask.to(model.device),
+                                   max_new_tokens=max_new_tokens, do_sample=False,
+                                   temperature=None, top_p=None, top_k=None,
+                                   pad_token_id=pad)[:, ids.shape[1]:].cpu()
+        for row in generated:
+            tokens = row.tolist()
+            ended = any(t in stop for t in tokens)
+            text = tokenizer.decode(row, skip_special_tokens=True).strip()
+            out.append({"text": text, "ended": ended})
+    return out
+
+
+def degenerate(answer: dict) -> str | None:
+    if not answer["text"]:
+        return "empty"
+    if not answer["ended"]:
+        return "cut off"
+    if repetitive(answer["text"]):
+        return "repetitive"
+    return None
+
+
+@contextmanager
+def _using(model, name: str):
+    """Run the PeftModel as the base model ('base') or with one of its adapters."""
+    if name == "base":
+        with model.disable_adapter():
+            yield
+    else:
+        model.set_adapter(name)
+        with nullcontext():
+            yield
+
+
+def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
+            answers: bool = True) -> dict:
+    """Every figure the gate uses, for one version (`name`: base, candidate or reference);
+    `answers=False` skips generating (the slow part) when nobody compares with them."""
+    figures: dict = {}
+    with _using(model, name):
+        if sets["heldout"]:
+            scores = answer_logprobs(model, tokenizer, [(r["prompt"], r["completion"])
+                                                        for r in sets["heldout"]],
+                                     gate.batch_size, f"{name}: held-out loss")
+            figures["heldout_loss"] = mean_loss(scores)
+        if sets["pairs"]:
+            chosen = answer_logprobs(model, tokenizer, [(r["prompt"], r["chosen"])
+                                                        for r in sets["pairs"]],
+                                     gate.batch_size, f"{name}: chosen")
+            rejected = answer_logprobs(model, tokenizer, [(r["prompt"], r["rejected"])
+                                                          for r in sets["pairs"]],
+                                       gate.batch_size, f"{name}: rejected")
+            wins = [c / max(1, nc) > r / max(1, nr) for (c, nc), (r, nr) in zip(chosen, rejected)]
+            figures["preference_accuracy"] = sum(wins) / len(wins)
+        if sets["anchor"]:
+            figures["anchor_loss"] = mean_loss(answer_logprobs(
+                model, tokenizer, [(r["prompt"], r["completion"]) for r in sets["anchor"]],
+                gate.batch_size, f"{name}: anchor loss"))
+        if sets["prompts"] and answers:
+            answers = generate(model, tokenizer, sets["prompts"], gate.max_new_tokens,
+                               gate.batch_size, f"{name}: answers")
+            kinds = [degenerate(a) for a in answers]
+            figures["degeneration"] = sum(k is not None for k in kinds) / len(kinds)
+            figures["degenerate_kinds"] = {k: kinds.count(k) for k in set(kinds) if k}
+            figures["sample_answers"] = [a["text"][:200] for a in answers[:3]]
+    return figures
+
+
+def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateConfig,
+          reference_name: str) -> dict:
+    """The verdict, every figure, each check's limit and the reason, from measured figures."""
+    checks: dict = {}
+
+    def check(name: str, value, ref, limit, passed: bool, n: int, unit: str) -> None:
+        checks[name] = {"candidate": _round(value), "reference": _round(ref),
+                        "limit": _round(limit), "passed": passed, "n": n, "unit": unit}
+
+    if "heldout_loss" in candidate:
+        limit = reference["heldout_loss"] * (1 + gate.heldout_loss_tolerance)
+        check("heldout_loss", candidate["heldout_loss"], reference["heldout_loss"], limit,
+              candidate["heldout_loss"] <= limit, len(sets["heldout"]), "answers")
+    if "preference_accuracy" in candidate:
+        limit = reference["preference_accuracy"] - gate.preference_accuracy_tolerance
+        check("preference_accuracy", candidate["preference_accuracy"],
+              reference["preference_accuracy"], limit,
+              candidate["preference_accuracy"] >= limit, len(sets["pairs"]), "pairs")
+    if "anchor_loss" in candidate:
+        forgetting = candidate["anchor_loss"] / base["anchor_loss"] - 1
+        ref_forgetting = reference["anchor_loss"] / base["anchor_loss"] - 1
+        check("forgetting", forgetting, ref_forgetting, gate.max_forgetting,
+              forgetting <= gate.max_forgetting, len(sets["anchor"]), "anchor prompts")
+    if "degeneration" in candidate:
+        limit = reference["degeneration"] + gate.degeneration_tolerance
+        check("degeneration", candidate["degeneration"], reference["degeneration"], limit,
+              candidate["degeneration"] <= limit, len(sets["prompts"]), "prompts")
+    failed = [describe(n, c) for n, c in checks.items() if not c["passed"]]
+    skipped = [n for n in CHECKS if n not in checks]
+    if failed:
+        verdict, reason = "fail", "rejected: " + "; ".join(failed)
+    elif not checks:
+        verdict, reason = "fail", "rejected: no check could run (no held-out data at all)"
+    else:
+        verdict, reason = "pass", ("passed: " + "; ".join(describe(n, c) for n, c in checks.items()))
+    if skipped:
+        reason += f" (skipped for lack of data: {', '.join(skipped)})"
+    return {"verdict": verdict, "reason": reason, "reference": reference_name,
+            "checks": checks, "skipped": skipped,
+            "figures": {"candidate": candidate, "reference": reference,
+                        "base_anchor_loss": base.get("anchor_loss")}}
+
+
+def describe(name: str, c: dict) -> str:
+    if name == "forgetting":
+        return (f"forgetting {c['candidate']:+.1%} (limit {c['limit']:+.1%}, "
+                f"reference {c['reference']:+.1%})")
+    sign = ">=" if name == "preference_accuracy" else "<="
+    label = name.replace("_", " ")
+    return (f"{label} {c['candidate']:.3f} vs {c['reference']:.3f} "
+            f"(must be {sign} {c['limit']:.3f})")
+
+
+def _round(x):
+    return None if x is None else (round(x, 4) if isinstance(x, float) and math.isfinite(x) else x)
+
+
+def evaluate(model, tokenizer, sets: dict, gate: GateConfig, has_reference: bool,
+             reference_name: str) -> dict:
+    """Measure the candidate, the reference and the base model, and judge. `model` is a
+    PeftModel holding a 'candidate' adapter, and a 'reference' adapter when `has_reference`
+    (otherwise the base model is the reference)."""
+    started = time.perf_counter()
+    model.eval()
+    candidate = measure(model, tokenizer, "candidate", sets, gate)
+    # The base model's anchor loss is always needed (forgetting is relative to it); the rest
+    # only when it is the reference.
+    base_sets = sets if not has_reference else {**sets, "heldout": [], "pairs": []}
+    base = measure(model, tokenizer, "base", base_sets, gate, answers=not has_reference)
+    reference = measure(model, tokenizer, "reference", sets, gate) if has_reference else base
+    report = judge(candidate, reference, base, sets, gate, reference_name)
+    report["seconds"] = round(time.perf_counter() - started, 1)
+    report["settings"] = asdict(gate)
+    return report
+

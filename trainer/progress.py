@@ -1,0 +1,86 @@
+"""What a run shows while it trains and after: live progress rows for the admin page, and the
+loss curves as a PNG kept with the run."""
+
+import json
+import os
+from pathlib import Path
+
+from transformers import TrainerCallback
+
+from storage import Home, open_db
+from storage import runs
+
+
+class ProgressToDatabase(TrainerCallback):
+    """Writes step, loss and validation loss into the run's `progress` as training goes (the
+    terminal gets the Trainer's own tqdm bar). Only the main process writes."""
+
+    def __init__(self, home: Home, run_id: str, stage: str):
+        self.home, self.run_id, self.stage = home, run_id, stage
+
+    def _write(self, state, **fields) -> None:
+        if not state.is_world_process_zero:
+            return
+        with open_db(self.home) as db:
+            runs.set_progress(db, self.run_id, phase="training", stage=self.stage,
+                              step=state.global_step, max_steps=state.max_steps,
+                              epoch=round(state.epoch or 0, 3), **fields)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._write(state)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        fields = {k: round(v, 4) for k, v in logs.items() if k in ("loss", "eval_loss")}
+        if fields:
+            self._write(state, **fields)
+
+
+def curves(log_history: list[dict]) -> dict[str, list[tuple[int, float]]]:
+    """(step, value) points of the training loss and the validation loss."""
+    out: dict[str, list] = {"loss": [], "eval_loss": []}
+    for entry in log_history:
+        for key in out:
+            if key in entry and "step" in entry:
+                out[key].append((entry["step"], entry[key]))
+    return out
+
+
+def plot_losses(stages: dict[str, list[dict]], path: Path, title: str) -> Path:
+    """One panel per training stage: training loss per step and validation loss at each
+    evaluation, the best evaluation marked. Written to a temporary file, then renamed."""
+    import matplotlib
+    matplotlib.use("Agg")  # no screen needed
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, max(1, len(stages)), figsize=(6 * max(1, len(stages)), 4),
+                             squeeze=False)
+    for ax, (stage, history) in zip(axes[0], stages.items()):
+        points = curves(history)
+        if points["loss"]:
+            ax.plot(*zip(*points["loss"]), label="training loss", color="tab:blue", alpha=0.8)
+        if points["eval_loss"]:
+            ax.plot(*zip(*points["eval_loss"]), "o-", label="validation loss", color="tab:orange")
+            best = min(points["eval_loss"], key=lambda p: p[1])
+            ax.plot(*best, "*", markersize=14, color="tab:red", label=f"best (step {best[0]})")
+        ax.set_title(stage.upper())
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def save_json(path: Path, value) -> None:
+    """Write JSON to a temporary file and rename it: never half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(value, indent=1, default=str))
+    os.replace(tmp, path)
