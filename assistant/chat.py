@@ -13,7 +13,7 @@ from typing import Iterator
 
 from assistant.engine import ACTIVE, Completion, Engine, GenerationParams, RequestError
 from storage import Home, open_db
-from storage import adapters
+from storage import ab, adapters
 from storage import chat as store
 
 ALIAS = "flywheel"  # the model name that means "whatever adapter is active now"
@@ -130,6 +130,16 @@ class ChatService:
         return self._answer(conversation_id, user_message_id, stored, prompt_tokens, params,
                             adapter, path)
 
+    def _ab_arm(self, conversation_id: str) -> tuple[str, Path] | None:
+        """The candidate of a running A/B split, for conversations in its share."""
+        with open_db(self.home) as db:
+            test = ab.current(db)
+            if test is None or not ab.in_candidate_arm(conversation_id, test["share"]):
+                return None
+            row = next((a for a in adapters.servable(db, self.model_name)
+                        if a["id"] == test["candidate_id"]), None)
+        return (row["id"], Path(row["path"])) if row else None
+
     def _system(self, db, conversation_id: str) -> list[dict[str, str]]:
         conversation = store.get_conversation(db, conversation_id)
         if conversation is None:
@@ -141,6 +151,8 @@ class ChatService:
                 prompt_tokens: int, params: GenerationParams, adapter: str | None,
                 path: Path | None) -> Turn:
         answer_id = store.new_id("chatcmpl")
+        if adapter == ACTIVE:  # "whatever is live": the candidate, for an A/B split's share
+            adapter, path = self._ab_arm(conversation_id) or (adapter, path)
 
         def save(result: Completion) -> None:  # runs on the engine's worker
             with open_db(self.home) as db:

@@ -1,22 +1,61 @@
-"""The Admin tab: the adapter registry (status, run, data, metrics, thumbs-up rate) with
-promote and roll back, a training run started now in its own process with its progress,
-plots of thumbs-up rate per adapter over time and of each run's loss curve, and users.
+"""The Admin tab: the adapter registry (status, gate verdict, run, data, metrics, thumbs-up
+rate) with promote and roll back, each adapter's gate report and loss curves, an A/B split
+with its thumbs-up comparison, a training run started now in its own process, the live
+progress of whatever run is going (from the database, so nightly runs show too), plots of
+thumbs-up rate per adapter over time and of each run's loss curve, and users.
 
-The page's API: /adapters, /promote, /rollback, /train_now, /training_progress, /users,
-/add_user, /reset_password, /set_disabled.
+The page's API: /adapters, /adapter_report, /promote, /rollback, /start_ab, /stop_ab,
+/train_now, /training_progress, /users, /add_user, /reset_password, /set_disabled.
 """
 
 import subprocess
 import sys
+from pathlib import Path
 
 import gradio as gr
 import pandas as pd
 
-from storage import adapters, review, runs, users
+from storage import ab, adapters, lock, review, runs, users
 from storage import open_db
 
-ADAPTER_COLUMNS = ["id", "status", "method", "run", "examples", "train loss", "thumbs up",
-                   "thumbs down", "up rate", "created"]
+ADAPTER_COLUMNS = ["id", "status", "gate", "method", "run", "examples", "train loss",
+                   "thumbs up", "thumbs down", "up rate", "created"]
+AB_COLUMNS = ["arm", "adapter", "answers", "thumbs up", "thumbs down", "up rate"]
+
+
+def gate_markdown(adapter: dict) -> str:
+    """An adapter's gate report as a table: each check, both figures, the limit."""
+    gate = adapter["metrics"].get("gate")
+    if not gate:
+        return f"**{adapter['id']}**: no gate report (published without the evaluation gate)."
+    lines = [f"**{adapter['id']}** ({adapter['status']}), gate **{gate['verdict']}** against "
+             f"{gate['reference']}: {gate['reason']}", "",
+             "| check | candidate | reference | limit | n | result |", "|---|---|---|---|---|---|"]
+    for name, c in gate["checks"].items():
+        lines.append(f"| {name.replace('_', ' ')} | {c['candidate']} | {c['reference']} | "
+                     f"{c['limit']} | {c['n']} {c['unit']} | {'pass' if c['passed'] else 'FAIL'} |")
+    return "\n".join(lines)
+
+
+def run_progress(home, run: dict | None) -> str:
+    """One line about a run: phase, stage, step, losses; 'interrupted' if its process died."""
+    if run is None:
+        return "No training run yet."
+    p = run["progress"]
+    state = run["status"]
+    if state == "running" and not lock.training_in_progress(home):
+        state = "interrupted (resume with flywheel train --resume)"
+    parts = [f"{run['id']} ({run['method']}): {state}", f"phase {p.get('phase', '?')}"]
+    if p.get("stage"):
+        parts.append(f"stage {p['stage']}, step {p.get('step', 0)}/{p.get('max_steps', '?')}")
+    for key in ("loss", "eval_loss"):
+        if key in p:
+            parts.append(f"{key.replace('_', ' ')} {p[key]}")
+    if p.get("decision"):
+        parts.append(p["decision"])
+    if run.get("error"):
+        parts.append(f"error: {run['error']}")
+    return " · ".join(parts)
 
 
 def build(page, demo: gr.Blocks) -> None:
@@ -34,13 +73,14 @@ def build(page, demo: gr.Blocks) -> None:
         for a in reversed(rows):
             run = by_run.get(a["run_id"], {})
             s = stats.get(a["id"], {"up": 0, "down": 0, "rate": None})
-            table.append([a["id"], a["status"], a["method"], a["run_id"] or "",
+            gate = a["metrics"].get("gate", {}).get("verdict", "")
+            table.append([a["id"], a["status"], gate, a["method"], a["run_id"] or "",
                           run.get("manifest", {}).get("count", ""),
                           a["metrics"].get("train_loss", ""), s["up"], s["down"],
                           "" if s["rate"] is None else s["rate"], a["created_at"][:16]])
         base = stats.get(None)
         if base:
-            table.append(["(base model)", "", "", "", "", "", base["up"], base["down"],
+            table.append(["(base model)", "", "", "", "", "", "", base["up"], base["down"],
                           base["rate"], ""])
         losses = [{"run": r["id"], "step": i + 1, "loss": loss} for r in all_runs
                   for i, loss in enumerate(r["metrics"].get("loss_curve", []))]
@@ -50,7 +90,45 @@ def build(page, demo: gr.Blocks) -> None:
         curves = pd.DataFrame(losses or [], columns=["run", "step", "loss"])
         serving = page.service.engine.active_adapter or "the base model"
         return (table, gr.Dropdown(choices=[a["id"] for a in rows]), thumbs, curves,
-                f"Serving now: **{serving}**")
+                f"Serving now: **{serving}**", ab_table(request))
+
+    def adapter_report(adapter_id: str, request: gr.Request):
+        """The picked adapter's gate report and its run's loss curves (PNG)."""
+        page.user(request, "admin")
+        with open_db(page.home) as db:
+            row = adapters.get(db, adapter_id) if adapter_id else None
+        if row is None:
+            return "Pick an adapter to see its gate report.", None
+        plot = row["metrics"].get("loss_plot")
+        return gate_markdown(row), plot if plot and Path(plot).is_file() else None
+
+    def ab_table(request: gr.Request):
+        """The running A/B split: each arm's answers and thumbs since it started."""
+        page.user(request, "admin")
+        with open_db(page.home) as db:
+            report = ab.report(db)
+        if report is None:
+            return []
+        return [[arm, report[arm]["adapter"], report[arm]["answers"], report[arm]["up"],
+                 report[arm]["down"], "" if report[arm]["up_rate"] is None
+                 else report[arm]["up_rate"]] for arm in ("candidate", "control")]
+
+    def start_ab(adapter_id: str, share: float, request: gr.Request) -> str:
+        """Send a share of new conversations to a candidate (flywheel adapters ab ID)."""
+        user = page.user(request, "admin")
+        try:
+            with open_db(page.home) as db:
+                test = ab.start(db, adapter_id or "", float(share),
+                                reason=f"started by {user['name']} in the page")
+        except (KeyError, ValueError) as exc:
+            raise gr.Error(str(exc.args[0])) from None
+        return f"A/B split: {test['share']:.0%} of new conversations go to {adapter_id}."
+
+    def stop_ab(request: gr.Request) -> str:
+        user = page.user(request, "admin")
+        with open_db(page.home) as db:
+            ended = ab.stop(db, reason=f"stopped by {user['name']} in the page")
+        return f"A/B split for {ended['candidate_id']} stopped." if ended else "No A/B split runs."
 
     def promote(adapter_id: str, request: gr.Request) -> str:
         """Make an adapter active, as `flywheel adapters promote ID` does."""
@@ -60,7 +138,8 @@ def build(page, demo: gr.Blocks) -> None:
         try:
             with open_db(page.home) as db:
                 adapters.promote(db, adapter_id, reason=f"promoted by {user['name']} in the page")
-        except KeyError as exc:
+                ab.stop(db, reason=f"{adapter_id} promoted")
+        except (KeyError, ValueError) as exc:
             raise gr.Error(str(exc.args[0])) from None
         return f"{adapter_id} is now active; the server swaps it in within a second."
 
@@ -91,15 +170,19 @@ def build(page, demo: gr.Blocks) -> None:
         return "Training started."
 
     def progress(request: gr.Request) -> str:
-        """The training process's state and the end of its output (progress bars included)."""
+        """The newest run's live progress from the database (whoever started it), then the
+        state and the end of the output of a run started from this page."""
         page.user(request, "admin")
+        with open_db(page.home) as db:
+            newest = (runs.list_runs(db) or [None])[-1]
+        text = f"Latest run: {run_progress(page.home, newest)}"
         process = training.get("process")
         if process is None:
-            return "No training run started from this page."
+            return text
         state = "running" if process.poll() is None else f"finished (exit {process.returncode})"
-        text = training["log"].read_text(errors="replace").replace("\r", "\n")
-        lines = [line for line in text.splitlines() if line.strip()][-12:]
-        return f"Training {state}\n" + "\n".join(lines)
+        output = training["log"].read_text(errors="replace").replace("\r", "\n")
+        lines = [line for line in output.splitlines() if line.strip()][-12:]
+        return f"{text}\nTraining {state}\n" + "\n".join(lines)
 
     def user_table(request: gr.Request):
         page.user(request, "admin")
@@ -153,6 +236,18 @@ def build(page, demo: gr.Blocks) -> None:
                 refresh = gr.Button("Refresh", elem_id="refresh-adapters")
             status = gr.Markdown(elem_id="admin-status")
             with gr.Row():
+                gate_report = gr.Markdown(elem_id="gate-report")
+                loss_png = gr.Image(label="Loss curves of its run", type="filepath",
+                                    interactive=False, elem_id="loss-png")
+            with gr.Row():
+                share = gr.Slider(0.05, 0.5, value=0.2, step=0.05,
+                                  label="A/B: share of new conversations for the candidate",
+                                  elem_id="ab-share")
+                ab_btn = gr.Button("Start A/B", elem_id="start-ab")
+                ab_stop_btn = gr.Button("Stop A/B", elem_id="stop-ab")
+            ab_view = gr.Dataframe(headers=AB_COLUMNS, interactive=False, elem_id="ab-table",
+                                   label="A/B split since it started")
+            with gr.Row():
                 train_btn = gr.Button("Train now", elem_id="train-now")
             train_log = gr.Textbox(label="Training progress", lines=8, interactive=False,
                                    elem_id="train-progress")
@@ -180,8 +275,13 @@ def build(page, demo: gr.Blocks) -> None:
                 enable_btn = gr.Button("Enable", elem_id="enable-user")
             user_note = gr.Markdown(elem_id="user-status")
 
-    shown = [table, pick, thumbs, curves, serving]
+    shown = [table, pick, thumbs, curves, serving, ab_view]
     refresh.click(registry, None, shown, api_name="adapters")
+    pick.change(adapter_report, [pick], [gate_report, loss_png], api_name="adapter_report")
+    ab_btn.click(start_ab, [pick, share], [status], api_name="start_ab").then(
+        registry, None, shown, api_visibility="private")
+    ab_stop_btn.click(stop_ab, None, [status], api_name="stop_ab").then(
+        registry, None, shown, api_visibility="private")
     def promote_from_page(adapter_id: str, request: gr.Request) -> str:
         return promote(adapter_id, request)
     promote_btn.click(promote_from_page, [pick], [status], api_visibility="private").then(
@@ -206,6 +306,7 @@ def build(page, demo: gr.Blocks) -> None:
 
     def on_load(request: gr.Request):
         if page.auth.user_named(getattr(request, "username", None))["role"] != "admin":
-            return [gr.skip()] * 6
-        return (*registry(request), user_table(request))
-    demo.load(on_load, None, [*shown, people], api_visibility="private")
+            return [gr.skip()] * (len(shown) + 2)
+        # Admins follow training live, whoever started it (the nightly schedule, say).
+        return (*registry(request), user_table(request), gr.Timer(active=True))
+    demo.load(on_load, None, [*shown, people, timer], api_visibility="private")

@@ -1,33 +1,49 @@
+"""`flywheel train` on the tiny model: data, method choice, settings, the overfitting guards,
+the gate's verdict and the promotion policy, the lock, continuing the active adapter."""
+
 import json
 from collections import Counter
 
 import pytest
+from safetensors.torch import load_file
 
-from storage import open_db
-from storage import adapters, runs
+from flywheel.cli import main
+from storage import ab, adapters, lock, open_db, runs
 from storage import chat as store
+from trainer import anchor, methods
+from trainer.anchor import TOPICS
+from trainer.config import TrainConfig, load
 from trainer.dataset import example_hash
 from trainer.selection import select
-from trainer.anchor import TOPICS
-from trainer.train import NotEnoughData, TrainConfig, run_cycle
+from trainer.train import NotEnoughData, gather, run_cycle
 
 
-def add_answers(home, n, rating="up"):
+def add_answers(home, n, rating="up", start=0, correct_every=0):
     ids = []
     with open_db(home) as db:
-        for i in range(n):
+        for i in range(start, start + n):
             conv = store.create_conversation(db, system_prompt="Answer briefly.")
-            q = store.add_message(db, conv, "user", f"Question {i}: what is {TOPICS[i]}?")
-            a = store.add_message(db, conv, "assistant", f"Answer {i}: {TOPICS[-i - 1]}.", q)
+            q = store.add_message(db, conv, "user", f"Question {i}: what is {TOPICS[i % 30]}?")
+            a = store.add_message(db, conv, "assistant", f"Answer {i}: {TOPICS[-i % 30 - 1]}.", q)
             if rating:
                 store.rate(db, a, rating)
+            if correct_every and i % correct_every == 0:
+                store.add_correction(db, a, f"Better answer {i}: {TOPICS[i % 30]} matters.")
             ids.append(a)
     return ids
 
 
+def tiny(model_dir, *sets: str) -> TrainConfig:
+    """A fast config for the tiny model; `sets` as `flywheel train --set` takes them."""
+    return load(None, [f"model='{model_dir}'", "validation_share=0.0", "anchor_share=0.0",
+                       "min_examples=4", "sft.max_steps=3", "sft.batch_size=2",
+                       "sft.learning_rate=1e-2", "gate.anchor_examples=4",
+                       "gate.generation_prompts=2", "gate.max_new_tokens=8", *sets])
+
+
 def test_sft_dataset_takes_liked_answers_and_corrections_with_the_whole_prompt(home):
     liked = add_answers(home, 2)
-    disliked = add_answers(home, 1, rating="down")
+    disliked = add_answers(home, 1, rating="down", start=2)
     with open_db(home) as db:
         store.add_correction(db, disliked[0], "A better answer.")
         store.add_correction(db, liked[0], "Corrected instead.")  # the correction wins
@@ -43,20 +59,55 @@ def test_sft_dataset_takes_liked_answers_and_corrections_with_the_whole_prompt(h
     assert len({example_hash(e) for e in examples}) == 3
 
 
+def sizes(sft=0, dpo=0, kto=0, kto_down=0):
+    return {"sft": sft, "dpo": dpo, "kto": kto, "kto_down": kto_down}
+
+
+def test_auto_picks_the_method_from_the_data_and_says_why():
+    config = TrainConfig()
+    assert methods.pick(sizes(sft=40, kto=40, kto_down=2), config)[0] == ["sft"]
+    assert methods.pick(sizes(sft=40, dpo=15, kto=40, kto_down=15), config)[0] == ["sft", "dpo"]
+    assert methods.pick(sizes(sft=5, dpo=15), config)[0] == ["dpo"]
+    stages, why = methods.pick(sizes(sft=25, dpo=2, kto=60, kto_down=30), config)
+    assert stages == ["kto"] and "50% of rated answers are thumbs-down" in why
+    with pytest.raises(NotEnoughData, match="SFT needs 20; or DPO needs 10 pairs"):
+        methods.pick(sizes(sft=3, dpo=1, kto=4, kto_down=1), config)
+    with pytest.raises(NotEnoughData, match="not enough data for dpo"):
+        methods.pick(sizes(sft=40, dpo=2), load(None, ["method=dpo"]))
+
+
+def test_settings_come_from_defaults_then_toml_then_flags(tmp_path, home, capsys):
+    toml = tmp_path / "flywheel.toml"
+    toml.write_text('method = "sft"\npromotion = "manual"\n[sft]\nlearning_rate = 1e-4\n'
+                    'lora_r = 8\n[gate]\nmax_forgetting = 0.05\n')
+    config = load(toml, ["sft.lora_r=32", "dpo.beta=0.3"])
+    assert (config.method, config.promotion, config.sft.learning_rate) == ("sft", "manual", 1e-4)
+    assert config.sft.lora_r == 32 and config.dpo.beta == 0.3 and config.gate.max_forgetting == 0.05
+    assert TrainConfig().sft.lora_target_modules == "all-linear"
+    for bad, message in [(["--set", "sft.nope=1"], "unknown setting 'sft.nope'"),
+                         (["--set", "sft.lora_r=high"], "sft.lora_r must be int"),
+                         (["--method", "ppo"], "method must be one of"),
+                         (["--config", str(tmp_path / "missing.toml")], "cannot read config")]:
+        assert main(["train", "--home", str(home.root), *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
 def test_too_little_data_changes_nothing(home, tiny_model_dir):
     add_answers(home, 2)
-    with pytest.raises(NotEnoughData, match="2 SFT examples.*need at least 5"):
-        run_cycle(home, TrainConfig(model=str(tiny_model_dir), min_examples=5))
+    with pytest.raises(NotEnoughData, match="2 SFT examples.*SFT needs 5"):
+        run_cycle(home, tiny(tiny_model_dir, "min_examples=5"))
     with open_db(home) as db:
         assert adapters.list_adapters(db) == [] and runs.list_runs(db) == []
     assert not home.adapters_dir.exists() or not any(home.adapters_dir.iterdir())
 
 
-def test_a_cycle_trains_publishes_records_and_promotes_an_adapter(home, tiny_model_dir):
+def test_a_cycle_trains_gates_publishes_and_promotes(home, tiny_model_dir, capsys):
     add_answers(home, 4)
-    row = run_cycle(home, TrainConfig(model=str(tiny_model_dir), min_examples=4, max_steps=3,
-                                      batch_size=2, learning_rate=1e-2, validation_share=0.0,
-                                      anchor_share=0.0))
+    row = run_cycle(home, tiny(tiny_model_dir))
+    out = capsys.readouterr().out
+    assert "Method: SFT. SFT: liked answers and corrections" in out
+    assert "Evaluation gate (reference: base model" in out and "Verdict: pass" in out
     assert row["status"] == "active"
     folder = home.adapters_dir / row["id"]
     assert (folder / "adapter_config.json").is_file()
@@ -68,27 +119,104 @@ def test_a_cycle_trains_publishes_records_and_promotes_an_adapter(home, tiny_mod
     assert run["status"] == "succeeded" and run["adapter_id"] == row["id"]
     assert run["manifest"]["count"] == 4 and run["metrics"]["steps"] == 3
     assert len(run["metrics"]["loss_curve"]) == 3
+    assert run["progress"]["phase"] == "done" and run["progress"]["step"] == 3
+    gate = row["metrics"]["gate"]
+    assert gate["verdict"] == "pass" and gate["reference"] == "base model"
+    assert set(gate["checks"]) == {"forgetting", "degeneration"}  # no validation split here
+    assert gate["skipped"] == ["heldout_loss", "preference_accuracy"]
+    assert (home.runs_dir / row["run_id"] / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list((home.runs_dir / row["run_id"]).glob("*/checkpoints"))
+
+
+def test_the_gate_rejects_by_its_thresholds_and_the_active_adapter_stays(home, tiny_model_dir):
+    add_answers(home, 4)
+    first = run_cycle(home, tiny(tiny_model_dir))
+    # A forgetting limit below zero: no adapter that learnt anything can pass it.
+    second = run_cycle(home, tiny(tiny_model_dir, "gate.max_forgetting=-0.5"))
+    assert second["status"] == "rejected"
+    gate = second["metrics"]["gate"]
+    assert gate["verdict"] == "fail" and gate["reference"] == first["id"]
+    assert gate["reason"].startswith("rejected: forgetting")
+    assert not gate["checks"]["forgetting"]["passed"]
+    with open_db(home) as db:
+        assert adapters.active(db)["id"] == first["id"]
+        assert second["id"] not in [a["id"] for a in adapters.servable(db, "tiny-model0")]
+        with pytest.raises(ValueError, match="rejected by the evaluation gate"):
+            adapters.promote(db, second["id"])
+
+
+def test_manual_promotion_leaves_a_candidate_and_can_start_an_ab_split(home, tiny_model_dir):
+    add_answers(home, 4)
+    row = run_cycle(home, tiny(tiny_model_dir, "promotion='manual'", "ab_share=0.3"))
+    assert row["status"] == "candidate"
+    with open_db(home) as db:
+        assert adapters.active(db) is None
+        test = ab.current(db)
+    assert test["candidate_id"] == row["id"] and test["share"] == 0.3
+
+
+def test_validation_loss_early_stopping_and_the_best_checkpoint(tmp_path, tiny_model_dir):
+    """An absurd learning rate makes validation loss rise after the first evaluation: training
+    stops after `patience` worse evaluations, and the adapter is the best checkpoint's."""
+    from assistant import models
+    base = models.BaseModel("tiny", tiny_model_dir)
+    model, tokenizer = models.load(base, device="cpu")
+    row = lambda i: {"prompt": [{"role": "user", "content": f"Say {i}."}],  # noqa: E731
+                     "completion": [{"role": "assistant", "content": f"{i} {i} {i}."}]}
+    config = load(None, ["sft.learning_rate=0.5", "sft.max_steps=30", "sft.eval_steps=2",
+                         "sft.patience=2", "sft.batch_size=2", "sft.warmup=0"])
+    _, metrics = methods.train_stage("sft", model, tokenizer, [row(i) for i in range(8)],
+                                     [row(i) for i in range(8, 10)], config, tmp_path, "cpu")
+    assert metrics["stopped_early"] and metrics["steps"] < 30
+    assert metrics["best_step"] < metrics["steps"]
+    assert metrics["best_eval_loss"] == min(metrics["eval_curve"])
+    best = load_file(tmp_path / "checkpoints" / f"checkpoint-{metrics['best_step']}" /
+                     "adapter_model.safetensors")
+    final = load_file(tmp_path / "final" / "adapter_model.safetensors")
+    assert best.keys() == final.keys()
+    assert all((best[k] == final[k]).all() for k in best)
+
+
+def test_only_one_run_at_a_time(home, tiny_model_dir, capsys):
+    add_answers(home, 4)
+    with lock.training_lock(home):
+        assert lock.training_in_progress(home)
+        with pytest.raises(lock.Busy):
+            run_cycle(home, tiny(tiny_model_dir))
+        assert main(["train", "--home", str(home.root), "--model", str(tiny_model_dir)]) == 2
+        assert "another training run is in progress" in capsys.readouterr().err
+    assert not lock.training_in_progress(home)
+    with open_db(home) as db:
+        assert runs.list_runs(db) == []
+
+
+def test_continuing_the_active_adapter_trains_on_new_feedback_and_records_it(home, tiny_model_dir):
+    add_answers(home, 4)
+    first = run_cycle(home, tiny(tiny_model_dir))
+    add_answers(home, 5, start=10)
+    second = run_cycle(home, tiny(tiny_model_dir, "start_from='active'", "replay_share=0"))
+    with open_db(home) as db:
+        run = runs.get(db, second["run_id"])
+    assert run["start_from"] == first["id"] and second["parent_id"] == first["id"]
+    assert run["manifest"]["sources"] == {"liked": 5}  # the 4 it already learnt are left out
+    assert second["metrics"]["gate"]["reference"] == first["id"]
 
 
 def test_a_failed_run_is_recorded_and_publishes_nothing(home, tiny_model_dir):
     add_answers(home, 4)
     with pytest.raises(Exception):
-        run_cycle(home, TrainConfig(model=str(tiny_model_dir), min_examples=4, max_steps=2,
-                                    batch_size=0, validation_share=0.0,
-                                    anchor_share=0.0))  # invalid: fails inside training
+        run_cycle(home, tiny(tiny_model_dir, "sft.batch_size=0"))  # fails inside training
     with open_db(home) as db:
         assert adapters.list_adapters(db) == []
         [run] = runs.list_runs(db)
     assert run["status"] == "failed" and run["error"]
+    assert not lock.training_in_progress(home)
 
 
 def test_each_run_mixes_in_earlier_runs_and_the_anchor_set(home, tiny_model_dir):
     from assistant import models
-    from trainer import anchor
-    from trainer.train import training_data
     add_answers(home, 4)
-    first = run_cycle(home, TrainConfig(model=str(tiny_model_dir), min_examples=4, max_steps=1,
-                                        batch_size=2, validation_share=0.0, anchor_share=0.0))
+    first = run_cycle(home, tiny(tiny_model_dir, "sft.max_steps=1"))
     with open_db(home) as db:
         trained = runs.get(db, first["run_id"])["manifest"]["formats"]["sft"]["examples"]
     store_ids = {e["message_ids"][0] for e in trained}
@@ -100,16 +228,16 @@ def test_each_run_mixes_in_earlier_runs_and_the_anchor_set(home, tiny_model_dir)
             a = store.add_message(db, conv, "assistant", f"Here is a note on {TOPICS[i]}.", q)
             store.rate(db, a, "up")
     base = models.resolve(str(tiny_model_dir), home)
-    examples, manifest = training_data(home, base, TrainConfig(
-        model=str(tiny_model_dir), min_examples=4, validation_share=0.0, replay_share=0.5,
-        anchor_share=0.5))
+    sets, manifest = gather(home, base, tiny(tiny_model_dir, "replay_share=0.5",
+                                             "anchor_share=0.5"))
     sources = manifest["sources"]
     assert sources["liked"] == 8 and "replay" not in sources  # the earlier 4 are still here
     assert sources["anchor"] == 4 and manifest["count"] == 12
-    anchors = [e for e in examples if e["source"] == "anchor"]
-    assert all(e["prompt"][0]["content"] in anchor.PROMPTS for e in anchors)
-    stored = anchor.anchor_path(home, base.name, len(anchor.PROMPTS))
-    assert stored.is_file() and len(stored.read_text().splitlines()) == 300  # made once, kept
+    anchors = [e for e in sets["sft"]["train"] if e["source"] == "anchor"]
+    assert all(e["prompt"][0]["content"] in anchor.TRAIN_PROMPTS for e in anchors)
+    assert not set(anchor.TRAIN_PROMPTS) & set(anchor.HELDOUT_PROMPTS)
+    stored = anchor.anchor_path(home, base.name)
+    assert len(stored.read_text().splitlines()) >= 4  # generated once, kept for the next run
 
     # An earlier run's example that this run's data lacks is replayed; a flagged one never.
     earlier_file = next(home.runs_dir.glob("*/sft-train.jsonl"))
@@ -125,8 +253,6 @@ def test_each_run_mixes_in_earlier_runs_and_the_anchor_set(home, tiny_model_dir)
                  "completion": [{"role": "assistant", "content": "Try the Italian game."}],
                  "source": "liked", "message_id": unrated, "sha256": "from-an-earlier-run"})
     earlier_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    examples, manifest = training_data(home, base, TrainConfig(
-        model=str(tiny_model_dir), min_examples=4, validation_share=0.0, replay_share=1.0,
-        anchor_share=0.0))
+    sets, manifest = gather(home, base, tiny(tiny_model_dir, "replay_share=1.0"))
     assert manifest["sources"] == {"liked": 4, "replay": 1}
-    assert [e["message_id"] for e in examples if e["source"] == "replay"] == [unrated]
+    assert [e["message_id"] for e in sets["sft"]["train"] if e["source"] == "replay"] == [unrated]
