@@ -32,6 +32,10 @@ def set_progress(db: sqlite_utils.Database, run_id: str, **fields) -> None:
     db["training_runs"].update(run_id, {"progress": json.dumps(progress, default=str)})
 
 
+def set_manifest(db: sqlite_utils.Database, run_id: str, manifest: dict) -> None:
+    db["training_runs"].update(run_id, {"manifest": json.dumps(manifest)})
+
+
 def finish(db: sqlite_utils.Database, run_id: str, *, metrics: dict,
            adapter_id: str | None) -> None:
     db["training_runs"].update(run_id, {"status": "succeeded", "metrics": json.dumps(metrics),

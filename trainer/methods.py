@@ -152,6 +152,7 @@ def train_stage(method: str, model, tokenizer, train_rows: list[dict], eval_rows
         "best_step": state.best_global_step,
         "stopped_early": evaluation is not None and state.global_step < state.max_steps,
         "resumed_from": resume.name if resume else None,
+        "processes": trainer.args.world_size, "backend": _backend(),
         "loss_curve": [round(x, 4) for x in losses], "eval_curve": [round(x, 4) for x in evals]}
     if trainer.is_world_process_zero():
         final = stage_dir / "final"
@@ -166,6 +167,12 @@ def train_stage(method: str, model, tokenizer, train_rows: list[dict], eval_rows
     if "ref" in getattr(model, "peft_config", {}):  # DPO's frozen copy of a trained adapter
         model.delete_adapter("ref")
     return model, metrics
+
+
+def _backend() -> str | None:
+    """The torch.distributed backend training ran on (gloo on CPUs, nccl on GPUs), if any."""
+    import torch.distributed as dist
+    return dist.get_backend() if dist.is_available() and dist.is_initialized() else None
 
 
 def stage_result(stage_dir: Path) -> tuple[dict, list[dict]] | None:

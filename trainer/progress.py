@@ -27,7 +27,7 @@ class ProgressToDatabase(TrainerCallback):
                               epoch=round(state.epoch or 0, 3), **fields)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._write(state)
+        self._write(state, loss=None, eval_loss=None)  # not the previous stage's
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}

@@ -106,24 +106,34 @@ def prepare(home: Home, config: TrainConfig, resume: bool) -> dict:
     with open_db(home) as db:
         stale = runs.unfinished(db)
     if resume:
-        for run in stale:
-            plan_file = home.runs_dir / run["id"] / "plan.json"
-            if plan_file.is_file():
-                plan = json.loads(plan_file.read_text())
-                print(f"Resuming {run['id']} ({'+'.join(plan['stages'])}); "
-                      f"{plan['reason']}", flush=True)
-                return plan
-            _abandon(home, run, "interrupted before its data was written; cannot resume")
-        raise NothingToResume("no interrupted training run to resume")
+        if not stale:
+            raise NothingToResume("no interrupted training run to resume")
+        run, older = stale[0], stale[1:]
+        for other in older:
+            _abandon(home, other, "interrupted; a newer interrupted run was resumed instead")
+        plan_file = home.runs_dir / run["id"] / "plan.json"
+        if plan_file.is_file():
+            plan = json.loads(plan_file.read_text())
+            print(f"Resuming {run['id']} ({'+'.join(plan['stages'])}); {plan['reason']}",
+                  flush=True)
+            return plan
+        print(f"Resuming {run['id']}: it stopped before its data was written; "
+              "preparing the data again", flush=True)
+        return new_plan(home, from_dict(run["config"]), run_id=run["id"])
     for run in stale:
         _abandon(home, run, "interrupted and not resumed: a new run started instead")
+    return new_plan(home, config)
 
+
+def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> dict:
+    """Build the datasets, pick the method, start the run (or refill `run_id`, an
+    interrupted run's row) and write everything the training processes read."""
     base = models.resolve(config.model, home)
     with open_db(home) as db:
         last = runs.last_started(db)
         new = store.feedback_since(db, last["started_at"] if last else None)
         active = adapters.active(db)
-    if new < config.min_new_feedback:
+    if run_id is None and new < config.min_new_feedback:
         raise NotEnoughData(f"only {new} new ratings, corrections and picks since "
                             f"{last['id'] if last else 'the start'}; need "
                             f"{config.min_new_feedback} to train tonight")
@@ -147,9 +157,12 @@ def prepare(home: Home, config: TrainConfig, resume: bool) -> dict:
               f"SFT examples it has not seen.", flush=True)
 
     with open_db(home) as db:
-        run_id = runs.start(db, base_model=base.name, method="+".join(stages),
-                            config=as_dict(config), manifest=manifest,
-                            start_from=start["id"] if start else None)
+        if run_id is None:
+            run_id = runs.start(db, base_model=base.name, method="+".join(stages),
+                                config=as_dict(config), manifest=manifest,
+                                start_from=start["id"] if start else None)
+        else:
+            runs.set_manifest(db, run_id, manifest)
         runs.set_progress(db, run_id, phase="data")
     workdir = home.runs_dir / run_id
     for fmt, sides in sets.items():
@@ -162,7 +175,7 @@ def prepare(home: Home, config: TrainConfig, resume: bool) -> dict:
             "base": {"name": base.name, "folder": str(base.folder)}, "stages": stages,
             "reason": reason, "start_from": start["id"] if start else None,
             "start_path": start["path"] if start else None, "config": as_dict(config)}
-    save_json(workdir / "plan.json", plan)  # last: its presence means the run can resume
+    save_json(workdir / "plan.json", plan)  # last: its presence means the data is complete
     return plan
 
 
