@@ -185,7 +185,9 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
         check("forgetting", forgetting, ref_forgetting, gate.max_forgetting,
               forgetting <= gate.max_forgetting, len(sets["anchor"]), "anchor prompts")
     if "degeneration" in candidate:
-        limit = reference["degeneration"] + gate.degeneration_tolerance
+        # At least one answer's worth of slack: with few prompts, one answer is noise.
+        slack = max(gate.degeneration_tolerance, 1 / len(sets["prompts"]))
+        limit = reference["degeneration"] + slack
         check("degeneration", candidate["degeneration"], reference["degeneration"], limit,
               candidate["degeneration"] <= limit, len(sets["prompts"]), "prompts")
     failed = [describe(n, c) for n, c in checks.items() if not c["passed"]]

@@ -1,0 +1,89 @@
+"""Two nights on the embedded SmolLM2 with a real `flywheel serve` running: a cycle on good
+feedback passes the gate and is swapped in; a cycle on gibberish rated up is rejected by the
+gate and the server keeps serving the adapter it had."""
+
+import random
+import subprocess
+
+import openai
+import pytest
+
+from storage import adapters, open_db
+from tests.test_e2e import OUTPUT, flywheel, health, server, wait_for  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.integration
+
+PROMPTS = [
+    "Name a fruit.", "Give me a tip for sleeping well.", "What is a cat?", "Say something kind.",
+    "Describe rain in one sentence.", "Recommend a hobby.", "What is the capital of France?",
+    "How do plants grow?", "Why is the sky blue?", "What is a good breakfast?",
+    "How can I stay focused?", "What is music?", "Describe the ocean.", "What do bees make?",
+    "How do I make tea?", "What is a computer?", "Name a planet.", "What is friendship?",
+    "Why do we sleep?", "What is a river?", "How do birds fly?", "What is a library?",
+    "Give me a reason to exercise.", "What is snow?",
+]
+# A quick cycle: few steps, a small gate sample. Everything else is the default.
+QUICK = ["--max-steps", "10", "--batch-size", "4", "--set", "gate.anchor_examples=24",
+         "--set", "gate.generation_prompts=8", "--set", "gate.max_new_tokens=160"]
+
+
+def gibberish(rng: random.Random) -> str:
+    syllables = ["zor", "vek", "plim", "qua", "drax", "nu", "fip", "glo", "trek", "omb"]
+    return " ".join("".join(rng.choices(syllables, k=rng.randint(1, 3)))
+                    for _ in range(rng.randint(12, 30)))
+
+
+def train(home, *args: str) -> str:
+    done = subprocess.run(flywheel("train", "--home", str(home.root), *QUICK, *args),
+                          capture_output=True, text=True, timeout=1500)
+    log = done.stdout + done.stderr
+    (OUTPUT / f"cycle-train-{len(list(OUTPUT.glob('cycle-train-*')))}.log").write_text(log)
+    assert done.returncode == 0, log[-3000:]
+    print(done.stdout[done.stdout.find("Evaluation gate"):])
+    return done.stdout
+
+
+def test_a_good_night_is_promoted_and_a_poisoned_night_is_rejected(server):  # noqa: F811
+    url, home = server
+    api = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
+
+    def chat(prompt: str, **kwargs):
+        return api.chat.completions.create(model="flywheel", max_tokens=128,
+                                           messages=[{"role": "user", "content": prompt}],
+                                           **kwargs)
+
+    def feedback(answer_id: str, **body):
+        api.post("/feedback", cast_to=object, body={"id": answer_id, **body})
+
+    # Night 1: the model's own answers, liked by a curator.
+    for prompt in PROMPTS:
+        feedback(chat(prompt, temperature=0.7).id, rating="up")
+    out = train(home)
+    assert "Verdict: pass" in out and "promoted" in out
+    with open_db(home) as db:
+        good = adapters.active(db)
+    assert good["metrics"]["gate"]["verdict"] == "pass"
+    wait_for(lambda: health(url)["adapter"] == good["id"], 120, "the swap to the good adapter")
+    served = chat(PROMPTS[0], temperature=0)
+    assert served.model == good["id"]
+
+    # Night 2: gibberish "corrections" rated up, and a hot learning rate to learn them.
+    rng = random.Random(0)
+    for i in range(40):
+        answer = chat(PROMPTS[i % len(PROMPTS)] + f" ({i})", temperature=0.7, max_tokens=16)
+        feedback(answer.id, rating="up", correction=gibberish(rng))
+    out = train(home, "--method", "sft", "--learning-rate", "2e-3", "--max-steps", "20")
+    assert "Verdict: fail" in out and "rejected: the server keeps what it serves now" in out
+    with open_db(home) as db:
+        rows = adapters.list_adapters(db)
+        assert adapters.active(db)["id"] == good["id"]
+    bad = rows[-1]
+    assert bad["status"] == "rejected" and bad["metrics"]["gate"]["reference"] == good["id"]
+    assert not bad["metrics"]["gate"]["checks"]["forgetting"]["passed"]
+    assert health(url)["adapter"] == good["id"]
+    again = chat(PROMPTS[0], temperature=0)
+    assert again.model == good["id"]
+    assert again.choices[0].message.content == served.choices[0].message.content
+    with pytest.raises(openai.NotFoundError):  # a rejected adapter cannot even be pinned
+        api.chat.completions.create(model=bad["id"], max_tokens=8,
+                                    messages=[{"role": "user", "content": "Hi"}])
