@@ -174,7 +174,7 @@ def build(page, demo: gr.Blocks) -> None:
         state and the end of the output of a run started from this page."""
         page.user(request, "admin")
         with open_db(page.home) as db:
-            newest = (runs.list_runs(db) or [None])[-1]
+            newest = runs.latest(db)
         text = f"Latest run: {run_progress(page.home, newest)}"
         process = training.get("process")
         if process is None:

@@ -1,5 +1,5 @@
-"""`flywheel serve | train | schedule | adapters ...`: parses arguments and hands off to the part that
-does the work. Heavy imports happen inside each command so `--help` stays fast.
+"""`flywheel serve | train | schedule | adapters ...`: parses arguments and hands off to the
+part that does the work. Heavy imports happen inside each command so `--help` stays fast.
 
 Bad input ends with one line on stderr and exit code 2; nothing is half-written.
 """

@@ -66,6 +66,12 @@ def unfinished(db: sqlite_utils.Database) -> list[dict]:
         "status = 'running'", order_by="started_at DESC", select="id")]
 
 
+def latest(db: sqlite_utils.Database) -> dict | None:
+    """The newest run, whatever its status (what the admin page follows)."""
+    rows = list(db["training_runs"].rows_where(order_by="started_at DESC", limit=1, select="id"))
+    return get(db, rows[0]["id"]) if rows else None
+
+
 def last_started(db: sqlite_utils.Database) -> dict | None:
     """The newest run that did not fail: new feedback is counted from its start."""
     rows = list(db["training_runs"].rows_where("status != 'failed'", order_by="started_at DESC",

@@ -90,6 +90,9 @@ def test_users_see_and_rate_only_their_own_conversations(server):
     ("/promote", ("ad-x",), "admin"),
     ("/rollback", (), "admin"),
     ("/train_now", (), "admin"),
+    ("/start_ab", ("ad-x", 0.2), "admin"),
+    ("/stop_ab", (), "admin"),
+    ("/adapter_report", ("ad-x",), "admin"),
     ("/add_user", ("mallory", "admin", "password123"), "admin"),
     ("/reset_password", ("dave", "password123"), "admin"),
     ("/disable_user", ("dave",), "admin"),
@@ -104,6 +107,7 @@ def test_curator_and_admin_actions_are_refused_to_lower_roles(server, endpoint, 
         assert users.get_user(db, "mallory") is None
         assert users.check_password(db, "dave", PASSWORD) is not None
         assert db["adapters"].count == 0 and db["corrections"].count == 0
+        assert db["ab_tests"].count == 0
 
 
 def test_a_curator_reviews_and_an_admin_manages_users(server):

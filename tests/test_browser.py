@@ -200,13 +200,15 @@ def test_an_admin_promotes_and_rolls_back(browser, team_server):
                  adapters.staging_path(home, adapter_id), seed=0)
     with open_db(home) as db:
         adapters.publish(db, home, adapter_id, base_model=server.service.model_name,
-                         method="sft")
+                         method="sft", metrics={"gate": GATE})
     page = sign_in(browser, url, "dave")
     page.get_by_role("tab", name="Admin").click()
     page.click("#refresh-adapters")
     expect(page.locator("#adapters")).to_contain_text(adapter_id)
     page.locator("#adapter-pick input").click()
     page.get_by_role("option", name=adapter_id).click()
+    expect(page.locator("#gate-report")).to_contain_text("gate pass against base model")
+    expect(page.locator("#gate-report")).to_contain_text("forgetting")
     page.click("#promote")
     expect(page.locator("#admin-status")).to_contain_text(f"{adapter_id} is now active")
     wait_for(lambda: httpx.get(f"{url}/healthz").json()["adapter"] == adapter_id, 120,
@@ -219,6 +221,12 @@ def test_an_admin_promotes_and_rolls_back(browser, team_server):
     wait_for(lambda: httpx.get(f"{url}/healthz").json()["adapter"] is None, 120,
              "the swap back")
     page.close()
+
+
+GATE = {"verdict": "pass", "reference": "base model", "reason": "passed: forgetting +2.0%",
+        "skipped": [], "checks": {"forgetting": {"candidate": 0.02, "reference": 0.0,
+                                                 "limit": 0.15, "passed": True, "n": 48,
+                                                 "unit": "anchor prompts"}}}
 
 
 def _base_folder(server) -> Path:

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 from safetensors.torch import load_file
 
 from storage import adapters, lock, open_db, runs

@@ -33,11 +33,11 @@ def gibberish(rng: random.Random) -> str:
                     for _ in range(rng.randint(12, 30)))
 
 
-def train(home, *args: str) -> str:
+def train(home, night: str, *args: str) -> str:
     done = subprocess.run(flywheel("train", "--home", str(home.root), *QUICK, *args),
                           capture_output=True, text=True, timeout=1500)
     log = done.stdout + done.stderr
-    (OUTPUT / f"cycle-train-{len(list(OUTPUT.glob('cycle-train-*')))}.log").write_text(log)
+    (OUTPUT / f"cycle-{night}-train.log").write_text(log)
     assert done.returncode == 0, log[-3000:]
     print(done.stdout[done.stdout.find("Evaluation gate"):])
     return done.stdout
@@ -47,10 +47,10 @@ def test_a_good_night_is_promoted_and_a_poisoned_night_is_rejected(server):  # n
     url, home = server
     api = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
 
-    def chat(prompt: str, **kwargs):
-        return api.chat.completions.create(model="flywheel", max_tokens=128,
-                                           messages=[{"role": "user", "content": prompt}],
-                                           **kwargs)
+    def chat(prompt: str, temperature: float, max_tokens: int = 128):
+        return api.chat.completions.create(model="flywheel", max_tokens=max_tokens,
+                                           temperature=temperature,
+                                           messages=[{"role": "user", "content": prompt}])
 
     def feedback(answer_id: str, **body):
         api.post("/feedback", cast_to=object, body={"id": answer_id, **body})
@@ -58,7 +58,7 @@ def test_a_good_night_is_promoted_and_a_poisoned_night_is_rejected(server):  # n
     # Night 1: the model's own answers, liked by a curator.
     for prompt in PROMPTS:
         feedback(chat(prompt, temperature=0.7).id, rating="up")
-    out = train(home)
+    out = train(home, "good")
     assert "Verdict: pass" in out and "promoted" in out
     with open_db(home) as db:
         good = adapters.active(db)
@@ -72,7 +72,8 @@ def test_a_good_night_is_promoted_and_a_poisoned_night_is_rejected(server):  # n
     for i in range(40):
         answer = chat(PROMPTS[i % len(PROMPTS)] + f" ({i})", temperature=0.7, max_tokens=16)
         feedback(answer.id, rating="up", correction=gibberish(rng))
-    out = train(home, "--method", "sft", "--learning-rate", "2e-3", "--max-steps", "20")
+    out = train(home, "poisoned", "--method", "sft", "--learning-rate", "2e-3",
+                "--max-steps", "20")
     assert "Verdict: fail" in out and "rejected: the server keeps what it serves now" in out
     with open_db(home) as db:
         rows = adapters.list_adapters(db)

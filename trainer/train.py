@@ -78,7 +78,7 @@ def run_cycle(home: Home, config: TrainConfig, resume: bool = False) -> dict | N
                 row = publish(home, plan, config, final, stage_metrics, histories)
         except Exception as exc:
             if main:
-                shutil.rmtree(home.staging_dir / plan["adapter_id"], ignore_errors=True)
+                _discard_unregistered(home, plan["adapter_id"])
                 with open_db(home) as db:
                     runs.fail(db, run_id, f"{type(exc).__name__}: {exc}")
             raise
@@ -88,6 +88,15 @@ def run_cycle(home: Home, config: TrainConfig, resume: bool = False) -> dict | N
             raise
         state.wait_for_everyone()
     return row
+
+
+def _discard_unregistered(home: Home, adapter_id: str) -> None:
+    """Remove a failed run's adapter folder unless the registry already holds it."""
+    shutil.rmtree(home.staging_dir / adapter_id, ignore_errors=True)
+    with open_db(home) as db:
+        registered = adapters.get(db, adapter_id) is not None
+    if not registered:
+        shutil.rmtree(home.adapters_dir / adapter_id, ignore_errors=True)
 
 
 def _from_main(state, value):
@@ -182,7 +191,7 @@ def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> dict
 def _abandon(home: Home, run: dict, why: str) -> None:
     with open_db(home) as db:
         runs.fail(db, run["id"], why)
-    shutil.rmtree(home.staging_dir / adapters.adapter_id_for_run(run["id"]), ignore_errors=True)
+    _discard_unregistered(home, adapters.adapter_id_for_run(run["id"]))
     for checkpoints in (home.runs_dir / run["id"]).glob("*/checkpoints"):
         shutil.rmtree(checkpoints, ignore_errors=True)
     print(f"Run {run['id']} marked failed: {why}", flush=True)
