@@ -202,6 +202,29 @@ def test_continuing_the_active_adapter_trains_on_new_feedback_and_records_it(hom
     assert second["metrics"]["gate"]["reference"] == first["id"]
 
 
+def test_mostly_thumbs_down_without_pairs_trains_kto(home, tiny_model_dir, capsys):
+    add_answers(home, 6, rating="up")
+    add_answers(home, 6, rating="down", start=6)
+    row = run_cycle(home, tiny(tiny_model_dir, "min_examples=20", "min_rated=10",
+                               "kto.max_steps=3", "kto.batch_size=4"))
+    assert "Method: KTO. KTO: 50% of rated answers are thumbs-down" in capsys.readouterr().out
+    assert row["method"] == "kto" and row["status"] == "active"
+    [stage] = row["metrics"]["stages"]
+    assert stage["method"] == "kto" and stage["steps"] == 3 and stage["examples"] == 12
+
+
+def test_qlora_without_a_gpu_is_one_line_before_anything_is_written(home, tiny_model_dir,
+                                                                    capsys):
+    add_answers(home, 4)
+    code = main(["train", "--home", str(home.root), "--model", str(tiny_model_dir),
+                 "--quantize", "4bit"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == \
+        "flywheel: error: 4bit loading needs a CUDA GPU; this machine has none"
+    with open_db(home) as db:
+        assert runs.list_runs(db) == []
+
+
 def test_a_failed_run_is_recorded_and_publishes_nothing(home, tiny_model_dir):
     add_answers(home, 4)
     with pytest.raises(Exception):

@@ -53,6 +53,7 @@ def run_cycle(home: Home, config: TrainConfig, resume: bool = False) -> dict | N
     from accelerate import PartialState
     init_db(home)
     device, _ = models.pick_device()
+    models.quantization_config(config.quantize, device)  # no GPU for QLoRA: say so first
     state = PartialState(cpu=device == "cpu")
     main = state.is_main_process
     with ExitStack() as held:
