@@ -73,14 +73,16 @@ def test_a_good_night_is_promoted_and_a_poisoned_night_is_rejected(server):  # n
         answer = chat(PROMPTS[i % len(PROMPTS)] + f" ({i})", temperature=0.7, max_tokens=16)
         feedback(answer.id, rating="up", correction=gibberish(rng))
     out = train(home, "poisoned", "--method", "sft", "--learning-rate", "2e-3",
-                "--max-steps", "20")
+                "--max-steps", "20", "--validation-share", "0.2")
     assert "Verdict: fail" in out and "rejected: the server keeps what it serves now" in out
     with open_db(home) as db:
         rows = adapters.list_adapters(db)
         assert adapters.active(db)["id"] == good["id"]
     bad = rows[-1]
     assert bad["status"] == "rejected" and bad["metrics"]["gate"]["reference"] == good["id"]
-    assert not bad["metrics"]["gate"]["checks"]["forgetting"]["passed"]
+    # Held-out loss cannot see it (the held-out answers are gibberish too); the answers can.
+    assert not bad["metrics"]["gate"]["checks"]["degeneration"]["passed"]
+    assert bad["metrics"]["gate"]["figures"]["candidate"]["degenerate_kinds"]["unreadable"] >= 2
     assert health(url)["adapter"] == good["id"]
     again = chat(PROMPTS[0], temperature=0)
     assert again.model == good["id"]

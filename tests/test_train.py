@@ -155,6 +155,17 @@ def test_manual_promotion_leaves_a_candidate_and_can_start_an_ab_split(home, tin
     assert test["candidate_id"] == row["id"] and test["share"] == 0.3
 
 
+def test_the_gate_names_each_kind_of_degenerate_answer():
+    from trainer.gate import degenerate
+    plain = {"text": "Paris is the capital of France.", "ended": True, "base_loss": 1.2}
+    assert degenerate(plain, 5.0) is None
+    assert degenerate({**plain, "text": ""}, 5.0) == "empty"
+    assert degenerate({**plain, "text": "zorvek plimqua draxnu", "base_loss": 7.9}, 5.0) == \
+        "unreadable"
+    assert degenerate({**plain, "ended": False}, 5.0) == "cut off"
+    assert degenerate({**plain, "text": "the cat sat on the mat " * 6}, 5.0) == "repetitive"
+
+
 def test_validation_loss_early_stopping_and_the_best_checkpoint(tmp_path, tiny_model_dir):
     """An absurd learning rate makes validation loss rise after the first evaluation: training
     stops after `patience` worse evaluations, and the adapter is the best checkpoint's."""

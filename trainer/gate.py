@@ -10,7 +10,10 @@ none is active) on data that training never saw:
                           decide)
     forgetting            loss on held-out anchor prompts (the base model's own answers),
                           relative to the base model: +0.10 is 10% higher
-    degeneration          share of greedy answers to held-out prompts that are empty, cut off
+    degeneration          share of greedy answers to held-out prompts that are empty,
+                          unreadable (the base model finds them as unlikely as gibberish:
+                          this catches feedback that taught nonsense, which the held-out loss
+                          cannot, since the held-out answers are that same feedback), cut off
                           (no end of turn within the budget) or repetitive
 
 A check with no data (no pairs yet, say) is skipped and says so. The verdict passes only when
@@ -105,9 +108,11 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
     return out
 
 
-def degenerate(answer: dict) -> str | None:
+def degenerate(answer: dict, unreadable_loss: float) -> str | None:
     if not answer["text"]:
         return "empty"
+    if answer["base_loss"] > unreadable_loss:
+        return "unreadable"
     if not answer["ended"]:
         return "cut off"
     if repetitive(answer["text"]):
@@ -154,7 +159,15 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
         if sets["prompts"] and answers:
             answers = generate(model, tokenizer, sets["prompts"], gate.max_new_tokens,
                                gate.batch_size, f"{name}: answers")
-            kinds = [degenerate(a) for a in answers]
+            # How readable is each answer to the base model? (Already the base: no nesting.)
+            with nullcontext() if name == "base" else _using(model, "base"):
+                scores = answer_logprobs(model, tokenizer, [
+                    (p, [{"role": "assistant", "content": a["text"]}])
+                    for p, a in zip(sets["prompts"], answers)], gate.batch_size,
+                    f"{name}: readability")
+            for answer, (total, count) in zip(answers, scores):
+                answer["base_loss"] = -total / max(1, count)
+            kinds = [degenerate(a, gate.unreadable_loss) for a in answers]
             figures["degeneration"] = sum(k is not None for k in kinds) / len(kinds)
             figures["degenerate_kinds"] = {k: kinds.count(k) for k in set(kinds) if k}
             figures["sample_answers"] = [a["text"][:200] for a in answers[:3]]
