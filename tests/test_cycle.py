@@ -80,9 +80,12 @@ def test_a_good_night_is_promoted_and_a_poisoned_night_is_rejected(server):  # n
         assert adapters.active(db)["id"] == good["id"]
     bad = rows[-1]
     assert bad["status"] == "rejected" and bad["metrics"]["gate"]["reference"] == good["id"]
-    # Held-out loss cannot see it (the held-out answers are gibberish too); the answers can.
-    assert not bad["metrics"]["gate"]["checks"]["degeneration"]["passed"]
-    assert bad["metrics"]["gate"]["figures"]["candidate"]["degenerate_kinds"]["unreadable"] >= 2
+    # Held-out loss cannot see it (the held-out answers are gibberish too); the answers can:
+    # to the poisoned questions it answers nonsense that loops, never ending.
+    gate = bad["metrics"]["gate"]
+    assert gate["checks"]["heldout_loss"]["passed"] and not gate["checks"]["degeneration"]["passed"]
+    poisoned = [a for a in gate["figures"]["candidate"]["answers"] if a["prompt"].endswith(")")]
+    assert poisoned and sum(bool(a["kind"]) for a in poisoned) >= len(poisoned) / 2
     assert health(url)["adapter"] == good["id"]
     again = chat(PROMPTS[0], temperature=0)
     assert again.model == good["id"]

@@ -170,7 +170,9 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
             kinds = [degenerate(a, gate.unreadable_loss) for a in answers]
             figures["degeneration"] = sum(k is not None for k in kinds) / len(kinds)
             figures["degenerate_kinds"] = {k: kinds.count(k) for k in set(kinds) if k}
-            figures["sample_answers"] = [a["text"][:200] for a in answers[:3]]
+            figures["answers"] = [{"prompt": p[-1]["content"][:120], "answer": a["text"][:300],
+                                   "kind": k, "base_loss": round(a["base_loss"], 2)}
+                                  for p, a, k in zip(sets["prompts"], answers, kinds)]
     return figures
 
 
