@@ -92,7 +92,7 @@ def build(page, demo: gr.Blocks) -> None:
         return (table, gr.Dropdown(choices=[a["id"] for a in rows]), thumbs, curves,
                 f"Serving now: **{serving}**", ab_table(request))
 
-    def adapter_report(adapter_id: str, request: gr.Request):
+    def adapter_report(adapter_id: str, request: gr.Request) -> tuple[str, str | None]:
         """The picked adapter's gate report and its run's loss curves (PNG)."""
         page.user(request, "admin")
         with open_db(page.home) as db:
@@ -277,9 +277,18 @@ def build(page, demo: gr.Blocks) -> None:
 
     shown = [table, pick, thumbs, curves, serving, ab_view]
     refresh.click(registry, None, shown, api_name="adapters")
-    pick.change(adapter_report, [pick], [gate_report, loss_png], api_name="adapter_report")
-    ab_btn.click(start_ab, [pick, share], [status], api_name="start_ab").then(
+    # The page's own events pass the Dropdown's value (which Gradio checks against its
+    # choices); the API takes any id and lets the handler answer, as /promote does.
+    def report_from_page(adapter_id: str, request: gr.Request):
+        return adapter_report(adapter_id, request)
+
+    def start_ab_from_page(adapter_id: str, share: float, request: gr.Request) -> str:
+        return start_ab(adapter_id, share, request)
+    pick.change(report_from_page, [pick], [gate_report, loss_png], api_visibility="private")
+    gr.api(adapter_report, api_name="adapter_report")
+    ab_btn.click(start_ab_from_page, [pick, share], [status], api_visibility="private").then(
         registry, None, shown, api_visibility="private")
+    gr.api(start_ab, api_name="start_ab")
     ab_stop_btn.click(stop_ab, None, [status], api_name="stop_ab").then(
         registry, None, shown, api_visibility="private")
     def promote_from_page(adapter_id: str, request: gr.Request) -> str:

@@ -183,3 +183,26 @@ def test_an_admin_starts_training_in_its_own_process_and_sees_its_progress(serve
         time.sleep(0.5)
     assert "Training finished (exit 0)" in progress
     assert "not enough training data" in progress  # nobody has rated anything yet
+
+
+def test_an_admin_reads_a_gate_report_and_runs_an_ab_split(server, tiny_model_dir):
+    url, home, keys = server
+    from storage import ab, adapters
+    from tests.test_engine import make_adapter
+    make_adapter(tiny_model_dir, adapters.staging_path(home, "ad-gated"), seed=1)
+    gate = {"verdict": "pass", "reference": "base model", "reason": "passed: forgetting +1.0%",
+            "skipped": [], "checks": {"forgetting": {"candidate": 0.01, "reference": 0.0,
+                                                     "limit": 0.15, "passed": True, "n": 48,
+                                                     "unit": "anchor prompts"}}}
+    with open_db(home) as db:
+        adapters.publish(db, home, "ad-gated", base_model="tiny-model0", method="sft",
+                         metrics={"gate": gate})
+    dave = as_user(url, keys["dave"])
+    report, plot = dave.predict("ad-gated", api_name="/adapter_report")
+    assert "gate **pass** against base model" in report and "| forgetting | 0.01 |" in report
+    assert dave.predict("ad-gated", 0.25, api_name="/start_ab") == \
+        "A/B split: 25% of new conversations go to ad-gated."
+    with open_db(home) as db:
+        assert ab.current(db)["candidate_id"] == "ad-gated"
+    assert dave.predict(api_name="/stop_ab") == "A/B split for ad-gated stopped."
+    denied(lambda: dave.predict("ad-nope", 0.25, api_name="/start_ab"), "no adapter ad-nope")

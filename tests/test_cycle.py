@@ -4,6 +4,7 @@ gate and the server keeps serving the adapter it had."""
 
 import random
 import subprocess
+from concurrent.futures import ThreadPoolExecutor
 
 import openai
 import pytest
@@ -24,7 +25,7 @@ PROMPTS = [
 ]
 # A quick cycle: few steps, a small gate sample. Everything else is the default.
 QUICK = ["--max-steps", "10", "--batch-size", "4", "--set", "gate.anchor_examples=24",
-         "--set", "gate.generation_prompts=8", "--set", "gate.max_new_tokens=160"]
+         "--set", "gate.generation_prompts=8"]
 
 
 def gibberish(rng: random.Random) -> str:
@@ -47,7 +48,7 @@ def test_a_good_night_is_promoted_and_a_poisoned_night_is_rejected(server):  # n
     url, home = server
     api = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
 
-    def chat(prompt: str, temperature: float, max_tokens: int = 128):
+    def chat(prompt: str, temperature: float, max_tokens: int = 192):
         return api.chat.completions.create(model="flywheel", max_tokens=max_tokens,
                                            temperature=temperature,
                                            messages=[{"role": "user", "content": prompt}])
@@ -55,9 +56,11 @@ def test_a_good_night_is_promoted_and_a_poisoned_night_is_rejected(server):  # n
     def feedback(answer_id: str, **body):
         api.post("/feedback", cast_to=object, body={"id": answer_id, **body})
 
-    # Night 1: the model's own answers, liked by a curator.
-    for prompt in PROMPTS:
-        feedback(chat(prompt, temperature=0.7).id, rating="up")
+    # Night 1: the model's own answers; the curator likes those that are complete.
+    with ThreadPoolExecutor(8) as pool:  # eight users at once: the server batches them
+        replies = list(pool.map(lambda p: chat(p, temperature=0.3), PROMPTS))
+    for reply in replies:
+        feedback(reply.id, rating="up" if reply.choices[0].finish_reason == "stop" else "down")
     out = train(home, "good")
     assert "Verdict: pass" in out and "promoted" in out
     with open_db(home) as db:
@@ -69,9 +72,11 @@ def test_a_good_night_is_promoted_and_a_poisoned_night_is_rejected(server):  # n
 
     # Night 2: gibberish "corrections" rated up, and a hot learning rate to learn them.
     rng = random.Random(0)
-    for i in range(40):
-        answer = chat(PROMPTS[i % len(PROMPTS)] + f" ({i})", temperature=0.7, max_tokens=16)
-        feedback(answer.id, rating="up", correction=gibberish(rng))
+    with ThreadPoolExecutor(8) as pool:
+        replies = list(pool.map(lambda i: chat(PROMPTS[i % len(PROMPTS)] + f" ({i})",
+                                               temperature=0.7, max_tokens=16), range(40)))
+    for reply in replies:
+        feedback(reply.id, rating="up", correction=gibberish(rng))
     out = train(home, "poisoned", "--method", "sft", "--learning-rate", "2e-3",
                 "--max-steps", "20", "--validation-share", "0.2")
     assert "Verdict: fail" in out and "rejected: the server keeps what it serves now" in out
