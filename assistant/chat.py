@@ -134,11 +134,12 @@ class ChatService:
         """The candidate of a running A/B split, for conversations in its share."""
         with open_db(self.home) as db:
             test = ab.current(db)
-            if test is None or not ab.in_candidate_arm(conversation_id, test["share"]):
-                return None
-            row = next((a for a in adapters.servable(db, self.model_name)
-                        if a["id"] == test["candidate_id"]), None)
-        return (row["id"], Path(row["path"])) if row else None
+        if test is None or not ab.in_candidate_arm(conversation_id, test["share"]):
+            return None
+        try:
+            return self.select(test["candidate_id"])
+        except KeyError:  # no longer servable (refused, rejected): the active one answers
+            return None
 
     def _system(self, db, conversation_id: str) -> list[dict[str, str]]:
         conversation = store.get_conversation(db, conversation_id)

@@ -138,7 +138,6 @@ def build(page, demo: gr.Blocks) -> None:
         try:
             with open_db(page.home) as db:
                 adapters.promote(db, adapter_id, reason=f"promoted by {user['name']} in the page")
-                ab.stop(db, reason=f"{adapter_id} promoted")
         except (KeyError, ValueError) as exc:
             raise gr.Error(str(exc.args[0])) from None
         return f"{adapter_id} is now active; the server swaps it in within a second."

@@ -84,7 +84,7 @@ def run_flywheel(base, rows, steps: int, workdir: Path) -> dict:
     model, tokenizer = models.load(base)
     model.train()
     clock = Clock()
-    trained, _ = methods.train_stage("sft", model, tokenizer, rows, [], config,
+    trained, _, _ = methods.train_stage("sft", model, tokenizer, rows, [], config,
                                      workdir / "flywheel", device, callbacks=[clock])
     checkpointing = device == "cuda" if config.gradient_checkpointing is None \
         else config.gradient_checkpointing

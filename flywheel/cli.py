@@ -12,7 +12,7 @@ from typing import Iterator
 
 import sqlite_utils
 
-from storage import Home, init_db, open_db
+from storage import Home, init_db, open_db, write_atomic
 from storage import adapters
 
 
@@ -101,7 +101,6 @@ def _schedule_train_args(args: argparse.Namespace) -> list[str]:
 
 
 def cmd_adapters(args: argparse.Namespace) -> int:
-    from storage import ab
     with _database(args) as db:
         if args.action == "list":
             rows = adapters.list_adapters(db)
@@ -119,7 +118,6 @@ def cmd_adapters(args: argparse.Namespace) -> int:
             try:
                 row = adapters.promote(db, args.id, reason="flywheel adapters promote",
                                        force=args.force)
-                ab.stop(db, reason=f"{args.id} promoted")
             except KeyError as exc:
                 raise UsageError(exc.args[0]) from None
             except ValueError as exc:
@@ -192,7 +190,6 @@ def cmd_keys(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write a dataset as JSONL (to a temporary file, renamed into place when complete)."""
-    import os
     import time
     from trainer.dataset import DataConfig, build, to_openai, to_trl, token_counter
     home = Home.resolve(args.home)
@@ -216,10 +213,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             for side in sides for e in datasets[fmt][side]]
     lines = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     if args.out:
-        tmp = f"{args.out}.tmp-{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(lines)
-        os.replace(tmp, args.out)
+        write_atomic(args.out, lines)
     else:
         sys.stdout.write(lines)
     if args.report:

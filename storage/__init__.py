@@ -4,7 +4,7 @@
 through the functions re-exported here.
 """
 
-from storage.home import Home
+from storage.home import Home, write_atomic
 from storage.db import open_db, init_db, SCHEMA_VERSION
 
-__all__ = ["Home", "open_db", "init_db", "SCHEMA_VERSION"]
+__all__ = ["Home", "write_atomic", "open_db", "init_db", "SCHEMA_VERSION"]

@@ -9,6 +9,7 @@ import hashlib
 
 import sqlite_utils
 
+from storage import review
 from storage.db import transaction, utc_now
 
 
@@ -55,11 +56,7 @@ def report(db: sqlite_utils.Database, test: dict | None = None) -> dict | None:
     if test is None:
         return None
     rows = db.execute_returning_dicts(
-        """SELECT m.adapter_id,
-                  (SELECT rating FROM ratings WHERE message_id = m.id AND rating IS NOT NULL
-                   ORDER BY id DESC LIMIT 1) AS rating
-           FROM messages m WHERE m.role = 'assistant' AND m.created_at >= ?
-             AND (? IS NULL OR m.created_at <= ?)""",
+        review.ANSWERS + " AND m.created_at >= ? AND (? IS NULL OR m.created_at <= ?)",
         [test["started_at"], test["ended_at"], test["ended_at"]])
     arms = {"candidate": {"adapter": test["candidate_id"], "answers": 0, "up": 0, "down": 0},
             "control": {"adapter": "others", "answers": 0, "up": 0, "down": 0}}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from storage import ab
 from storage.db import transaction
 from storage.home import Home
 
@@ -78,8 +79,9 @@ def active(db: sqlite_utils.Database) -> dict | None:
 
 def promote(db: sqlite_utils.Database, adapter_id: str, reason: str = "",
             force: bool = False) -> dict:
-    """Make `adapter_id` the active adapter; the one it replaces is retired (still loadable).
-    An adapter the evaluation gate rejected is refused (ValueError) unless `force`."""
+    """Make `adapter_id` the active adapter; the one it replaces is retired (still loadable),
+    and a running A/B split ends (everyone now gets the new adapter). An adapter the
+    evaluation gate rejected is refused (ValueError) unless `force`."""
     with transaction(db):
         target = get(db, adapter_id)
         if target is None:
@@ -93,6 +95,7 @@ def promote(db: sqlite_utils.Database, adapter_id: str, reason: str = "",
         db.execute("UPDATE adapters SET status = 'active' WHERE id = ?", [adapter_id])
         db.execute("INSERT INTO promotions (adapter_id, action, reason) VALUES (?, 'promote', ?)",
                    [adapter_id, reason])
+        ab.stop(db, reason=f"{adapter_id} promoted")
     return get(db, adapter_id)
 
 

@@ -7,7 +7,7 @@ import sqlite_utils
 
 # The latest thumbs rating, latest score and latest correction of each answer, and whether a
 # curator has reviewed it (scored, corrected or flagged it).
-_ANSWERS = """
+ANSWERS = """
     SELECT m.id, m.conversation_id, m.content, m.adapter_id, m.created_at, c.user_id,
         (SELECT rating FROM ratings WHERE message_id = m.id AND rating IS NOT NULL
          ORDER BY id DESC LIMIT 1) AS rating,
@@ -29,7 +29,7 @@ def review_queue(db: sqlite_utils.Database, rating: str = "any", adapter: str = 
     """Answers to review. rating: any / up / down / unrated; adapter: any / base / an id;
     since: 'YYYY-MM-DD'; reviewed: any / yes / no. Thumbs-down first, then unrated, then
     thumbs-up; newest first within each."""
-    rows = db.execute_returning_dicts(_ANSWERS + " ORDER BY m.created_at DESC")
+    rows = db.execute_returning_dicts(ANSWERS + " ORDER BY m.created_at DESC")
     out = []
     for row in map(_decode, rows):
         if rating == "unrated" and row["rating"] is not None:
@@ -52,7 +52,7 @@ def review_queue(db: sqlite_utils.Database, rating: str = "any", adapter: str = 
 
 def answer_review(db: sqlite_utils.Database, message_id: str) -> dict | None:
     """One answer as the queue shows it: latest rating, score, correction, flags."""
-    rows = db.execute_returning_dicts(_ANSWERS + " AND m.id = ?", [message_id])
+    rows = db.execute_returning_dicts(ANSWERS + " AND m.id = ?", [message_id])
     return _decode(rows[0]) if rows else None
 
 
@@ -75,7 +75,7 @@ def record_comparison(db: sqlite_utils.Database, prompt_id: str, answer_a: str, 
 def adapter_ratings(db: sqlite_utils.Database) -> dict[str | None, dict]:
     """Per adapter (None: the base model): thumbs up, down and the thumbs-up rate."""
     stats: dict = {}
-    for row in db.execute_returning_dicts(_ANSWERS):
+    for row in db.execute_returning_dicts(ANSWERS):
         if row["rating"] is None:
             continue
         entry = stats.setdefault(row["adapter_id"], {"up": 0, "down": 0})
@@ -88,7 +88,7 @@ def adapter_ratings(db: sqlite_utils.Database) -> dict[str | None, dict]:
 def thumbs_up_over_time(db: sqlite_utils.Database) -> list[dict]:
     """Each adapter's running thumbs-up rate, one point per rated answer in the order they
     were given: the rows of the admin page's plot."""
-    rows = sorted((r for r in db.execute_returning_dicts(_ANSWERS) if r["rating"]),
+    rows = sorted((r for r in db.execute_returning_dicts(ANSWERS) if r["rating"]),
                   key=lambda r: r["created_at"])
     counts: dict = {}
     points = []

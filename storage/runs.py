@@ -26,9 +26,10 @@ def start(db: sqlite_utils.Database, *, base_model: str, method: str, config: di
 
 def set_progress(db: sqlite_utils.Database, run_id: str, **fields) -> None:
     """Merge `fields` (phase, stage, step, max_steps, loss, eval_loss, ...) into the run's live
-    progress, which the admin page polls."""
-    row = get(db, run_id)
-    progress = {**row["progress"], **fields, "updated_at": utc_now()}
+    progress, which the admin page polls. Called at every training step: it reads the
+    progress column alone, not the run's (large) manifest."""
+    current = db.execute("SELECT progress FROM training_runs WHERE id = ?", [run_id]).fetchone()
+    progress = {**json.loads(current[0] or "{}"), **fields, "updated_at": utc_now()}
     db["training_runs"].update(run_id, {"progress": json.dumps(progress, default=str)})
 
 
@@ -56,24 +57,26 @@ def get(db: sqlite_utils.Database, run_id: str) -> dict | None:
     return row
 
 
+def _runs(db: sqlite_utils.Database, where: str | None = None, order_by: str = "started_at",
+          limit: int | None = None) -> list[dict]:
+    return [get(db, r["id"]) for r in db["training_runs"].rows_where(
+        where, order_by=order_by, limit=limit, select="id")]
+
+
 def list_runs(db: sqlite_utils.Database) -> list[dict]:
-    return [get(db, r["id"]) for r in db["training_runs"].rows_where(order_by="started_at", select="id")]
+    return _runs(db)
 
 
 def unfinished(db: sqlite_utils.Database) -> list[dict]:
     """Runs still marked running, newest first (interrupted ones, when nobody holds the lock)."""
-    return [get(db, r["id"]) for r in db["training_runs"].rows_where(
-        "status = 'running'", order_by="started_at DESC", select="id")]
+    return _runs(db, "status = 'running'", order_by="started_at DESC")
 
 
 def latest(db: sqlite_utils.Database) -> dict | None:
     """The newest run, whatever its status (what the admin page follows)."""
-    rows = list(db["training_runs"].rows_where(order_by="started_at DESC", limit=1, select="id"))
-    return get(db, rows[0]["id"]) if rows else None
+    return next(iter(_runs(db, order_by="started_at DESC", limit=1)), None)
 
 
 def last_started(db: sqlite_utils.Database) -> dict | None:
     """The newest run that did not fail: new feedback is counted from its start."""
-    rows = list(db["training_runs"].rows_where("status != 'failed'", order_by="started_at DESC",
-                                               limit=1, select="id"))
-    return get(db, rows[0]["id"]) if rows else None
+    return next(iter(_runs(db, "status != 'failed'", order_by="started_at DESC", limit=1)), None)

@@ -176,8 +176,8 @@ def test_validation_loss_early_stopping_and_the_best_checkpoint(tmp_path, tiny_m
                      "completion": [{"role": "assistant", "content": f"{i} {i} {i}."}]}
     config = load(None, ["sft.learning_rate=0.5", "sft.max_steps=30", "sft.eval_steps=2",
                          "sft.patience=2", "sft.batch_size=2", "sft.warmup=0"])
-    _, metrics = methods.train_stage("sft", model, tokenizer, [row(i) for i in range(8)],
-                                     [row(i) for i in range(8, 10)], config, tmp_path, "cpu")
+    _, metrics, _ = methods.train_stage("sft", model, tokenizer, [row(i) for i in range(8)],
+                                        [row(i) for i in range(8, 10)], config, tmp_path, "cpu")
     assert metrics["stopped_early"] and metrics["steps"] < 30
     assert metrics["best_step"] < metrics["steps"]
     assert metrics["best_eval_loss"] == min(metrics["eval_curve"])

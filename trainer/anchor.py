@@ -5,10 +5,9 @@ did well; the held-out part is where the evaluation gate measures forgetting.
 """
 
 import json
-import os
 from pathlib import Path
 
-from tqdm import tqdm
+from storage import write_atomic
 
 TOPICS = [
     "photosynthesis", "gravity", "the water cycle", "prime numbers", "volcanoes",
@@ -61,35 +60,16 @@ def examples(home, base, prompts: list[str], max_tokens: int = 128,
     if missing:
         for row in _generate(base, missing, max_tokens, batch_size):
             known[row["prompt"][0]["content"]] = row
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in known.values()))
-        os.replace(tmp, path)
+        write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n"
+                                   for r in known.values()))
     return [known[p] for p in prompts]
 
 
 def _generate(base, prompts: list[str], max_tokens: int, batch_size: int) -> list[dict]:
-    import torch
-
-    from assistant import models  # the same loading code and padding the server uses
-    from assistant.engine import left_pad
+    from assistant import models  # the same loading code the server uses
+    from trainer.gate import generate
     model, tokenizer = models.load(base)
-    rows = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc="anchor answers (once)",
-                      unit="batch"):
-        chunk = prompts[start:start + batch_size]
-        encoded = [tokenizer.apply_chat_template([{"role": "user", "content": p}],
-                                                 add_generation_prompt=True,
-                                                 return_dict=True)["input_ids"] for p in chunk]
-        pad = tokenizer.pad_token_id
-        ids, mask = left_pad(encoded, pad)
-        with torch.inference_mode():
-            out = model.generate(input_ids=ids.to(model.device),
-                                 attention_mask=mask.to(model.device), max_new_tokens=max_tokens,
-                                 do_sample=False, temperature=None, top_p=None, top_k=None,
-                                 pad_token_id=pad)
-        for prompt, row in zip(chunk, out[:, ids.shape[1]:]):
-            answer = tokenizer.decode(row, skip_special_tokens=True).strip()
-            rows.append({"prompt": [{"role": "user", "content": prompt}],
-                         "completion": [{"role": "assistant", "content": answer}]})
-    return rows
+    turns = [[{"role": "user", "content": p}] for p in prompts]
+    answers = generate(model, tokenizer, turns, max_tokens, batch_size, "anchor answers (once)")
+    return [{"prompt": turn, "completion": [{"role": "assistant", "content": a["text"]}]}
+            for turn, a in zip(turns, answers)]

@@ -128,8 +128,7 @@ def _using(model, name: str):
             yield
     else:
         model.set_adapter(name)
-        with nullcontext():
-            yield
+        yield
 
 
 def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,

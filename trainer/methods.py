@@ -114,7 +114,7 @@ def train_stage(method: str, model, tokenizer, train_rows: list[dict], eval_rows
                 config: TrainConfig, stage_dir: Path, device: str, callbacks=()) -> tuple:
     """Train `model` (a base model, or a PeftModel to continue) with `method`; resume from
     the stage's last complete checkpoint if there is one. Returns (PeftModel with the best
-    weights, metrics); the main process also writes `stage_dir/final`."""
+    weights, metrics, log history); the main process also writes `stage_dir/final`."""
     import datasets
     from peft import LoraConfig, PeftModel
     from transformers import EarlyStoppingCallback
@@ -166,7 +166,7 @@ def train_stage(method: str, model, tokenizer, train_rows: list[dict], eval_rows
     model = trainer.model
     if "ref" in getattr(model, "peft_config", {}):  # DPO's frozen copy of a trained adapter
         model.delete_adapter("ref")
-    return model, metrics
+    return model, metrics, state.log_history
 
 
 def _backend() -> str | None:

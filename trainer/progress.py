@@ -7,7 +7,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from storage import Home, open_db
+from storage import Home, open_db, write_atomic
 from storage import runs
 
 
@@ -79,8 +79,5 @@ def plot_losses(stages: dict[str, list[dict]], path: Path, title: str) -> Path:
 
 
 def save_json(path: Path, value) -> None:
-    """Write JSON to a temporary file and rename it: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(value, indent=1, default=str))
-    os.replace(tmp, path)
+    """Write JSON all at once (storage.write_atomic): never half a file."""
+    write_atomic(path, json.dumps(value, indent=1, default=str))

@@ -26,7 +26,7 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from assistant import models
-from storage import Home, init_db, open_db
+from storage import Home, init_db, open_db, write_atomic
 from storage import ab, adapters, lock, runs
 from storage import chat as store
 from storage.db import transaction
@@ -295,12 +295,9 @@ def train(home: Home, plan: dict, config: TrainConfig, device: str):
                     for side in ("train", "validation")}
             progress = ProgressToDatabase(home, plan["run_id"], f"{number}/{len(plan['stages'])} "
                                                                f"{method}")
-            model, _ = methods.train_stage(method, model, tokenizer, rows["train"],
-                                           rows["validation"], config, stage_dir, device,
-                                           callbacks=[progress])
-            done = methods.stage_result(stage_dir)
-            if done is None:  # a process other than the main one: it writes no folder
-                done = ({}, [])
+            model, *done = methods.train_stage(method, model, tokenizer, rows["train"],
+                                               rows["validation"], config, stage_dir, device,
+                                               callbacks=[progress])
         else:
             model = None  # the next stage (if any) starts from this one's saved adapter
             print(f"Stage {number} ({method.upper()}) already finished", flush=True)
@@ -344,7 +341,7 @@ def publish(home: Home, plan: dict, config: TrainConfig, final: Path, stage_metr
             home.adapters_dir / adapter_id / "adapter_config.json").is_file():
         tmp = home.staging_dir / f".{adapter_id}-tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(final, tmp, ignore=shutil.ignore_patterns("*.json.bak"))
+        shutil.copytree(final, tmp)
         tmp.rename(staged)
     plot = plot_losses(histories, workdir / "loss.png", f"{run_id}: {'+'.join(plan['stages'])}")
     gate_file = workdir / "gate.json"
@@ -430,10 +427,7 @@ def print_gate(report: dict) -> None:
 
 
 def _save_jsonl(path: Path, rows: list[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    tmp.replace(path)
+    write_atomic(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _load_jsonl(path: Path) -> list[dict]:
