@@ -16,7 +16,8 @@ from trainer.schedule import nightly
 
 QUICK = ["--set", "validation_share=0", "--set", "anchor_share=0", "--set", "min_examples=4",
          "--set", "sft.max_steps=2", "--set", "gate.anchor_examples=4",
-         "--set", "gate.generation_prompts=2", "--set", "gate.max_new_tokens=8"]
+         "--set", "gate.generation_prompts=2", "--set", "gate.max_new_tokens=8",
+         "--set", "gate.max_unreadable_feedback=1"]  # random weights: every text unreadable
 
 
 def test_a_night_skips_without_new_feedback_and_trains_at_low_priority_with_it(

@@ -34,10 +34,12 @@ def add_answers(home, n, rating="up", start=0, correct_every=0):
 
 
 def tiny(model_dir, *sets: str) -> TrainConfig:
-    """A fast config for the tiny model; `sets` as `flywheel train --set` takes them."""
+    """A fast config for the tiny model; `sets` as `flywheel train --set` takes them. (Its
+    random weights find every text unreadable, so the unreadable-feedback check is off.)"""
     return load(None, [f"model='{model_dir}'", "validation_share=0.0", "anchor_share=0.0",
                        "min_examples=4", "sft.max_steps=3", "sft.batch_size=2",
-                       "sft.learning_rate=1e-2", "gate.anchor_examples=4",
+                       "sft.learning_rate=1e-2", "gate.max_unreadable_feedback=1",
+                       "gate.anchor_examples=4",
                        "gate.generation_prompts=2", "gate.max_new_tokens=8", *sets])
 
 
@@ -122,7 +124,7 @@ def test_a_cycle_trains_gates_publishes_and_promotes(home, tiny_model_dir, capsy
     assert run["progress"]["phase"] == "done" and run["progress"]["step"] == 3
     gate = row["metrics"]["gate"]
     assert gate["verdict"] == "pass" and gate["reference"] == "base model"
-    assert set(gate["checks"]) == {"forgetting", "degeneration"}  # no validation split here
+    assert set(gate["checks"]) == {"forgetting", "degeneration", "unreadable_feedback"}  # no validation split here
     assert gate["skipped"] == ["heldout_loss", "preference_accuracy"]
     assert (home.runs_dir / row["run_id"] / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((home.runs_dir / row["run_id"]).glob("*/checkpoints"))
@@ -153,6 +155,16 @@ def test_manual_promotion_leaves_a_candidate_and_can_start_an_ab_split(home, tin
         assert adapters.active(db) is None
         test = ab.current(db)
     assert test["candidate_id"] == row["id"] and test["share"] == 0.3
+
+
+def test_the_gate_refuses_a_run_trained_towards_unreadable_answers(home, tiny_model_dir):
+    add_answers(home, 8)
+    row = run_cycle(home, tiny(tiny_model_dir, "gate.max_unreadable_feedback=0.05"))
+    check = row["metrics"]["gate"]["checks"]["unreadable_feedback"]
+    assert row["status"] == "rejected" and not check["passed"]
+    assert check["candidate"] == 1.0 and check["n"] == 8  # random weights: all unreadable
+    assert "unreadable feedback 100.0% of the answers trained towards" in \
+        row["metrics"]["gate"]["reason"]
 
 
 def test_the_gate_names_each_kind_of_degenerate_answer():

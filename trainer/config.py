@@ -72,6 +72,8 @@ class GateConfig:
     max_forgetting: float = field(default=0.15, metadata={"help": "Its loss on held-out anchor prompts may exceed the base model's by at most this share."})
     degeneration_tolerance: float = field(default=0.10, metadata={"help": "Its share of empty, cut-off or repetitive answers may exceed the reference's by at most this (and by one answer at least)."})
     unreadable_loss: float = field(default=5.0, metadata={"help": "An answer whose loss under the base model is above this (nats per token) is unreadable (gibberish); plain answers score about 1 to 3."})
+    max_unreadable_feedback: float = field(default=0.05, metadata={"help": "Refuse the run when more than this share of the answers it trains towards are unreadable to the base model (feedback that likes gibberish)."})
+    feedback_examples: int = field(default=64, metadata={"help": "Trained-towards answers sampled for the unreadable-feedback check."})
     anchor_examples: int = field(default=48, metadata={"help": "Held-out anchor prompts (never trained on) for the forgetting check."})
     generation_prompts: int = field(default=16, metadata={"help": "Prompts answered (greedy) for the degeneration check: held-out questions first."})
     max_new_tokens: int = field(default=192, metadata={"help": "Tokens per generated answer; an answer that needs more counts as cut off."})

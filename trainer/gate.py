@@ -15,6 +15,10 @@ none is active) on data that training never saw:
                           this catches feedback that taught nonsense, which the held-out loss
                           cannot, since the held-out answers are that same feedback), cut off
                           (no end of turn within the budget) or repetitive
+    unreadable feedback   share of the answers the run trained towards (liked answers,
+                          corrections, chosen sides) that the base model finds unreadable:
+                          poisoned feedback is refused even when the candidate hides it well
+                          enough to pass every other check
 
 A check with no data (no pairs yet, say) is skipped and says so. The verdict passes only when
 every check that ran passes. Thresholds are `GateConfig` settings.
@@ -30,7 +34,8 @@ from tqdm import tqdm
 
 from trainer.config import GateConfig
 
-CHECKS = ("heldout_loss", "preference_accuracy", "forgetting", "degeneration")
+CHECKS = ("heldout_loss", "preference_accuracy", "forgetting", "degeneration",
+          "unreadable_feedback")
 
 
 def repetitive(text: str) -> bool:
@@ -155,6 +160,12 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
             figures["anchor_loss"] = mean_loss(answer_logprobs(
                 model, tokenizer, [(r["prompt"], r["completion"]) for r in sets["anchor"]],
                 gate.batch_size, f"{name}: anchor loss"))
+        if name == "base" and sets.get("feedback"):
+            losses = [-total / max(1, count) for total, count in answer_logprobs(
+                model, tokenizer, [(r["prompt"], r["completion"]) for r in sets["feedback"]],
+                gate.batch_size, "base: feedback readability")]
+            figures["unreadable_feedback"] = (sum(x > gate.unreadable_loss for x in losses)
+                                              / len(losses))
         if sets["prompts"] and answers:
             answers = generate(model, tokenizer, sets["prompts"], gate.max_new_tokens,
                                gate.batch_size, f"{name}: answers")
@@ -204,6 +215,10 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
         limit = reference["degeneration"] + slack
         check("degeneration", candidate["degeneration"], reference["degeneration"], limit,
               candidate["degeneration"] <= limit, len(sets["prompts"]), "prompts")
+    if "unreadable_feedback" in base:
+        share = base["unreadable_feedback"]
+        check("unreadable_feedback", share, None, gate.max_unreadable_feedback,
+              share <= gate.max_unreadable_feedback, len(sets["feedback"]), "trained answers")
     failed = [describe(n, c) for n, c in checks.items() if not c["passed"]]
     skipped = [n for n in CHECKS if n not in checks]
     if failed:
@@ -225,6 +240,9 @@ def describe(name: str, c: dict) -> str:
     if name == "forgetting":
         return (f"forgetting {c['candidate']:+.1%} (limit {c['limit']:+.1%}, "
                 f"reference {c['reference']:+.1%})")
+    if name == "unreadable_feedback":
+        return (f"unreadable feedback {c['candidate']:.1%} of the answers trained towards "
+                f"(limit {c['limit']:.1%})")
     sign = ">=" if name == "preference_accuracy" else "<="
     label = name.replace("_", " ")
     return (f"{label} {c['candidate']:.3f} vs {c['reference']:.3f} "

@@ -272,7 +272,14 @@ def gate_sets(home: Home, base: models.BaseModel, sets: dict, config: TrainConfi
     prompts = prompts[:gate.generation_prompts]
     extra = anchor.spread(anchor.HELDOUT_PROMPTS, gate.generation_prompts - len(prompts))
     prompts += [[{"role": "user", "content": p}] for p in extra]
-    return {"heldout": heldout, "pairs": pairs, "anchor": anchors, "prompts": prompts}
+    # The answers this run trains towards (not replay or anchors), for the readability check.
+    feedback = [{"prompt": e["prompt"], "completion": e["completion"]}
+                for e in sets["sft"]["train"] if e.get("source") not in REPLAYED]
+    feedback += [{"prompt": e["prompt"], "completion": e["chosen"]} for e in sets["dpo"]["train"]]
+    if len(feedback) > gate.feedback_examples:
+        feedback = random.Random(config.seed).sample(feedback, gate.feedback_examples)
+    return {"heldout": heldout, "pairs": pairs, "anchor": anchors, "prompts": prompts,
+            "feedback": feedback}
 
 
 # ---- train -----------------------------------------------------------------------------------
