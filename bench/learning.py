@@ -54,7 +54,7 @@ TRAITS = Path(__file__).resolve().parent / "traits"
 # that round's feedback (so learning adds up over rounds while a round's cost stays flat); a
 # fixed number of steps, and a gate that samples fewer anchor prompts and answers than a
 # nightly run, so that three rounds fit in 30 minutes on a 2-core CPU.
-RECIPE = ("--method sft --start-from active --learning-rate 3e-4 --max-steps 20 "
+RECIPE = ("--method sft --start-from active --learning-rate 5e-4 --max-steps 20 "
           "--set gate.anchor_examples=24 --set gate.generation_prompts=8")
 
 SUBJECTS = [
