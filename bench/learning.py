@@ -391,7 +391,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trait", default="signoff",
                         help="signoff, brief, bullets, or a FILE.py with has_trait/add_trait")
-    parser.add_argument("--rounds", type=int, default=3, help="chat, rate, train, measure")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="chat, rate, train, measure (0: the base model and the poisoned "
+                        "night only)")
     parser.add_argument("--home", help="FLYWHEEL_HOME for the run (default: a new temp dir)")
     parser.add_argument("--out", help="JSON report path (default learning-<trait>.json); "
                         "the plot goes beside it as .png, the training logs in a folder")
@@ -407,8 +409,8 @@ def main(argv=None) -> int:
     parser.add_argument("--poison", choices=["gibberish", "none"], default="gibberish",
                         help="after the rounds, a night of poisoned feedback")
     args = parser.parse_args(argv)
-    if args.rounds < 1 or args.chats < 1 or args.heldout < 1:
-        parser.error("--rounds, --chats and --heldout must be at least 1")
+    if args.rounds < 0 or args.chats < 1 or args.heldout < 1:
+        parser.error("--rounds must be at least 0, --chats and --heldout at least 1")
     report = run(args)
     print(json.dumps({k: report[k] for k in ("trait", "rounds", "poisoned", "goal", "seconds",
                                              "plot")}, indent=2, ensure_ascii=False))
