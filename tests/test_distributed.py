@@ -21,7 +21,8 @@ def test_two_gloo_processes_train_one_adapter_that_loads_and_serves(home, tiny_m
               "--set", "min_examples=8", "--set", "sft.max_steps=6", "--set", "sft.batch_size=2",
               "--set", "sft.eval_steps=3", "--set", "sft.learning_rate=1e-2",
               "--set", "gate.anchor_examples=4", "--set", "gate.generation_prompts=2",
-              "--set", "gate.max_new_tokens=8"]
+              "--set", "gate.max_new_tokens=8",
+              "--set", "gate.max_unreadable_feedback=1"]  # random weights: all text unreadable
     done = subprocess.run(launch, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stdout.count("Method: SFT") == 1  # the main process alone prepares and reports
