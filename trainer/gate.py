@@ -85,6 +85,11 @@ def mean_loss(scores: list[tuple[float, int]]) -> float:
     return -sum(s for s, _ in scores) / max(1, sum(n for _, n in scores))
 
 
+def answer_losses(scores: list[tuple[float, int]]) -> list[float]:
+    """Each answer's own mean negative log-likelihood per token (its readability)."""
+    return [-total / max(1, count) for total, count in scores]
+
+
 @torch.inference_mode()
 def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
              batch_size: int, desc: str) -> list[dict]:
@@ -161,9 +166,9 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
                 model, tokenizer, [(r["prompt"], r["completion"]) for r in sets["anchor"]],
                 gate.batch_size, f"{name}: anchor loss"))
         if name == "base" and sets.get("feedback"):
-            losses = [-total / max(1, count) for total, count in answer_logprobs(
+            losses = answer_losses(answer_logprobs(
                 model, tokenizer, [(r["prompt"], r["completion"]) for r in sets["feedback"]],
-                gate.batch_size, "base: feedback readability")]
+                gate.batch_size, "base: feedback readability"))
             figures["unreadable_feedback"] = (sum(x > gate.unreadable_loss for x in losses)
                                               / len(losses))
         if sets["prompts"] and answers:
@@ -175,8 +180,8 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
                     (p, [{"role": "assistant", "content": a["text"]}])
                     for p, a in zip(sets["prompts"], answers)], gate.batch_size,
                     f"{name}: readability")
-            for answer, (total, count) in zip(answers, scores):
-                answer["base_loss"] = -total / max(1, count)
+            for answer, loss in zip(answers, answer_losses(scores)):
+                answer["base_loss"] = loss
             kinds = [degenerate(a, gate.unreadable_loss) for a in answers]
             figures["degeneration"] = sum(k is not None for k in kinds) / len(kinds)
             figures["degenerate_kinds"] = {k: kinds.count(k) for k in set(kinds) if k}
