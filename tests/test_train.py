@@ -15,16 +15,17 @@ from trainer.anchor import TOPICS
 from trainer.config import TrainConfig, load
 from trainer.dataset import example_hash
 from trainer.selection import select
-from trainer.train import NotEnoughData, gather, run_cycle
+from trainer.train import NotEnoughData, gate_sets, gather, run_cycle
 
 
-def add_answers(home, n, rating="up", start=0, correct_every=0):
+def add_answers(home, n, rating="up", start=0, correct_every=0, adapter_id=None):
     ids = []
     with open_db(home) as db:
         for i in range(start, start + n):
             conv = store.create_conversation(db, system_prompt="Answer briefly.")
             q = store.add_message(db, conv, "user", f"Question {i}: what is {TOPICS[i % 30]}?")
-            a = store.add_message(db, conv, "assistant", f"Answer {i}: {TOPICS[-i % 30 - 1]}.", q)
+            a = store.add_message(db, conv, "assistant", f"Answer {i}: {TOPICS[-i % 30 - 1]}.", q,
+                                  adapter_id=adapter_id)
             if rating:
                 store.rate(db, a, rating)
             if correct_every and i % correct_every == 0:
@@ -165,6 +166,31 @@ def test_the_gate_refuses_a_run_trained_towards_unreadable_answers(home, tiny_mo
     assert check["candidate"] == 1.0 and check["n"] == 8  # random weights: all unreadable
     assert "unreadable feedback 100.0% of the answers trained towards" in \
         row["metrics"]["gate"]["reason"]
+
+
+def test_the_held_out_loss_leaves_out_the_answers_the_reference_wrote(home, tiny_model_dir):
+    # A model gives its own samples a low loss: scored on them, the served adapter would
+    # beat every candidate once most feedback is a 👍 on its answers.
+    from assistant import models
+    add_answers(home, 4)
+    served = run_cycle(home, tiny(tiny_model_dir))["id"]
+    add_answers(home, 16, start=10, correct_every=2, adapter_id=served)
+    base = models.resolve(str(tiny_model_dir), home)
+    config = tiny(tiny_model_dir, "validation_share=0.5", "min_examples=2")
+    sets, _ = gather(home, base, config)
+    validation = sets["sft"]["validation"]
+    liked = [e for e in validation if e["source"] == "liked"]
+    by_served = [e for e in liked if int(e["prompt"][-1]["content"].split()[1][:-1]) >= 10]
+    assert by_served and len(liked) < len(validation)
+
+    def heldout(reference):
+        return [r["completion"][0]["content"]
+                for r in gate_sets(home, base, sets, config, reference=reference)["heldout"]]
+    everything = heldout("another-adapter")
+    assert len(everything) == len(validation) + len(sets["dpo"]["validation"])
+    against_served = heldout(served)
+    assert len(against_served) == len(everything) - len(by_served)
+    assert not {e["completion"][0]["content"] for e in by_served} & set(against_served)
 
 
 def test_the_gate_names_each_kind_of_degenerate_answer():

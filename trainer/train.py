@@ -39,6 +39,8 @@ __all__ = ["run_cycle", "NotEnoughData", "NothingToResume", "TrainConfig", "gath
 
 REPLAY_FILE = "sft-train.jsonl"  # a run's own feedback examples, replayed by later runs
 REPLAYED = ("replay", "anchor")
+# Sources whose preferred answer is a model's own text (the first of `message_ids`).
+WRITTEN_BY_MODEL = ("liked", "scored", "liked_vs_disliked", "side_by_side")
 
 
 class NothingToResume(Exception):
@@ -180,7 +182,8 @@ def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> dict
             _save_jsonl(workdir / "data" / f"{fmt}-{side}.jsonl", rows)
     _save_jsonl(workdir / REPLAY_FILE, [e for e in sets["sft"]["train"]
                                         if e["source"] not in REPLAYED])
-    save_json(workdir / "data" / "gate.json", gate_sets(home, base, sets, config))
+    save_json(workdir / "data" / "gate.json",
+              gate_sets(home, base, sets, config, reference=active["id"] if active else None))
     plan = {"run_id": run_id, "adapter_id": adapters.adapter_id_for_run(run_id),
             "base": {"name": base.name, "folder": str(base.folder)}, "stages": stages,
             "reason": reason, "start_from": start["id"] if start else None,
@@ -254,15 +257,18 @@ def gather(home: Home, base: models.BaseModel, config: TrainConfig,
     return sets, manifest
 
 
-def gate_sets(home: Home, base: models.BaseModel, sets: dict, config: TrainConfig) -> dict:
+def gate_sets(home: Home, base: models.BaseModel, sets: dict, config: TrainConfig,
+              reference: str | None = None) -> dict:
     """What the gate measures on, fixed when the run starts: the validation split's preferred
     answers and pairs, held-out anchor prompts with the base model's answers, and prompts to
-    answer (held-out questions first, then held-out anchor prompts)."""
+    answer (held-out questions first, then held-out anchor prompts). `reference` is the
+    adapter the candidate is compared with (None: the base model)."""
     gate = config.gate
-    heldout = [{"prompt": e["prompt"], "completion": e["completion"]}
-               for e in sets["sft"]["validation"]]
-    heldout += [{"prompt": e["prompt"], "completion": e["chosen"]}
-                for e in sets["dpo"]["validation"]]
+    preferred = ([(e, e["completion"]) for e in sets["sft"]["validation"]]
+                 + [(e, e["chosen"]) for e in sets["dpo"]["validation"]])
+    written = _written_by(home, reference)
+    preferred = [(e, answer) for e, answer in preferred if not written(e)] or preferred
+    heldout = [{"prompt": e["prompt"], "completion": answer} for e, answer in preferred]
     pairs = [{k: e[k] for k in ("prompt", "chosen", "rejected")}
              for e in sets["dpo"]["validation"]]
     anchors = anchor.examples(home, base, anchor.spread(anchor.HELDOUT_PROMPTS,
@@ -280,6 +286,19 @@ def gate_sets(home: Home, base: models.BaseModel, sets: dict, config: TrainConfi
         feedback = random.Random(config.seed).sample(feedback, gate.feedback_examples)
     return {"heldout": heldout, "pairs": pairs, "anchor": anchors, "prompts": prompts,
             "feedback": feedback}
+
+
+def _written_by(home: Home, reference: str | None):
+    """A test: is an example's preferred answer one that `reference` (an adapter id, None
+    for the base model) wrote itself? The held-out loss leaves those out, because a model
+    gives its own samples a low loss: once most feedback is 👍 on the served adapter's
+    answers, they would favour it over any candidate, however good. (If nothing else is
+    held out, they stay.)"""
+    with open_db(home) as db:
+        author = {r["id"]: r["adapter_id"] for r in db["messages"].rows_where(
+            "role = 'assistant'", select="id, adapter_id")}
+    return lambda e: (e["source"] in WRITTEN_BY_MODEL
+                      and author.get(e["message_ids"][0], "?") == reference)
 
 
 # ---- train -----------------------------------------------------------------------------------
