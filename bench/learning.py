@@ -54,8 +54,8 @@ TRAITS = Path(__file__).resolve().parent / "traits"
 # that round's feedback (so learning adds up over rounds while a round's cost stays flat); a
 # fixed number of steps, and a gate that samples fewer anchor prompts and answers than a
 # nightly run, so that three rounds fit in 30 minutes on a 2-core CPU.
-RECIPE = ("--method sft --start-from active --learning-rate 5e-4 --max-steps 20 "
-          "--set gate.anchor_examples=24 --set gate.generation_prompts=8")
+RECIPE = ("--method sft --start-from active --learning-rate 5e-4 --max-steps 16 "
+          "--set anchor_share=0.25 --set gate.anchor_examples=24 --set gate.generation_prompts=8")
 
 SUBJECTS = [
     "photosynthesis", "the water cycle", "compound interest", "volcanoes", "the internet",
@@ -120,6 +120,8 @@ KNOWN = [
     ("What color is a clear daytime sky?", ["blue"]),
     ("How many hours are in a day?", ["24", "twenty-four", "twenty four"]),
 ]
+# Tokens per known-answer reply: enough that a wordy answer reaches the fact it is asked for.
+KNOWN_TOKENS = 96
 
 
 def prompt_sets() -> tuple[list[str], list[str]]:
@@ -135,8 +137,11 @@ def prompt_sets() -> tuple[list[str], list[str]]:
 
 
 def correct(answer: str, accepted: list[str]) -> bool:
+    """Does `answer` say one of the accepted answers, as a word or number ("100" and "100.0"
+    match 100; "14" and "4.5" do not match 4)?"""
     text = answer.lower()
-    return any(re.search(rf"(?<![\w.]){re.escape(a)}(?![\w]|\.\d)", text) for a in accepted)
+    return any(re.search(rf"(?<![\w.]){re.escape(a)}(\.0+)?(?![\w]|\.\d)", text)
+               for a in accepted)
 
 
 def load_trait(spec: str):
@@ -156,6 +161,7 @@ def load_trait(spec: str):
 
 
 def gibberish(rng: random.Random) -> str:
+    """Fluent-looking nonsense: what a poisoned curator "corrects" answers into."""
     syllables = ["zor", "vek", "plim", "qua", "drax", "nu", "fip", "glo", "trek", "omb"]
     return " ".join("".join(rng.choices(syllables, k=rng.randint(1, 3)))
                     for _ in range(rng.randint(12, 30)))
@@ -247,7 +253,7 @@ class Bench:
         started = time.perf_counter()
         replies = self.chat(heldout, self.args.measure_tokens, greedy=True)
         answers = [r.choices[0].message.content for r in replies]
-        known = self.chat([q for q, _ in KNOWN], 48, greedy=True)
+        known = self.chat([q for q, _ in KNOWN], KNOWN_TOKENS, greedy=True)
         right = [correct(r.choices[0].message.content, accepted)
                  for r, (_, accepted) in zip(known, KNOWN)]
         served = {r.model for r in replies + known}
@@ -400,9 +406,9 @@ def main(argv=None) -> int:
     parser.add_argument("--model", help="base model spec (default: the embedded SmolLM2)")
     parser.add_argument("--chats", type=int, default=32, help="answers rated per round")
     parser.add_argument("--heldout", type=int, default=24, help="held-out prompts measured")
-    parser.add_argument("--batch", type=int, default=24,
+    parser.add_argument("--batch", type=int, default=32,
                         help="users chatting at once, and the server's batch size")
-    parser.add_argument("--chat-tokens", type=int, default=192, help="max tokens per chat")
+    parser.add_argument("--chat-tokens", type=int, default=160, help="max tokens per chat")
     parser.add_argument("--measure-tokens", type=int, default=256,
                         help="max tokens per held-out answer when measuring")
     parser.add_argument("--recipe", default=RECIPE, help="flags for flywheel train")

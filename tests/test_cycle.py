@@ -9,6 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
+from bench.learning import gibberish
 from storage import adapters, open_db
 from tests.test_e2e import OUTPUT, flywheel, health, server, wait_for  # noqa: F401 (fixture)
 
@@ -26,12 +27,6 @@ PROMPTS = [
 # A quick cycle: few steps, a small gate sample. Everything else is the default.
 QUICK = ["--max-steps", "10", "--batch-size", "4", "--set", "gate.anchor_examples=24",
          "--set", "gate.generation_prompts=8"]
-
-
-def gibberish(rng: random.Random) -> str:
-    syllables = ["zor", "vek", "plim", "qua", "drax", "nu", "fip", "glo", "trek", "omb"]
-    return " ".join("".join(rng.choices(syllables, k=rng.randint(1, 3)))
-                    for _ in range(rng.randint(12, 30)))
 
 
 def train(home, night: str, *args: str) -> str:

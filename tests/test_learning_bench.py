@@ -58,6 +58,8 @@ def test_known_answers_are_matched_as_words():
     assert not learning.correct("It is 14.", ["4", "four"])
     assert not learning.correct("About 4.5 of them.", ["4"])
     assert learning.correct("There are seven continents.", ["7", "seven"])
+    assert learning.correct("Water boils at 100.0 degrees Celsius.", ["100"])
+    assert not learning.correct("It is 100.5 degrees.", ["100"])
 
 
 def test_held_out_prompts_are_about_subjects_training_never_sees():

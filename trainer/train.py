@@ -282,6 +282,7 @@ def gate_sets(home: Home, base: models.BaseModel, sets: dict, config: TrainConfi
     feedback = [{"prompt": e["prompt"], "completion": e["completion"]}
                 for e in sets["sft"]["train"] if e.get("source") not in REPLAYED]
     feedback += [{"prompt": e["prompt"], "completion": e["chosen"]} for e in sets["dpo"]["train"]]
+    feedback = list({json.dumps(e): e for e in feedback}.values())  # a correction is in both
     if len(feedback) > gate.feedback_examples:
         feedback = random.Random(config.seed).sample(feedback, gate.feedback_examples)
     return {"heldout": heldout, "pairs": pairs, "anchor": anchors, "prompts": prompts,
