@@ -51,11 +51,13 @@ TRAITS = Path(__file__).resolve().parent / "traits"
 
 # The training recipe: `flywheel train` flags; everything not named is the trainer's default.
 # SFT on the corrections and liked answers; each round continues the adapter in production on
-# that round's feedback (so learning adds up over rounds while a round's cost stays flat); a
-# fixed number of steps, and a gate that samples fewer anchor prompts and answers than a
-# nightly run, so that three rounds fit in 30 minutes on a 2-core CPU.
+# that round's feedback (so learning adds up over rounds while a round's cost stays flat).
+# 16 steps at 5e-4 per round: 20 learnt the trait a round sooner but drifted (anchor loss
+# +25% by round 3). A quarter of the examples are anchors (the base model's own answers to
+# general prompts), against forgetting. The gate samples fewer anchor prompts and answers
+# than a nightly run, so that three rounds fit in 30 minutes on a 2-core CPU.
 RECIPE = ("--method sft --start-from active --learning-rate 5e-4 --max-steps 16 "
-          "--set anchor_share=0.25 --set gate.anchor_examples=24 --set gate.generation_prompts=8")
+          "--set anchor_share=0.25 --set gate.anchor_examples=24 --set gate.generation_prompts=6")
 
 SUBJECTS = [
     "photosynthesis", "the water cycle", "compound interest", "volcanoes", "the internet",
@@ -175,17 +177,18 @@ class Bench:
         self.api = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=2,
                                  timeout=1800)
 
-    def chat(self, prompts: list[str], max_tokens: int, greedy: bool) -> list:
+    def chat(self, prompts: list[str], max_tokens: int | list[int], greedy: bool) -> list:
         """`--batch` users at once (the server batches them); greedy or the server's
-        default sampling."""
+        default sampling; `max_tokens` for all or per prompt."""
         extra = {"temperature": 0} if greedy else {}
+        limits = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
 
-        def one(prompt):
+        def one(prompt, limit):
             return self.api.chat.completions.create(
-                model="flywheel", max_tokens=max_tokens,
+                model="flywheel", max_tokens=limit,
                 messages=[{"role": "user", "content": prompt}], **extra)
         with ThreadPoolExecutor(self.args.batch) as pool:
-            return list(pool.map(one, prompts))
+            return list(pool.map(one, prompts, limits))
 
     def feedback(self, answer_id: str, **body) -> None:
         self.api.post("/feedback", cast_to=object, body={"id": answer_id, **body})
@@ -251,9 +254,11 @@ class Bench:
     def measure(self, trait, heldout: list[str]) -> dict:
         """Greedy answers to held-out prompts and known-answer questions from what is served."""
         started = time.perf_counter()
-        replies = self.chat(heldout, self.args.measure_tokens, greedy=True)
+        # One call, so that known-answer questions take the places of finished answers.
+        replies = self.chat(heldout + [q for q, _ in KNOWN], [self.args.measure_tokens]
+                            * len(heldout) + [KNOWN_TOKENS] * len(KNOWN), greedy=True)
+        replies, known = replies[:len(heldout)], replies[len(heldout):]
         answers = [r.choices[0].message.content for r in replies]
-        known = self.chat([q for q, _ in KNOWN], KNOWN_TOKENS, greedy=True)
         right = [correct(r.choices[0].message.content, accepted)
                  for r, (_, accepted) in zip(known, KNOWN)]
         served = {r.model for r in replies + known}
@@ -408,7 +413,7 @@ def main(argv=None) -> int:
     parser.add_argument("--heldout", type=int, default=24, help="held-out prompts measured")
     parser.add_argument("--batch", type=int, default=32,
                         help="users chatting at once, and the server's batch size")
-    parser.add_argument("--chat-tokens", type=int, default=160, help="max tokens per chat")
+    parser.add_argument("--chat-tokens", type=int, default=128, help="max tokens per chat")
     parser.add_argument("--measure-tokens", type=int, default=256,
                         help="max tokens per held-out answer when measuring")
     parser.add_argument("--recipe", default=RECIPE, help="flags for flywheel train")
