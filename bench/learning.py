@@ -254,11 +254,11 @@ class Bench:
     def measure(self, trait, heldout: list[str]) -> dict:
         """Greedy answers to held-out prompts and known-answer questions from what is served."""
         started = time.perf_counter()
-        # One call, so that known-answer questions take the places of finished answers.
-        replies = self.chat(heldout + [q for q, _ in KNOWN], [self.args.measure_tokens]
-                            * len(heldout) + [KNOWN_TOKENS] * len(KNOWN), greedy=True)
-        replies, known = replies[:len(heldout)], replies[len(heldout):]
+        replies = self.chat(heldout, self.args.measure_tokens, greedy=True)
         answers = [r.choices[0].message.content for r in replies]
+        # A separate call: mixed into the long answers' batch, each short reply that ends lets
+        # a newcomer in, and the batch recomputes (measured: 185 s instead of 96 s).
+        known = self.chat([q for q, _ in KNOWN], KNOWN_TOKENS, greedy=True)
         right = [correct(r.choices[0].message.content, accepted)
                  for r, (_, accepted) in zip(known, KNOWN)]
         served = {r.model for r in replies + known}
