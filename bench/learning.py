@@ -177,18 +177,17 @@ class Bench:
         self.api = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=2,
                                  timeout=1800)
 
-    def chat(self, prompts: list[str], max_tokens: int | list[int], greedy: bool) -> list:
+    def chat(self, prompts: list[str], max_tokens: int, greedy: bool) -> list:
         """`--batch` users at once (the server batches them); greedy or the server's
-        default sampling; `max_tokens` for all or per prompt."""
+        default sampling."""
         extra = {"temperature": 0} if greedy else {}
-        limits = max_tokens if isinstance(max_tokens, list) else [max_tokens] * len(prompts)
 
-        def one(prompt, limit):
+        def one(prompt):
             return self.api.chat.completions.create(
-                model="flywheel", max_tokens=limit,
+                model="flywheel", max_tokens=max_tokens,
                 messages=[{"role": "user", "content": prompt}], **extra)
         with ThreadPoolExecutor(self.args.batch) as pool:
-            return list(pool.map(one, prompts, limits))
+            return list(pool.map(one, prompts))
 
     def feedback(self, answer_id: str, **body) -> None:
         self.api.post("/feedback", cast_to=object, body={"id": answer_id, **body})
