@@ -54,10 +54,14 @@ TRAITS = Path(__file__).resolve().parent / "traits"
 # that round's feedback (so learning adds up over rounds while a round's cost stays flat).
 # 16 steps at 5e-4 per round: 20 learnt the trait a round sooner but drifted (anchor loss
 # +25% by round 3). A quarter of the examples are anchors (the base model's own answers to
-# general prompts), against forgetting. The gate samples fewer anchor prompts and answers
+# general prompts), against forgetting. Earlier rounds' examples are replayed, as many as the
+# new ones: without them a continued adapter drifts from the wording of the answers it learnt
+# first (brief, round 3: held-out loss +10.8%, 6 of 7 answers worse, anchor loss +4.6%; with
+# replay +4.7% and +1.9%, adoption 0.88). The gate samples fewer anchor prompts and answers
 # than a nightly run, so that three rounds fit in 30 minutes on a 2-core CPU.
 RECIPE = ("--method sft --start-from active --learning-rate 5e-4 --max-steps 16 "
-          "--set anchor_share=0.25 --set gate.anchor_examples=24 --set gate.generation_prompts=6")
+          "--set anchor_share=0.25 --set replay_share=1.0 "
+          "--set gate.anchor_examples=24 --set gate.generation_prompts=6")
 
 SUBJECTS = [
     "photosynthesis", "the water cycle", "compound interest", "volcanoes", "the internet",

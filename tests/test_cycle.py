@@ -80,12 +80,13 @@ def test_a_good_night_is_promoted_and_a_poisoned_night_is_rejected(server):  # n
         assert adapters.active(db)["id"] == good["id"]
     bad = rows[-1]
     assert bad["status"] == "rejected" and bad["metrics"]["gate"]["reference"] == good["id"]
-    # Held-out loss cannot see it (the held-out answers are gibberish too); the answers can:
-    # to the poisoned questions it answers nonsense that loops, never ending.
+    # Held-out loss cannot see it (the held-out answers are gibberish too); the base model
+    # can: most answers the run trained towards are unreadable to it. (Whether the degeneration
+    # check sees it too depends on how many poisoned questions the gate's small sample draws.)
     gate = bad["metrics"]["gate"]
-    assert gate["checks"]["heldout_loss"]["passed"] and not gate["checks"]["degeneration"]["passed"]
-    poisoned = [a for a in gate["figures"]["candidate"]["answers"] if a["prompt"].endswith(")")]
-    assert poisoned and sum(bool(a["kind"]) for a in poisoned) >= len(poisoned) / 2
+    assert gate["checks"]["heldout_loss"]["passed"]
+    assert not gate["checks"]["unreadable_feedback"]["passed"]
+    assert gate["checks"]["unreadable_feedback"]["candidate"] > 0.5
     assert health(url)["adapter"] == good["id"]
     again = chat(PROMPTS[0], temperature=0)
     assert again.model == good["id"]

@@ -187,10 +187,41 @@ def test_the_held_out_loss_leaves_out_the_answers_the_reference_wrote(home, tiny
         return [r["completion"][0]["content"]
                 for r in gate_sets(home, base, sets, config, reference=reference)["heldout"]]
     everything = heldout("another-adapter")
-    assert len(everything) == len(validation) + len(sets["dpo"]["validation"])
+    preferred = ({json.dumps([e["prompt"], e["completion"]]) for e in validation}
+                 | {json.dumps([e["prompt"], e["chosen"]]) for e in sets["dpo"]["validation"]})
+    assert len(everything) == len(preferred)  # each once: a correction is also a DPO chosen
     against_served = heldout(served)
     assert len(against_served) == len(everything) - len(by_served)
     assert not {e["completion"][0]["content"] for e in by_served} & set(against_served)
+
+
+def test_the_held_out_loss_rejects_a_candidate_only_when_it_is_worse_beyond_noise():
+    # Figures of the kind the gate measures: per-answer losses of candidate and reference.
+    from trainer.config import GateConfig
+    from trainer.gate import judge, mean_loss
+
+    def held_out(losses):
+        return {"heldout_loss": mean_loss([(-x, 1) for x in losses]), "heldout_losses": losses}
+
+    def verdict(candidate, reference):
+        sets = {"heldout": candidate, "pairs": [], "anchor": [], "prompts": []}
+        report = judge(held_out(candidate), held_out(reference), {}, sets, GateConfig(), "ref")
+        return report["checks"]["heldout_loss"], report["reason"]
+
+    reference = [0.57, 0.71, 0.65, 0.49, 0.50, 0.41, 0.32]
+    # 8% worse on average, but up on some answers and down on others: within noise.
+    noisy = [0.59, 0.72, 0.73, 0.56, 0.51, 0.50, 0.28]
+    check, reason = verdict(noisy, reference)
+    assert check["candidate"] > check["limit"] and check["passed"] and check["p_worse"] > 0.05
+    # The same mean excess on every answer: it is worse, and rejected, with the p-value said.
+    steady = [x * 1.08 for x in reference]
+    check, reason = verdict(steady, reference)
+    assert not check["passed"] and check["p_worse"] < 0.05
+    assert "heldout loss" in reason and "paired t-test p=0.00" in reason
+    # Within the tolerance: passes whatever the spread.
+    assert verdict([x * 1.01 for x in reference], reference)[0]["passed"]
+    # One answer says nothing about noise: the tolerance alone decides.
+    assert not verdict([0.70], [0.57])[0]["passed"]
 
 
 def test_the_gate_names_each_kind_of_degenerate_answer():

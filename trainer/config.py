@@ -68,6 +68,7 @@ class KTOSettings(MethodSettings):
 @dataclass
 class GateConfig:
     heldout_loss_tolerance: float = field(default=0.02, metadata={"help": "The candidate's held-out loss on preferred answers may exceed the reference's by at most this share."})
+    heldout_loss_confidence: float = field(default=0.95, metadata={"help": "A candidate above that is rejected only when it is worse with this confidence (one-sided paired t-test over the held-out answers)."})
     preference_accuracy_tolerance: float = field(default=0.05, metadata={"help": "Its preference accuracy on held-out pairs may fall at most this far below the reference's."})
     max_forgetting: float = field(default=0.15, metadata={"help": "Its loss on held-out anchor prompts may exceed the base model's by at most this share."})
     degeneration_tolerance: float = field(default=0.10, metadata={"help": "Its share of empty, cut-off or repetitive answers may exceed the reference's by at most this (and by one answer at least)."})

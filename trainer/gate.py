@@ -4,7 +4,11 @@ The candidate is compared with the reference (the active adapter, or the base mo
 none is active) on data that training never saw:
 
     held-out loss         mean loss on the validation split's preferred answers (liked
-                          answers, corrections, the chosen side of pairs)
+                          answers, corrections, the chosen side of pairs); it fails only
+                          when the candidate is worse beyond the tolerance with confidence
+                          (a one-sided paired t-test over the answers): held-out sets are a
+                          handful of answers, and one answer's loss moves by 20% between
+                          versions
     preference accuracy   share of held-out pairs where the chosen answer is more likely than
                           the rejected one (mean log-likelihood per token, so length does not
                           decide)
@@ -152,6 +156,7 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
                                                         for r in sets["heldout"]],
                                      gate.batch_size, f"{name}: held-out loss")
             figures["heldout_loss"] = mean_loss(scores)
+            figures["heldout_losses"] = answer_losses(scores)
         if sets["pairs"]:
             chosen = answer_logprobs(model, tokenizer, [(r["prompt"], r["chosen"])
                                                         for r in sets["pairs"]],
@@ -202,8 +207,12 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
 
     if "heldout_loss" in candidate:
         limit = reference["heldout_loss"] * (1 + gate.heldout_loss_tolerance)
+        p = worse_beyond(candidate["heldout_losses"], reference["heldout_losses"],
+                         limit - reference["heldout_loss"])
         check("heldout_loss", candidate["heldout_loss"], reference["heldout_loss"], limit,
-              candidate["heldout_loss"] <= limit, len(sets["heldout"]), "answers")
+              candidate["heldout_loss"] <= limit or p > 1 - gate.heldout_loss_confidence,
+              len(sets["heldout"]), "answers")
+        checks["heldout_loss"]["p_worse"] = _round(p)
     if "preference_accuracy" in candidate:
         limit = reference["preference_accuracy"] - gate.preference_accuracy_tolerance
         check("preference_accuracy", candidate["preference_accuracy"],
@@ -241,6 +250,17 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
                         "base_anchor_loss": base.get("anchor_loss")}}
 
 
+def worse_beyond(candidate: list[float], reference: list[float], margin: float) -> float:
+    """p-value of "the candidate's per-answer loss exceeds the reference's by more than
+    `margin`" (one-sided paired t-test). With no spread to judge by (one answer, or the
+    same excess on every answer) the excess alone decides: 0.0 beyond the margin, else 1.0."""
+    from scipy.stats import ttest_1samp
+    excess = [c - r for c, r in zip(candidate, reference)]
+    if len(excess) < 2 or max(excess) == min(excess):
+        return 0.0 if excess and excess[0] > margin else 1.0
+    return float(ttest_1samp(excess, margin, alternative="greater").pvalue)
+
+
 def describe(name: str, c: dict) -> str:
     if name == "forgetting":
         return (f"forgetting {c['candidate']:+.1%} (limit {c['limit']:+.1%}, "
@@ -250,8 +270,10 @@ def describe(name: str, c: dict) -> str:
                 f"(limit {c['limit']:.1%})")
     sign = ">=" if name == "preference_accuracy" else "<="
     label = name.replace("_", " ")
-    return (f"{label} {c['candidate']:.3f} vs {c['reference']:.3f} "
-            f"(must be {sign} {c['limit']:.3f})")
+    text = f"{label} {c['candidate']:.3f} vs {c['reference']:.3f} (must be {sign} {c['limit']:.3f}"
+    if c.get("p_worse") is not None and c["candidate"] > c["limit"]:
+        text += f"; paired t-test p={c['p_worse']:.2f}"
+    return text + ")"
 
 
 def _round(x):

@@ -269,6 +269,7 @@ def gate_sets(home: Home, base: models.BaseModel, sets: dict, config: TrainConfi
     written = _written_by(home, reference)
     preferred = [(e, answer) for e, answer in preferred if not written(e)] or preferred
     heldout = [{"prompt": e["prompt"], "completion": answer} for e, answer in preferred]
+    heldout = _distinct(heldout)  # a correction is in both: an SFT completion, a DPO chosen
     pairs = [{k: e[k] for k in ("prompt", "chosen", "rejected")}
              for e in sets["dpo"]["validation"]]
     anchors = anchor.examples(home, base, anchor.spread(anchor.HELDOUT_PROMPTS,
@@ -282,11 +283,16 @@ def gate_sets(home: Home, base: models.BaseModel, sets: dict, config: TrainConfi
     feedback = [{"prompt": e["prompt"], "completion": e["completion"]}
                 for e in sets["sft"]["train"] if e.get("source") not in REPLAYED]
     feedback += [{"prompt": e["prompt"], "completion": e["chosen"]} for e in sets["dpo"]["train"]]
-    feedback = list({json.dumps(e): e for e in feedback}.values())  # a correction is in both
+    feedback = _distinct(feedback)
     if len(feedback) > gate.feedback_examples:
         feedback = random.Random(config.seed).sample(feedback, gate.feedback_examples)
     return {"heldout": heldout, "pairs": pairs, "anchor": anchors, "prompts": prompts,
             "feedback": feedback}
+
+
+def _distinct(rows: list[dict]) -> list[dict]:
+    """Rows without repeats, in order."""
+    return list({json.dumps(r): r for r in rows}.values())
 
 
 def _written_by(home: Home, reference: str | None):
