@@ -266,8 +266,11 @@ def gate_sets(home: Home, base: models.BaseModel, sets: dict, config: TrainConfi
     gate = config.gate
     preferred = ([(e, e["completion"]) for e in sets["sft"]["validation"]]
                  + [(e, e["chosen"]) for e in sets["dpo"]["validation"]])
-    written = _written_by(home, reference)
-    preferred = [(e, answer) for e, answer in preferred if not written(e)] or preferred
+    own = _written_by(home, reference, [e["message_ids"][0] for e, _ in preferred
+                                        if e["source"] in WRITTEN_BY_MODEL])
+    preferred = [(e, answer) for e, answer in preferred
+                 if e["source"] not in WRITTEN_BY_MODEL or e["message_ids"][0] not in own] \
+        or preferred
     heldout = [{"prompt": e["prompt"], "completion": answer} for e, answer in preferred]
     heldout = _distinct(heldout)  # a correction is in both: an SFT completion, a DPO chosen
     pairs = [{k: e[k] for k in ("prompt", "chosen", "rejected")}
@@ -295,17 +298,17 @@ def _distinct(rows: list[dict]) -> list[dict]:
     return list({json.dumps(r): r for r in rows}.values())
 
 
-def _written_by(home: Home, reference: str | None):
-    """A test: is an example's preferred answer one that `reference` (an adapter id, None
-    for the base model) wrote itself? The held-out loss leaves those out, because a model
-    gives its own samples a low loss: once most feedback is 👍 on the served adapter's
-    answers, they would favour it over any candidate, however good. (If nothing else is
-    held out, they stay.)"""
+def _written_by(home: Home, reference: str | None, answer_ids: list[str]) -> set[str]:
+    """Those of `answer_ids` that `reference` (an adapter id, None for the base model) wrote.
+    The held-out loss leaves out liked answers it wrote, because a model gives its own
+    samples a low loss: once most feedback is 👍 on the served adapter's answers, they would
+    favour it over any candidate, however good. (If nothing else is held out, they stay.)"""
+    if not answer_ids:
+        return set()
     with open_db(home) as db:
-        author = {r["id"]: r["adapter_id"] for r in db["messages"].rows_where(
-            "role = 'assistant'", select="id, adapter_id")}
-    return lambda e: (e["source"] in WRITTEN_BY_MODEL
-                      and author.get(e["message_ids"][0], "?") == reference)
+        rows = db["messages"].rows_where(f"id IN ({', '.join('?' * len(answer_ids))})",
+                                         answer_ids, select="id, adapter_id")
+        return {r["id"] for r in rows if r["adapter_id"] == reference}
 
 
 # ---- train -----------------------------------------------------------------------------------
