@@ -274,6 +274,13 @@ def test_continuing_the_active_adapter_trains_on_new_feedback_and_records_it(hom
     add_answers(home, 4)
     first = run_cycle(home, tiny(tiny_model_dir))
     add_answers(home, 5, start=10)
+    # Replay brings back what the continued adapter learnt before, against drifting from it.
+    from assistant import models
+    from trainer.train import _trained_by
+    base = models.resolve(str(tiny_model_dir), home)
+    _, manifest = gather(home, base, tiny(tiny_model_dir, "replay_share=0.6"),
+                         exclude=_trained_by(home, first["run_id"]))
+    assert manifest["sources"] == {"liked": 5, "replay": 3}
     second = run_cycle(home, tiny(tiny_model_dir, "start_from='active'", "replay_share=0"))
     with open_db(home) as db:
         run = runs.get(db, second["run_id"])
