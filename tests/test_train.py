@@ -195,8 +195,8 @@ def test_the_held_out_loss_leaves_out_the_answers_the_reference_wrote(home, tiny
     assert not {e["completion"][0]["content"] for e in by_served} & set(against_served)
 
 
-def test_the_held_out_loss_rejects_a_candidate_only_when_it_is_worse_beyond_noise():
-    # Figures of the kind the gate measures: per-answer losses of candidate and reference.
+def test_held_out_loss_and_preferences_reject_a_candidate_only_when_worse_beyond_noise():
+    # Figures of the kind the gate measures: per-answer losses, per-pair margins.
     from trainer.config import GateConfig
     from trainer.gate import judge, mean_loss
 
@@ -207,6 +207,22 @@ def test_the_held_out_loss_rejects_a_candidate_only_when_it_is_worse_beyond_nois
         sets = {"heldout": candidate, "pairs": [], "anchor": [], "prompts": []}
         report = judge(held_out(candidate), held_out(reference), {}, sets, GateConfig(), "ref")
         return report["checks"]["heldout_loss"], report["reason"]
+
+    def preferences(candidate, reference):
+        def figures(margins):
+            return {"preference_accuracy": sum(m > 0 for m in margins) / len(margins),
+                    "preference_margins": margins}
+        sets = {"heldout": [], "pairs": candidate, "anchor": [], "prompts": []}
+        return judge(figures(candidate), figures(reference), {}, sets, GateConfig(),
+                     "ref")["checks"]["preference_accuracy"]
+
+    # Measured (brief, round 3): a chosen answer that is the rejected one shortened flips on
+    # a 0.01 margin; 0.75 against 1.00, but no pair's margin moved beyond noise.
+    check = preferences([-0.01, 0.14, 0.43, 0.29], [0.01, 0.12, 0.31, 0.36])
+    assert check["candidate"] < check["limit"] and check["passed"]
+    # Every margin smaller, most now the wrong way: rejected.
+    check = preferences([-0.1, -0.05, 0.3, -0.2, 0.25, -0.15], [0.4, 0.5, 0.6, 0.45, 0.55, 0.35])
+    assert not check["passed"] and check["p_worse"] < 0.05
 
     reference = [0.57, 0.71, 0.65, 0.49, 0.50, 0.41, 0.32]
     # 8% worse on average, but up on some answers and down on others: within noise.

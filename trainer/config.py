@@ -68,8 +68,8 @@ class KTOSettings(MethodSettings):
 @dataclass
 class GateConfig:
     heldout_loss_tolerance: float = field(default=0.02, metadata={"help": "The candidate's held-out loss on preferred answers may exceed the reference's by at most this share."})
-    heldout_loss_confidence: float = field(default=0.95, metadata={"help": "A candidate above that is rejected only when it is worse with this confidence (one-sided paired t-test over the held-out answers)."})
     preference_accuracy_tolerance: float = field(default=0.05, metadata={"help": "Its preference accuracy on held-out pairs may fall at most this far below the reference's."})
+    confidence: float = field(default=0.95, metadata={"help": "Beyond either tolerance, a candidate is rejected only when it is worse with this confidence (one-sided paired t-test over the held-out answers' losses, or the pairs' margins)."})
     max_forgetting: float = field(default=0.15, metadata={"help": "Its loss on held-out anchor prompts may exceed the base model's by at most this share."})
     degeneration_tolerance: float = field(default=0.10, metadata={"help": "Its share of empty, cut-off or repetitive answers may exceed the reference's by at most this (and by one answer at least)."})
     unreadable_loss: float = field(default=5.0, metadata={"help": "An answer whose loss under the base model is above this (nats per token) is unreadable (gibberish); plain answers score about 1 to 3."})

@@ -4,14 +4,16 @@ The candidate is compared with the reference (the active adapter, or the base mo
 none is active) on data that training never saw:
 
     held-out loss         mean loss on the validation split's preferred answers (liked
-                          answers, corrections, the chosen side of pairs); it fails only
-                          when the candidate is worse beyond the tolerance with confidence
-                          (a one-sided paired t-test over the answers): held-out sets are a
-                          handful of answers, and one answer's loss moves by 20% between
-                          versions
+                          answers, corrections, the chosen side of pairs)
     preference accuracy   share of held-out pairs where the chosen answer is more likely than
                           the rejected one (mean log-likelihood per token, so length does not
                           decide)
+
+                          Both fail only when the candidate is beyond the tolerance and worse
+                          with confidence (a one-sided paired t-test over the answers, or over
+                          the pairs' margins): held-out sets are a handful of answers, one
+                          answer's loss moves by 20% between versions, and a pair whose
+                          chosen answer is a shortened rejected one flips on a 0.01 margin
     forgetting            loss on held-out anchor prompts (the base model's own answers),
                           relative to the base model: +0.10 is 10% higher
     degeneration          share of greedy answers to held-out prompts that are empty,
@@ -164,8 +166,10 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
             rejected = answer_logprobs(model, tokenizer, [(r["prompt"], r["rejected"])
                                                           for r in sets["pairs"]],
                                        gate.batch_size, f"{name}: rejected")
-            wins = [c / max(1, nc) > r / max(1, nr) for (c, nc), (r, nr) in zip(chosen, rejected)]
-            figures["preference_accuracy"] = sum(wins) / len(wins)
+            margins = [c / max(1, nc) - r / max(1, nr)
+                       for (c, nc), (r, nr) in zip(chosen, rejected)]
+            figures["preference_accuracy"] = sum(m > 0 for m in margins) / len(margins)
+            figures["preference_margins"] = margins
         if sets["anchor"]:
             figures["anchor_loss"] = mean_loss(answer_logprobs(
                 model, tokenizer, [(r["prompt"], r["completion"]) for r in sets["anchor"]],
@@ -210,14 +214,19 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
         p = worse_beyond(candidate["heldout_losses"], reference["heldout_losses"],
                          limit - reference["heldout_loss"])
         check("heldout_loss", candidate["heldout_loss"], reference["heldout_loss"], limit,
-              candidate["heldout_loss"] <= limit or p > 1 - gate.heldout_loss_confidence,
+              candidate["heldout_loss"] <= limit or p > 1 - gate.confidence,
               len(sets["heldout"]), "answers")
         checks["heldout_loss"]["p_worse"] = _round(p)
     if "preference_accuracy" in candidate:
         limit = reference["preference_accuracy"] - gate.preference_accuracy_tolerance
+        # Worse: a smaller margin (chosen minus rejected log-likelihood per token) per pair.
+        p = worse_beyond([-m for m in candidate["preference_margins"]],
+                         [-m for m in reference["preference_margins"]], 0.0)
         check("preference_accuracy", candidate["preference_accuracy"],
               reference["preference_accuracy"], limit,
-              candidate["preference_accuracy"] >= limit, len(sets["pairs"]), "pairs")
+              candidate["preference_accuracy"] >= limit or p > 1 - gate.confidence,
+              len(sets["pairs"]), "pairs")
+        checks["preference_accuracy"]["p_worse"] = _round(p)
     if "anchor_loss" in candidate:
         forgetting = candidate["anchor_loss"] / base["anchor_loss"] - 1
         ref_forgetting = reference["anchor_loss"] / base["anchor_loss"] - 1
@@ -271,7 +280,8 @@ def describe(name: str, c: dict) -> str:
     sign = ">=" if name == "preference_accuracy" else "<="
     label = name.replace("_", " ")
     text = f"{label} {c['candidate']:.3f} vs {c['reference']:.3f} (must be {sign} {c['limit']:.3f}"
-    if c.get("p_worse") is not None and c["candidate"] > c["limit"]:
+    outside = c["candidate"] < c["limit"] if sign == ">=" else c["candidate"] > c["limit"]
+    if c.get("p_worse") is not None and outside:
         text += f"; paired t-test p={c['p_worse']:.2f}"
     return text + ")"
 
