@@ -260,9 +260,10 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
 
 
 def worse_beyond(candidate: list[float], reference: list[float], margin: float) -> float:
-    """p-value of "the candidate's per-answer loss exceeds the reference's by more than
-    `margin`" (one-sided paired t-test). With no spread to judge by (one answer, or the
-    same excess on every answer) the excess alone decides: 0.0 beyond the margin, else 1.0."""
+    """p-value of "the candidate's values (per answer or pair, lower is better) exceed the
+    reference's by more than `margin` on average" (one-sided paired t-test). With no spread
+    to judge by (one value, or the same excess on each) the excess alone decides: 0.0 beyond
+    the margin, else 1.0."""
     from scipy.stats import ttest_1samp
     excess = [c - r for c, r in zip(candidate, reference)]
     if len(excess) < 2 or max(excess) == min(excess):

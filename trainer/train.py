@@ -236,7 +236,7 @@ def gather(home: Home, base: models.BaseModel, config: TrainConfig,
     # default (all accumulated feedback) that is rare; it matters when a run continues the
     # active adapter on new feedback only.
     held_out = {i for e in sets["sft"]["validation"] for i in e["message_ids"]}
-    seen = {e["sha256"] for e in train}  # `exclude` stays in: what the adapter learnt before
+    seen = {e["sha256"] for e in train}  # not `exclude`: the continued adapter's own lessons
     earlier = [e for path in sorted(home.runs_dir.glob(f"*/{REPLAY_FILE}"))
                for e in _load_jsonl(path) if e["sha256"] not in seen
                and e["message_id"] not in blocked | held_out]
