@@ -277,8 +277,8 @@ def gate_sets(home: Home, base: models.BaseModel, sets: dict, config: TrainConfi
              for e in sets["dpo"]["validation"]]
     anchors = anchor.examples(home, base, anchor.spread(anchor.HELDOUT_PROMPTS,
                                                         gate.anchor_examples))
-    prompts = list({json.dumps(e["prompt"]): e["prompt"] for side in
-                    ("sft", "dpo", "kto") for e in sets[side]["validation"]}.values())
+    prompts = _distinct([e["prompt"] for side in ("sft", "dpo", "kto")
+                         for e in sets[side]["validation"]])
     prompts = prompts[:gate.generation_prompts]
     extra = anchor.spread(anchor.HELDOUT_PROMPTS, gate.generation_prompts - len(prompts))
     prompts += [[{"role": "user", "content": p}] for p in extra]
@@ -293,7 +293,7 @@ def gate_sets(home: Home, base: models.BaseModel, sets: dict, config: TrainConfi
             "feedback": feedback}
 
 
-def _distinct(rows: list[dict]) -> list[dict]:
+def _distinct(rows: list) -> list:
     """Rows without repeats, in order."""
     return list({json.dumps(r): r for r in rows}.values())
 
