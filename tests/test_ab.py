@@ -1,10 +1,13 @@
 """An A/B split through the real server: a share of new conversations is answered by the
 candidate, each conversation stays on its side, and the thumbs-up rates are compared."""
 
+import httpx
+
 from flywheel.cli import main
 from storage import ab, adapters, open_db
 from tests.test_api import client, server  # noqa: F401 (fixture)
 from tests.test_engine import make_adapter
+from tests.test_swap import wait_for
 
 
 def publish(home, tiny_model_dir, adapter_id, seed):
@@ -19,6 +22,8 @@ def test_a_share_of_new_conversations_goes_to_the_candidate(server, tiny_model_d
     publish(home, tiny_model_dir, "ad-new", seed=2)
     with open_db(home) as db:
         adapters.promote(db, "ad-live")
+    # The control arm is whatever the server serves: wait for its watcher to swap ad-live in.
+    wait_for(lambda: httpx.get(f"{url}/healthz").json()["adapter"] == "ad-live", timeout=60)
     assert main(["adapters", "ab", "ad-new", "--share", "0.5", "--home", str(home.root)]) == 0
     assert "50% of new conversations now go to ad-new" in capsys.readouterr().out
     api = client(url)
