@@ -52,17 +52,20 @@ TRAITS = Path(__file__).resolve().parent / "traits"
 # The training recipe: `flywheel train` flags; everything not named is the trainer's default.
 # SFT on the corrections and liked answers; each round continues the adapter in production on
 # that round's feedback (so learning adds up over rounds while a round's cost stays flat).
-# 20 steps at 5e-4 per round. With 16, signoff was still cut off at the answer limit before
-# its sign-off line (adoption 0.75 after round 3); with 20 it reached 0.83 and brief 0.83.
+# 20 steps at 5e-4 per round. With 16, signoff's answers were still cut off at the answer
+# limit before the sign-off line (adoption 0.75 after round 3); with 20, three signoff runs
+# ended at 0.83, 0.75 and 0.96 (each held-out answer is 0.04: runs differ by the sampled chats).
 # A quarter of the examples are anchors (the base model's own answers to general prompts),
 # against forgetting. Earlier rounds' examples are replayed, as many as the new ones: without
 # them the third continuation drifted (brief, round 3: anchor loss +12.7%, held-out loss
 # +14.5% with p=0.01, rejected); with them anchor loss stayed below the base model's
-# (ratio <= 0.91). The gate samples fewer anchor prompts and answers than a nightly run, so
-# that three rounds fit in 30 minutes on a 2-core CPU.
+# (ratio <= 0.91). The gate samples fewer anchor prompts than a nightly run, so that three
+# rounds fit in 30 minutes on a 2-core CPU, but answers its default 16 prompts: with 6, its
+# degeneration check read 0.000 vs 0.000 on a signoff round whose held-out answers were cut
+# off at the answer limit three times as often as before (0.08 -> 0.25), and let it through.
 RECIPE = ("--method sft --start-from active --learning-rate 5e-4 --max-steps 20 "
           "--set anchor_share=0.25 --set replay_share=1.0 "
-          "--set gate.anchor_examples=24 --set gate.generation_prompts=6")
+          "--set gate.anchor_examples=24")
 
 SUBJECTS = [
     "photosynthesis", "the water cycle", "compound interest", "volcanoes", "the internet",
