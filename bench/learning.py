@@ -58,8 +58,8 @@ TRAITS = Path(__file__).resolve().parent / "traits"
 # A quarter of the examples are anchors (the base model's own answers to general prompts),
 # against forgetting. Earlier rounds' examples are replayed, as many as the new ones: without
 # them the third continuation drifted (brief, round 3: anchor loss +12.7%, held-out loss
-# +14.5% with p=0.01, rejected); with them anchor loss stayed below the base model's (ratio
-# 0.85 to 0.98 in every round of every trait). The gate samples fewer anchor prompts than a
+# +14.5% with p=0.01, rejected); with them anchor loss stayed near the base model's (ratio
+# 0.85 to 1.01 in every round of every trait). The gate samples fewer anchor prompts than a
 # nightly run, so that three rounds fit in 30 minutes on a 2-core CPU, but answers its
 # default 16 prompts: with 6, its degeneration check read 0.000 vs 0.000 on a signoff round
 # whose held-out answers were cut off at the answer limit three times as often as before
