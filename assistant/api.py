@@ -150,15 +150,12 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
     def feedback(body: Feedback, caller: Caller) -> dict:
         reasons = [body.reason] if isinstance(body.reason, str) else body.reason
         with open_db(service.home) as db:
-            answer = store.get_message(db, body.id)
+            # Curators, admins and the local owner (no auth) rate any answer; a user, their own.
+            answer = store.message_for(db, body.id, caller["id"] if caller else None,
+                                       any_owner=caller is None or caller["role"] != "user")
             if answer is None or answer["role"] != "assistant":
                 raise APIError(404, f"no completion with id {body.id}", param="id",
                                code="completion_not_found")
-            if caller and caller["role"] == "user":  # curators and admins rate any answer
-                owner = db["conversations"].get(answer["conversation_id"])["user_id"]
-                if owner != caller["id"]:
-                    raise APIError(404, f"no completion with id {body.id}", param="id",
-                                   code="completion_not_found")
             try:
                 ids = store.record_feedback(db, body.id, body.rating, reasons=reasons,
                                             comment=body.comment, correction=body.correction,

@@ -45,12 +45,10 @@ class Page:
 
     def own_message(self, user: dict, message_id: str, curators_too: bool = False) -> dict:
         """A message in one of the caller's conversations (curators: any, when allowed)."""
-        with open_db(self.home) as db:
-            message = store.get_message(db, message_id) if message_id else None
-            conversation = (db["conversations"].get(message["conversation_id"])
-                            if message else None)
         curator = curators_too and user["role"] in ("curator", "admin")
-        if message is None or (conversation["user_id"] != user["id"] and not curator):
+        with open_db(self.home) as db:
+            message = store.message_for(db, message_id, user["id"], any_owner=curator)
+        if message is None:
             raise gr.Error("No such message.")
         return message
 

@@ -4,8 +4,9 @@ with its thumbs-up comparison, a training run started now in its own process, th
 progress of whatever run is going (from the database, so nightly runs show too), plots of
 thumbs-up rate per adapter over time and of each run's loss curve, and users.
 
-The page's API: /adapters, /adapter_report, /promote, /rollback, /start_ab, /stop_ab,
-/train_now, /training_progress, /users, /add_user, /reset_password, /set_disabled.
+The page's API: /adapters (the newest 50), /older_adapters, /adapter_report, /promote,
+/rollback, /start_ab, /stop_ab, /train_now, /training_progress, /add_user, /reset_password,
+/disable_user, /enable_user, /more_users. Lists page (the next 50 adapters, 200 users).
 """
 
 import subprocess
@@ -21,6 +22,9 @@ from storage import open_db
 ADAPTER_COLUMNS = ["id", "status", "gate", "method", "run", "examples", "train loss",
                    "thumbs up", "thumbs down", "up rate", "created"]
 AB_COLUMNS = ["arm", "adapter", "answers", "thumbs up", "thumbs down", "up rate"]
+ADAPTER_PAGE = 50  # adapters per page of the registry (a nightly run adds one a day)
+RUNS_PLOTTED = 10  # the newest runs' loss curves
+USER_PAGE = 200
 
 
 def gate_markdown(adapter: dict) -> str:
@@ -58,39 +62,57 @@ def run_progress(home, run: dict | None) -> str:
     return " · ".join(parts)
 
 
+def adapter_rows(rows: list[dict], stats: dict) -> list[list]:
+    """Table rows of adapters (as adapters.page gives them) with their thumbs."""
+    table = []
+    for a in rows:
+        s = stats.get(a["id"], {"up": 0, "down": 0, "rate": None})
+        gate = a["metrics"].get("gate", {}).get("verdict", "")
+        table.append([a["id"], a["status"], gate, a["method"], a["run_id"] or "",
+                      "" if a["examples"] is None else a["examples"],
+                      a["metrics"].get("train_loss", ""), s["up"], s["down"],
+                      "" if s["rate"] is None else s["rate"], a["created_at"][:16]])
+    return table
+
+
 def build(page, demo: gr.Blocks) -> None:
     training: dict = {}  # the one training process this server started, if any
 
     def registry(request: gr.Request):
-        """Every adapter with its run, data size, metrics and thumbs-up rate; the plots."""
+        """The newest adapters with their run, data size, metrics and thumbs-up rate; the
+        plots (aggregated in the database: a few hundred points, whatever the history)."""
         page.user(request, "admin")
         with open_db(page.home) as db:
-            rows, stats = adapters.list_adapters(db), review.adapter_ratings(db)
-            all_runs = runs.list_runs(db)
+            listed, stats = adapters.page(db, limit=ADAPTER_PAGE), review.adapter_ratings(db)
+            recent = runs.page(db, limit=RUNS_PLOTTED).rows
             daily = review.thumbs_up_over_time(db)
-        by_run = {r["id"]: r for r in all_runs}
-        table = []
-        for a in reversed(rows):
-            run = by_run.get(a["run_id"], {})
-            s = stats.get(a["id"], {"up": 0, "down": 0, "rate": None})
-            gate = a["metrics"].get("gate", {}).get("verdict", "")
-            table.append([a["id"], a["status"], gate, a["method"], a["run_id"] or "",
-                          run.get("manifest", {}).get("count", ""),
-                          a["metrics"].get("train_loss", ""), s["up"], s["down"],
-                          "" if s["rate"] is None else s["rate"], a["created_at"][:16]])
+        table = adapter_rows(listed.rows, stats)
         base = stats.get(None)
         if base:
             table.append(["(base model)", "", "", "", "", "", "", base["up"], base["down"],
                           base["rate"], ""])
-        losses = [{"run": r["id"], "step": i + 1, "loss": loss} for r in all_runs
+        losses = [{"run": r["id"], "step": i + 1, "loss": loss} for r in recent
                   for i, loss in enumerate(r["metrics"].get("loss_curve", []))]
         thumbs = pd.DataFrame(daily or [], columns=["time", "adapter", "thumbs_up_rate",
                                                      "ratings"])
         thumbs["time"] = pd.to_datetime(thumbs["time"])
         curves = pd.DataFrame(losses or [], columns=["run", "step", "loss"])
         serving = page.service.engine.active_adapter or "the base model"
-        return (table, gr.Dropdown(choices=[a["id"] for a in rows]), thumbs, curves,
-                f"Serving now: **{serving}**", ab_table(request))
+        return (table, gr.Dropdown(choices=[a["id"] for a in listed.rows]), thumbs, curves,
+                f"Serving now: **{serving}**", ab_table(request),
+                {"next": listed.next}, gr.Button(interactive=bool(listed.next)))
+
+    def older_adapters(cursor: dict, request: gr.Request):
+        """The next page of older adapters in the table."""
+        page.user(request, "admin")
+        if not cursor or not cursor.get("next"):
+            raise gr.Error("No older adapters.")
+        with open_db(page.home) as db:
+            listed = adapters.page(db, limit=ADAPTER_PAGE, after=cursor["next"])
+            stats = review.adapter_ratings(db)
+        return (adapter_rows(listed.rows, stats),
+                gr.Dropdown(choices=[a["id"] for a in listed.rows]),
+                {"next": listed.next}, gr.Button(interactive=bool(listed.next)))
 
     def adapter_report(adapter_id: str, request: gr.Request) -> tuple[str, str | None]:
         """The picked adapter's gate report and its run's loss curves (PNG)."""
@@ -183,12 +205,29 @@ def build(page, demo: gr.Blocks) -> None:
         lines = [line for line in output.splitlines() if line.strip()][-12:]
         return f"{text}\nTraining {state}\n" + "\n".join(lines)
 
-    def user_table(request: gr.Request):
-        page.user(request, "admin")
+    def user_page(after: str | None = None):
         with open_db(page.home) as db:
-            rows = users.list_users(db)
-        return [[u["name"], u["role"], "disabled" if u["disabled"] else "active",
-                 "yes" if u["has_password"] else "no", u["created_at"][:16]] for u in rows]
+            listed = users.list_users(db, limit=USER_PAGE, after=after)
+        rows = [[u["name"], u["role"], "disabled" if u["disabled"] else "active",
+                 "yes" if u["has_password"] else "no", u["created_at"][:16]]
+                for u in listed.rows]
+        return rows, {"next": listed.next}, gr.Button(interactive=bool(listed.next))
+
+    def user_table(request: gr.Request):
+        """The first page of users, in the order they were added."""
+        page.user(request, "admin")
+        return user_page()[0]
+
+    def first_users_cursor(request: gr.Request):
+        page.user(request, "admin")
+        return user_page()[1:]
+
+    def more_users(cursor: dict, request: gr.Request):
+        """The next page of users."""
+        page.user(request, "admin")
+        if not cursor or not cursor.get("next"):
+            raise gr.Error("No more users.")
+        return user_page(cursor["next"])
 
     def add_user(name: str, role: str, password: str, request: gr.Request):
         """Add a user with a role and a password."""
@@ -233,6 +272,9 @@ def build(page, demo: gr.Blocks) -> None:
                 promote_btn = gr.Button("Promote", variant="primary", elem_id="promote")
                 rollback_btn = gr.Button("Roll back", variant="stop", elem_id="rollback")
                 refresh = gr.Button("Refresh", elem_id="refresh-adapters")
+                older_btn = gr.Button("Older adapters", interactive=False,
+                                      elem_id="older-adapters")
+            adapter_cursor, user_cursor = gr.State({}), gr.State({})
             status = gr.Markdown(elem_id="admin-status")
             with gr.Row():
                 gate_report = gr.Markdown(elem_id="gate-report")
@@ -253,7 +295,7 @@ def build(page, demo: gr.Blocks) -> None:
             timer = gr.Timer(2.0, active=False)
         with gr.Tab("Plots"):
             thumbs = gr.LinePlot(x="time", y="thumbs_up_rate", color="adapter",
-                                 title="Thumbs-up rate per adapter (running, per rated answer)",
+                                 title="Thumbs-up rate per adapter and day (or longer periods)",
                                  y_lim=[0, 1],
                                  elem_id="thumbs-plot")
             curves = gr.LinePlot(x="step", y="loss", color="run", title="Training loss per run",
@@ -272,10 +314,16 @@ def build(page, demo: gr.Blocks) -> None:
                 reset_btn = gr.Button("Set password", elem_id="reset-password")
                 disable_btn = gr.Button("Disable", variant="stop", elem_id="disable-user")
                 enable_btn = gr.Button("Enable", elem_id="enable-user")
+                more_users_btn = gr.Button(f"Next {USER_PAGE} users", interactive=False,
+                                           elem_id="more-users")
             user_note = gr.Markdown(elem_id="user-status")
 
-    shown = [table, pick, thumbs, curves, serving, ab_view]
+    shown = [table, pick, thumbs, curves, serving, ab_view, adapter_cursor, older_btn]
     refresh.click(registry, None, shown, api_name="adapters")
+    older_btn.click(older_adapters, [adapter_cursor], [table, pick, adapter_cursor, older_btn],
+                    api_name="older_adapters")
+    more_users_btn.click(more_users, [user_cursor], [people, user_cursor, more_users_btn],
+                         api_name="more_users")
     # The page's own events pass the Dropdown's value (which Gradio checks against its
     # choices); the API takes any id and lets the handler answer, as /promote does.
     def report_from_page(adapter_id: str, request: gr.Request):
@@ -300,21 +348,27 @@ def build(page, demo: gr.Blocks) -> None:
     train_btn.click(train_now, None, [status], api_name="train_now").then(
         lambda: gr.Timer(active=True), None, [timer], api_visibility="private")
     timer.tick(progress, None, [train_log], api_name="training_progress")
-    add_btn.click(add_user, [name, role, password], [people, user_note], api_name="add_user")
+    user_pages = dict(fn=first_users_cursor, inputs=None, outputs=[user_cursor, more_users_btn],
+                      api_visibility="private")
+    add_btn.click(add_user, [name, role, password], [people, user_note],
+                  api_name="add_user").then(**user_pages)
     reset_btn.click(reset_password, [name, password], [people, user_note],
-                    api_name="reset_password")
+                    api_name="reset_password").then(**user_pages)
 
     def disable(name: str, request: gr.Request):
         return set_disabled(name, True, request)
 
     def enable(name: str, request: gr.Request):
         return set_disabled(name, False, request)
-    disable_btn.click(disable, [name], [people, user_note], api_name="disable_user")
-    enable_btn.click(enable, [name], [people, user_note], api_name="enable_user")
+    disable_btn.click(disable, [name], [people, user_note],
+                      api_name="disable_user").then(**user_pages)
+    enable_btn.click(enable, [name], [people, user_note],
+                     api_name="enable_user").then(**user_pages)
 
     def on_load(request: gr.Request):
         if page.auth.user_named(getattr(request, "username", None))["role"] != "admin":
-            return [gr.skip()] * (len(shown) + 2)
+            return [gr.skip()] * (len(shown) + 4)
         # Admins follow training live, whoever started it (the nightly schedule, say).
-        return (*registry(request), user_table(request), gr.Timer(active=True))
-    demo.load(on_load, None, [*shown, people, timer], api_visibility="private")
+        return (*registry(request), *user_page(), gr.Timer(active=True))
+    demo.load(on_load, None, [*shown, people, user_cursor, more_users_btn, timer],
+              api_visibility="private")

@@ -18,6 +18,7 @@ from storage import chat as store
 log = logging.getLogger("flywheel.ui")
 
 UP_REASONS = ["accurate", "followed instructions", "clear", "helpful tone"]
+CONVERSATIONS_SHOWN = 200  # the most recently active; older ones are kept, not listed
 DOWN_REASONS = ["wrong", "didn't follow instructions", "refused wrongly", "too long", "unsafe",
                 "other"]
 
@@ -45,8 +46,9 @@ def _last(turn: Turn) -> dict:
 
 
 def _conversations(page, user: dict, selected: str | None = None):
+    """The user's most recently active conversations (a page of them)."""
     with open_db(page.home) as db:
-        rows = store.list_conversations(db, user["id"])
+        rows = store.list_conversations(db, user["id"], limit=CONVERSATIONS_SHOWN).rows
     return gr.Radio(choices=[(r["title"] or "Untitled", r["id"]) for r in rows], value=selected)
 
 

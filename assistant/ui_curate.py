@@ -3,7 +3,8 @@ to each, a 1 to 5 score, a correction kept beside the original, flags that keep 
 of training; and side by side, two adapter versions answering one prompt, the better one
 picked (a preference pair).
 
-The page's API: /review_queue, /show_answer, /save_review, /compare, /pick.
+The page's API: /review_queue (the first 200 answers), /review_queue_next (the next 200 of
+the queue loaded last in the same session), /show_answer, /save_review, /compare, /pick.
 """
 
 import gradio as gr
@@ -13,23 +14,45 @@ from storage import adapters, open_db, review
 from storage import chat as store
 
 COLUMNS = ["rating", "score", "reviewed", "adapter", "when", "answer"]
+PAGE = 200  # answers per page of the review queue
 FLAG_LABELS = [("contains personal data", "pii"), ("unsafe", "unsafe"),
                ("no consent", "no_consent")]
 
 
 def build(page, demo: gr.Blocks) -> None:
     def queue(rating: str, adapter: str, since: str, reviewed: str, request: gr.Request):
-        """Answers to review, thumbs-down first by default."""
+        """The first page of answers to review, thumbs-down first by default."""
+        return queue_page(rating, adapter, since, reviewed, None, 0, request)
+
+    def next_page(rating: str, adapter: str, since: str, reviewed: str, cursor: dict,
+                  request: gr.Request):
+        """The next page of the queue loaded last (in this session)."""
+        if not cursor or not cursor.get("next"):
+            raise gr.Error("This is the last page; load the queue again.")
+        return queue_page(rating, adapter, since, reviewed, cursor["next"], cursor["shown"],
+                          request)
+
+    def queue_page(rating, adapter, since, reviewed, after, shown, request):
         page.user(request, "curator")
         since = (since or "").strip() or None
         if since and (len(since) != 10 or since[4] != "-" or since[7] != "-"):
             raise gr.Error("Write the date as YYYY-MM-DD.")
         with open_db(page.home) as db:
-            rows = review.review_queue(db, rating, adapter, since, reviewed)
+            try:
+                result = review.review_queue(db, rating, adapter, since, reviewed,
+                                             limit=PAGE, after=after)
+            except ValueError as exc:
+                raise gr.Error(str(exc)) from None
+        rows = result.rows
         table = [[r["rating"] or "", r["score"] or "", "yes" if r["reviewed"] else "no",
                   r["adapter_id"] or review.BASE, r["created_at"][:16].replace("T", " "),
                   r["content"][:120]] for r in rows]
-        return table, [r["id"] for r in rows], f"{len(rows)} answers"
+        count = (f"{len(rows)} answers" if not shown
+                 else f"answers {shown + 1} to {shown + len(rows)}")
+        if result.next:
+            count += f"; more after these (Next {PAGE})"
+        cursor = {"next": result.next, "shown": shown + len(rows)}
+        return table, [r["id"] for r in rows], count, cursor
 
     def show(ids: list[str], event: gr.SelectData, request: gr.Request):
         index = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
@@ -74,8 +97,8 @@ def build(page, demo: gr.Blocks) -> None:
     def versions(request: gr.Request):
         page.user(request, "curator")
         names = page.service.model_names()
-        with open_db(page.home) as db:
-            ids = [a["id"] for a in adapters.list_adapters(db)]
+        with open_db(page.home) as db:  # the newest versions; any id can still be typed in the API
+            ids = [a["id"] for a in adapters.page(db, limit=50).rows]
         return (gr.Dropdown(choices=["any", review.BASE, *ids]),
                 gr.Dropdown(choices=names, value=names[0]),
                 gr.Dropdown(choices=names, value=names[1] if len(names) > 1 else names[0]))
@@ -115,7 +138,7 @@ def build(page, demo: gr.Blocks) -> None:
                 "tie": "Saved: a tie."}[winner]
 
     # ---- layout and events ----------------------------------------------------------------
-    ids, picked, pair = gr.State([]), gr.State(""), gr.State({})
+    ids, picked, pair, cursor = gr.State([]), gr.State(""), gr.State({}), gr.State({})
     with gr.Tabs():
         with gr.Tab("Review queue"):
             with gr.Row():
@@ -127,7 +150,9 @@ def build(page, demo: gr.Blocks) -> None:
                 reviewed = gr.Dropdown(["any", "no", "yes"], value="no", label="Reviewed",
                                        elem_id="filter-reviewed")
                 load = gr.Button("Load queue", variant="primary", elem_id="load-queue")
-            count = gr.Markdown(elem_id="queue-count")
+            with gr.Row():
+                count = gr.Markdown(elem_id="queue-count")
+                more = gr.Button(f"Next {PAGE}", interactive=False, elem_id="queue-next")
             table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True,
                                  column_widths=["9%", "7%", "9%", "15%", "15%", "45%"],
                                  elem_id="queue")
@@ -159,7 +184,13 @@ def build(page, demo: gr.Blocks) -> None:
             picked_note = gr.Markdown(elem_id="pick-status")
 
     filters = [rating, adapter, since, reviewed]
-    load.click(queue, filters, [table, ids, count], api_name="review_queue")
+    def more_button(cursor: dict):
+        return gr.Button(interactive=bool(cursor and cursor.get("next")))
+    load.click(queue, filters, [table, ids, count, cursor], api_name="review_queue").then(
+        more_button, [cursor], [more], api_visibility="private")
+    more.click(next_page, [*filters, cursor], [table, ids, count, cursor],
+               api_name="review_queue_next").then(more_button, [cursor], [more],
+                                                  api_visibility="private")
     table.select(show, [ids], [conversation, picked, score, correction, flags, about],
                  api_visibility="private")
     gr.api(show_answer, api_name="show_answer")

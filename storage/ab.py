@@ -39,6 +39,7 @@ def stop(db: sqlite_utils.Database, reason: str = "") -> dict | None:
 
 
 def current(db: sqlite_utils.Database) -> dict | None:
+    """The split running now, or None."""
     rows = list(db["ab_tests"].rows_where("ended_at IS NULL"))
     return dict(rows[0]) if rows else None
 
@@ -51,20 +52,17 @@ def in_candidate_arm(conversation_id: str, share: float) -> bool:
 
 def report(db: sqlite_utils.Database, test: dict | None = None) -> dict | None:
     """Thumbs up and down, and the up rate, of each arm's answers given since the split
-    started (the candidate's vs everyone else's): what the admin page compares."""
+    started (the candidate's vs everyone else's): what the admin page compares. The counts
+    are `review.arm_ratings` over the split's time window."""
     test = test or current(db)
     if test is None:
         return None
-    rows = db.execute_returning_dicts(
-        review.ANSWERS + " AND m.created_at >= ? AND (? IS NULL OR m.created_at <= ?)",
-        [test["started_at"], test["ended_at"], test["ended_at"]])
     arms = {"candidate": {"adapter": test["candidate_id"], "answers": 0, "up": 0, "down": 0},
             "control": {"adapter": "others", "answers": 0, "up": 0, "down": 0}}
-    for row in rows:
-        arm = arms["candidate" if row["adapter_id"] == test["candidate_id"] else "control"]
-        arm["answers"] += 1
-        if row["rating"]:
-            arm[row["rating"]] += 1
+    for adapter, counts in review.arm_ratings(db, test["started_at"], test["ended_at"]).items():
+        arm = arms["candidate" if adapter == test["candidate_id"] else "control"]
+        for key in ("answers", "up", "down"):
+            arm[key] += counts[key]
     for arm in arms.values():
         rated = arm["up"] + arm["down"]
         arm["up_rate"] = round(arm["up"] / rated, 3) if rated else None

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import sqlite_utils
 
-from storage import ab
+from storage import ab, paging
 from storage.db import transaction
 from storage.home import Home
+from storage.paging import Page
 
 STATUSES = ("candidate", "active", "rejected", "retired")
 
@@ -68,7 +69,20 @@ def get(db: sqlite_utils.Database, adapter_id: str) -> dict | None:
 
 
 def list_adapters(db: sqlite_utils.Database) -> list[dict]:
+    """Every adapter, oldest first (a nightly run adds one a day: hundreds a year)."""
     return [_decode(r) for r in db["adapters"].rows_where(order_by="created_at, id")]
+
+
+def page(db: sqlite_utils.Database, limit: int = 50, after: str | None = None) -> Page:
+    """A page of adapters, newest first, each with its run's example count (what the
+    registry shows). `after`: the previous page's `next`."""
+    key = paging.decode(after, 2)
+    rows = db.execute_returning_dicts(
+        f"""SELECT a.*, r.examples FROM adapters a LEFT JOIN training_runs r ON r.id = a.run_id
+            {"WHERE (a.created_at, a.id) < (?, ?)" if key else ""}
+            ORDER BY a.created_at DESC, a.id DESC LIMIT ?""", [*(key or []), limit + 1])
+    return paging.page_of([_decode(r) for r in rows], limit,
+                          lambda r: [r["created_at"], r["id"]])
 
 
 def active(db: sqlite_utils.Database) -> dict | None:
@@ -121,9 +135,15 @@ def record_event(db: sqlite_utils.Database, adapter_id: str, event: str, detail:
     db["adapter_events"].insert({"adapter_id": adapter_id, "event": event, "detail": detail})
 
 
-def events(db: sqlite_utils.Database, adapter_id: str | None = None) -> list[dict]:
-    where, args = ("adapter_id = ?", [adapter_id]) if adapter_id else (None, [])
-    return list(db["adapter_events"].rows_where(where, args, order_by="id"))
+def events(db: sqlite_utils.Database, adapter_id: str | None = None,
+           limit: int = paging.DEFAULT_PAGE, after: str | None = None) -> Page:
+    """A page of what servers did with adapters (one adapter's, or all), oldest first."""
+    key = paging.decode(after, 1)
+    rows = db.execute_returning_dicts(
+        "SELECT * FROM adapter_events WHERE (:adapter IS NULL OR adapter_id = :adapter) "
+        "AND id > :after ORDER BY id LIMIT :limit",
+        {"adapter": adapter_id, "after": key[0] if key else 0, "limit": limit + 1})
+    return paging.page_of(rows, limit, lambda r: [r["id"]])
 
 
 def refused_ids(db: sqlite_utils.Database) -> set[str]:

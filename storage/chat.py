@@ -10,7 +10,9 @@ from typing import Any
 
 import sqlite_utils
 
+from storage import paging
 from storage.db import transaction
+from storage.paging import Page
 
 RATINGS = ("up", "down")
 
@@ -32,14 +34,18 @@ def get_conversation(db: sqlite_utils.Database, conversation_id: str) -> dict | 
     return rows[0] if rows else None
 
 
-def list_conversations(db: sqlite_utils.Database, user_id: int | None) -> list[dict]:
-    """A user's conversations (None: the local owner's), the most recently active first."""
-    owner = "user_id IS ?" if user_id is None else "user_id = ?"
-    return list(db.query(
-        f"""SELECT c.*, COALESCE(MAX(m.created_at), c.created_at) AS active_at
-            FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id
-            WHERE c.{owner} AND c.deleted_at IS NULL GROUP BY c.id
-            ORDER BY active_at DESC""", [user_id]))
+def list_conversations(db: sqlite_utils.Database, user_id: int | None,
+                       limit: int = paging.DEFAULT_PAGE, after: str | None = None) -> Page:
+    """A page of a user's conversations (None: the local owner's), the most recently active
+    first (`updated_at`, the time of its newest message). `after`: the previous page's
+    `next`."""
+    key = paging.decode(after, 2)
+    rows = db.execute_returning_dicts(
+        f"""SELECT * FROM conversations WHERE user_id IS ? AND deleted_at IS NULL
+            {"AND (updated_at, id) < (?, ?)" if key else ""}
+            ORDER BY updated_at DESC, id DESC LIMIT ?""",
+        [user_id, *(key or []), limit + 1])
+    return paging.page_of(rows, limit, lambda r: [r["updated_at"], r["id"]])
 
 
 def update_conversation(db: sqlite_utils.Database, conversation_id: str, *,
@@ -134,6 +140,20 @@ def get_message(db: sqlite_utils.Database, message_id: str) -> dict | None:
     return rows[0] if rows else None
 
 
+def message_for(db: sqlite_utils.Database, message_id: str | None, user_id: int | None,
+                any_owner: bool = False) -> dict | None:
+    """The message, if it is in a conversation of `user_id` (None: the local owner), or in
+    anyone's with `any_owner` (curators and admins); None otherwise, so that another user's
+    message reads as missing rather than forbidden."""
+    if not message_id:
+        return None
+    rows = db.execute_returning_dicts(
+        """SELECT m.* FROM messages m JOIN conversations c ON c.id = m.conversation_id
+           WHERE m.id = :id AND (:any OR c.user_id IS :user)""",
+        {"id": message_id, "any": int(any_owner), "user": user_id})
+    return rows[0] if rows else None
+
+
 def thread(db: sqlite_utils.Database, message_id: str) -> list[dict]:
     """The path from the conversation's first turn down to `message_id`, oldest first."""
     rows = db.execute_returning_dicts(
@@ -166,7 +186,8 @@ def rate(db: sqlite_utils.Database, message_id: str, rating: str | None = None, 
          rater_id: int | None = None, score: int | None = None,
          reasons: list[str] | None = None, comment: str | None = None) -> int:
     """Record a rating of an answer. Ratings are never updated in place: a changed mind is a
-    new row, and the latest one counts."""
+    new row, and the latest one counts (a curator's over a user's); a trigger updates the
+    answer's `judgements` row in the same statement."""
     if rating is not None and rating not in RATINGS:
         raise ValueError(f"rating must be one of {RATINGS}, not {rating!r}")
     if score is not None and not 1 <= score <= 5:
@@ -230,30 +251,30 @@ def flags(db: sqlite_utils.Database, message_id: str) -> list[str]:
 
 
 def latest_ratings(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    """One row per rated answer: the answer and its latest thumbs rating."""
+    """One row per answer with a rating that counts: the answer and that rating (a
+    curator's over a user's, the latest among equals). For small reports and tests: a page
+    or a stream (storage/review.py, storage/feedback.py) is what scales."""
     return db.execute_returning_dicts(
-        """
-        SELECT m.*, r.rating, r.rater_id, r.created_at AS rated_at FROM ratings r
-        JOIN messages m ON m.id = r.message_id
-        WHERE r.id = (SELECT MAX(id) FROM ratings WHERE message_id = r.message_id AND rating IS NOT NULL)
-        """)
+        """SELECT m.*, j.rating, j.rated_at FROM judgements j JOIN messages m ON m.id = j.message_id
+           WHERE j.rating IS NOT NULL ORDER BY j.created_at, j.message_id""")
 
 
 def corrections(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    """Every correction with the answer it corrects (the latest correction per answer)."""
+    """Every corrected answer with its latest correction. For small reports and tests."""
     return db.execute_returning_dicts(
-        """
-        SELECT c.id AS correction_id, c.content AS correction, m.* FROM corrections c
-        JOIN messages m ON m.id = c.message_id
-        WHERE c.id = (SELECT MAX(id) FROM corrections WHERE message_id = c.message_id)
-        """)
+        """SELECT c.id AS correction_id, c.content AS correction, m.* FROM judgements j
+           JOIN corrections c ON c.id = j.correction_id JOIN messages m ON m.id = j.message_id
+           ORDER BY j.created_at, j.message_id""")
 
 
 def feedback_counts(db: sqlite_utils.Database) -> dict[str, int]:
-    """How much feedback there is, for the trainer's 'enough data?' check and for reports."""
-    latest = [r["rating"] for r in latest_ratings(db)]
-    return {"up": latest.count("up"), "down": latest.count("down"),
-            "corrections": len(corrections(db))}
+    """How much feedback there is: answers whose rating that counts is up or down, and
+    corrected answers."""
+    up, down = db.execute("SELECT COALESCE(SUM(up), 0), COALESCE(SUM(down), 0) "
+                          "FROM thumbs_daily").fetchone()
+    corrected = db.execute("SELECT COUNT(*) FROM judgements "
+                           "WHERE correction_id IS NOT NULL").fetchone()[0]
+    return {"up": up, "down": down, "corrections": corrected}
 
 
 def feedback_since(db: sqlite_utils.Database, since: str | None) -> int:
@@ -269,6 +290,6 @@ __all__ = ["create_conversation", "get_conversation", "list_conversations",
            "update_conversation", "delete_conversation", "siblings", "latest_leaf",
            "last_message", "set_flags", "flags", "FLAGS",
            "add_message", "store_transcript",
-           "get_message", "thread",
+           "get_message", "message_for", "thread",
            "history", "rate", "add_correction", "record_feedback", "latest_ratings", "corrections",
            "feedback_counts", "feedback_since", "transaction"]

@@ -18,6 +18,34 @@ from storage.home import Home
 
 BUSY_TIMEOUT_MS = 10_000
 
+# The rating that counts for an answer: a curator's (or admin's, or the local owner's) over
+# any user's, the latest among equals; a disabled user's ratings do not count. The score is the
+# latest one given. These recount one answer's judgement from its ratings, corrections and flags
+# (a handful of rows, by index): triggers run them in the transaction that changed them.
+_COUNTING = """
+    UPDATE judgements SET
+        (rating, by_curator, reasons, rated_at) = (
+            SELECT r.rating, (r.rater_id IS NULL OR u.role IN ('curator', 'admin')) AS curator,
+                   r.reasons, r.created_at
+            FROM ratings r LEFT JOIN users u ON u.id = r.rater_id
+            WHERE r.message_id = judgements.message_id AND r.rating IS NOT NULL
+                  AND NOT COALESCE(u.disabled, 0)
+            ORDER BY curator DESC, r.id DESC LIMIT 1),
+        score = (
+            SELECT r.score FROM ratings r LEFT JOIN users u ON u.id = r.rater_id
+            WHERE r.message_id = judgements.message_id AND r.score IS NOT NULL
+                  AND NOT COALESCE(u.disabled, 0)
+            ORDER BY r.id DESC LIMIT 1)"""
+_RECOUNT = {
+    "recount_ratings": _COUNTING,
+    "recount_correction": """
+    UPDATE judgements SET correction_id =
+        (SELECT MAX(id) FROM corrections WHERE message_id = judgements.message_id)""",
+    "recount_flags": """
+    UPDATE judgements SET flags = (SELECT group_concat(kind, ',') FROM
+        (SELECT DISTINCT kind FROM flags WHERE message_id = judgements.message_id ORDER BY kind))""",
+}
+
 MIGRATIONS: list[str] = [
     # 1: the whole first schema.
     """
@@ -172,6 +200,134 @@ MIGRATIONS: list[str] = [
     CREATE UNIQUE INDEX ab_tests_one_running ON ab_tests((ended_at IS NULL)) WHERE ended_at IS NULL;
     CREATE INDEX ratings_created ON ratings(created_at);
     """,
+    # 5: a year of feedback. Each answer's latest judgement (the rating that counts, score,
+    # correction, flags) kept current by triggers in the writing transaction, so the review
+    # queue and the trainer read one row per answer instead of scanning every rating; daily
+    # thumbs per adapter for the plots; a conversation's last activity for its list; indexes
+    # for keyset paging and retention.
+    """
+    ALTER TABLE conversations ADD COLUMN updated_at TEXT;
+    UPDATE conversations SET updated_at = COALESCE(
+        (SELECT MAX(created_at) FROM messages WHERE conversation_id = conversations.id),
+        created_at);
+    CREATE INDEX conversations_recent ON conversations(user_id, updated_at DESC, id DESC)
+        WHERE deleted_at IS NULL;
+    CREATE INDEX conversations_updated ON conversations(updated_at);
+    CREATE TRIGGER conversations_touch_new AFTER INSERT ON conversations
+        WHEN NEW.updated_at IS NULL BEGIN
+        UPDATE conversations SET updated_at = NEW.created_at WHERE id = NEW.id;
+    END;
+    CREATE TRIGGER messages_touch AFTER INSERT ON messages BEGIN
+        UPDATE conversations SET updated_at = NEW.created_at WHERE id = NEW.conversation_id;
+    END;
+
+    CREATE TABLE judgements (
+        message_id TEXT PRIMARY KEY REFERENCES messages(id),
+        conversation_id TEXT NOT NULL,
+        parent_id TEXT,
+        adapter_id TEXT,
+        created_at TEXT NOT NULL,           -- the answer's
+        rating TEXT,                        -- the rating that counts (see _COUNTING below)
+        by_curator INTEGER,
+        reasons TEXT,
+        rated_at TEXT,
+        score INTEGER,                      -- the latest 1-5 score
+        correction_id INTEGER,              -- the latest correction
+        flags TEXT,                         -- 'no_consent,pii': sorted, NULL when none
+        reviewed INTEGER GENERATED ALWAYS AS
+            (score IS NOT NULL OR correction_id IS NOT NULL OR flags IS NOT NULL) VIRTUAL,
+        rank INTEGER GENERATED ALWAYS AS                      -- the review queue's order
+            (CASE rating WHEN 'down' THEN 0 WHEN 'up' THEN 2 ELSE 1 END) VIRTUAL
+    ) WITHOUT ROWID;
+    INSERT INTO judgements (message_id, conversation_id, parent_id, adapter_id, created_at)
+        SELECT id, conversation_id, parent_id, adapter_id, created_at FROM messages
+        WHERE role = 'assistant';
+    CREATE INDEX ratings_rater ON ratings(rater_id);
+    {recount_ratings} WHERE message_id IN (SELECT message_id FROM ratings);
+    {recount_correction} WHERE message_id IN (SELECT message_id FROM corrections);
+    {recount_flags} WHERE message_id IN (SELECT message_id FROM flags);
+    -- Queue pages: one index per filter combination, each in the queue's order.
+    CREATE INDEX judgements_queue ON judgements(rank, created_at DESC, message_id DESC);
+    CREATE INDEX judgements_queue_adapter
+        ON judgements(rank, adapter_id, created_at DESC, message_id DESC);
+    CREATE INDEX judgements_queue_reviewed
+        ON judgements(rank, reviewed, created_at DESC, message_id DESC);
+    CREATE INDEX judgements_queue_adapter_reviewed
+        ON judgements(rank, adapter_id, reviewed, created_at DESC, message_id DESC);
+    -- A time window of answers (the A/B report); the trainer's stream of judged answers;
+    -- answers to one question that were rated (liked vs disliked pairs).
+    CREATE INDEX judgements_window ON judgements(created_at, adapter_id, rating);
+    CREATE INDEX judgements_judged ON judgements(created_at, message_id)
+        WHERE rating IS NOT NULL OR score IS NOT NULL OR correction_id IS NOT NULL;
+    CREATE INDEX judgements_rated_siblings ON judgements(parent_id, rating)
+        WHERE rating IS NOT NULL;
+
+    CREATE TABLE thumbs_daily (
+        adapter TEXT NOT NULL,              -- '' for the bare base model
+        day TEXT NOT NULL,                  -- the answers' day, YYYY-MM-DD (UTC)
+        answers INTEGER NOT NULL DEFAULT 0,
+        up INTEGER NOT NULL DEFAULT 0,
+        down INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (adapter, day)
+    ) WITHOUT ROWID;
+    INSERT INTO thumbs_daily (adapter, day, answers, up, down)
+        SELECT COALESCE(adapter_id, ''), substr(created_at, 1, 10), COUNT(*),
+               SUM(rating IS 'up'), SUM(rating IS 'down')
+        FROM judgements GROUP BY 1, 2;
+
+    CREATE TRIGGER messages_judgement AFTER INSERT ON messages
+        WHEN NEW.role = 'assistant' BEGIN
+        INSERT INTO judgements (message_id, conversation_id, parent_id, adapter_id, created_at)
+            VALUES (NEW.id, NEW.conversation_id, NEW.parent_id, NEW.adapter_id, NEW.created_at);
+        INSERT INTO thumbs_daily (adapter, day, answers)
+            VALUES (COALESCE(NEW.adapter_id, ''), substr(NEW.created_at, 1, 10), 1)
+            ON CONFLICT (adapter, day) DO UPDATE SET answers = answers + 1;
+    END;
+    CREATE TRIGGER ratings_judgement AFTER INSERT ON ratings BEGIN
+        {recount_ratings} WHERE message_id = NEW.message_id;
+    END;
+    CREATE TRIGGER ratings_gone AFTER DELETE ON ratings BEGIN
+        {recount_ratings} WHERE message_id = OLD.message_id;
+    END;
+    CREATE TRIGGER corrections_judgement AFTER INSERT ON corrections BEGIN
+        {recount_correction} WHERE message_id = NEW.message_id;
+    END;
+    CREATE TRIGGER corrections_gone AFTER DELETE ON corrections BEGIN
+        {recount_correction} WHERE message_id = OLD.message_id;
+    END;
+    CREATE TRIGGER flags_judgement AFTER INSERT ON flags BEGIN
+        {recount_flags} WHERE message_id = NEW.message_id;
+    END;
+    CREATE TRIGGER flags_gone AFTER DELETE ON flags BEGIN
+        {recount_flags} WHERE message_id = OLD.message_id;
+    END;
+    -- A new role or a disabled account changes which of that user's ratings count.
+    CREATE TRIGGER users_judgements AFTER UPDATE OF role, disabled ON users BEGIN
+        {recount_ratings}
+            WHERE message_id IN (SELECT message_id FROM ratings WHERE rater_id = NEW.id);
+    END;
+    CREATE TRIGGER judgements_thumbs AFTER UPDATE OF rating ON judgements
+        WHEN OLD.rating IS NOT NEW.rating BEGIN
+        UPDATE thumbs_daily SET up = up - (OLD.rating IS 'up') + (NEW.rating IS 'up'),
+                                down = down - (OLD.rating IS 'down') + (NEW.rating IS 'down')
+            WHERE adapter = COALESCE(NEW.adapter_id, '') AND day = substr(NEW.created_at, 1, 10);
+    END;
+    CREATE TRIGGER judgements_gone AFTER DELETE ON judgements BEGIN
+        UPDATE thumbs_daily SET answers = answers - 1, up = up - (OLD.rating IS 'up'),
+                                down = down - (OLD.rating IS 'down')
+            WHERE adapter = COALESCE(OLD.adapter_id, '') AND day = substr(OLD.created_at, 1, 10);
+    END;
+
+    ALTER TABLE training_runs ADD COLUMN examples INTEGER;  -- the manifest's count, unparsed
+    UPDATE training_runs SET examples = json_extract(manifest, '$.count');
+    CREATE INDEX training_runs_started ON training_runs(started_at, id);
+    CREATE INDEX adapters_created ON adapters(created_at, id);
+    CREATE INDEX adapter_events_refused ON adapter_events(event, adapter_id);
+    CREATE INDEX comparisons_prompt ON comparisons(prompt_id);
+    CREATE INDEX sessions_expiry ON sessions(expires_at);
+    CREATE INDEX sessions_user ON sessions(user_id);
+    CREATE INDEX api_keys_user_id ON api_keys(user_id, id);
+    """.format(**_RECOUNT),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

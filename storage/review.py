@@ -1,63 +1,105 @@
 """What curators and admins look at: the review queue, side-by-side picks, and how each
-adapter's answers were rated."""
+adapter's answers were rated.
+
+Everything here reads `judgements` (one row per answer, kept current by triggers: see
+storage/db.py) and `thumbs_daily` (answers and thumbs per adapter per day), never every rating:
+a page costs the same with a year of feedback as with a day of it.
+"""
 
 import json
+import math
+from datetime import date
 
 import sqlite_utils
 
-# The latest thumbs rating, latest score and latest correction of each answer, and whether a
-# curator has reviewed it (scored, corrected or flagged it).
-ANSWERS = """
-    SELECT m.id, m.conversation_id, m.content, m.adapter_id, m.created_at, c.user_id,
-        (SELECT rating FROM ratings WHERE message_id = m.id AND rating IS NOT NULL
-         ORDER BY id DESC LIMIT 1) AS rating,
-        (SELECT reasons FROM ratings WHERE message_id = m.id AND rating IS NOT NULL
-         ORDER BY id DESC LIMIT 1) AS reasons,
-        (SELECT score FROM ratings WHERE message_id = m.id AND score IS NOT NULL
-         ORDER BY id DESC LIMIT 1) AS score,
-        (SELECT content FROM corrections WHERE message_id = m.id ORDER BY id DESC LIMIT 1)
-            AS correction,
-        (SELECT group_concat(kind, ',') FROM flags WHERE message_id = m.id) AS flags
-    FROM messages m JOIN conversations c ON c.id = m.conversation_id
-    WHERE m.role = 'assistant'
-"""
+from storage import paging
+from storage.paging import Page
+
 BASE = "base"  # the adapter filter value that means "answered by the bare base model"
+RANKS = {"down": 0, "unrated": 1, "up": 2}  # the queue's order: thumbs-down first
+
+# One answer as the queue shows it. The FROM clause starts at `judgements` and joins by
+# primary key, so the queue index alone decides the order and the LIMIT stops the scan.
+_ANSWER = """
+    SELECT j.message_id AS id, j.conversation_id, m.content, j.adapter_id, j.created_at,
+           c.user_id, j.rating, j.reasons, j.score, corr.content AS correction, j.flags,
+           j.reviewed, j.rank
+    FROM judgements j
+    JOIN messages m ON m.id = j.message_id
+    JOIN conversations c ON c.id = j.conversation_id
+    LEFT JOIN corrections corr ON corr.id = j.correction_id
+"""
+
+
+def _filters(rating: str, adapter: str, since: str | None, reviewed: str
+             ) -> tuple[list[int], list[str], dict]:
+    """(ranks to read, WHERE terms, their parameters) for a queue's filters."""
+    if rating not in ("any", *RANKS):
+        raise ValueError(f"rating must be any, up, down or unrated, not {rating!r}")
+    if reviewed not in ("any", "yes", "no"):
+        raise ValueError(f"reviewed must be any, yes or no, not {reviewed!r}")
+    # The filters are fixed fragments (never the caller's text), so the planner sees each
+    # combination as its own query and picks the queue index made for it.
+    where, args = ["j.rank = :rank"], {}
+    if adapter != "any":
+        where.append("j.adapter_id IS :adapter")
+        args["adapter"] = None if adapter == BASE else adapter
+    if reviewed != "any":
+        where.append("j.reviewed = :reviewed")
+        args["reviewed"] = int(reviewed == "yes")
+    if since:
+        where.append("j.created_at >= :since")
+        args["since"] = since
+    return ([RANKS[rating]] if rating != "any" else sorted(RANKS.values())), where, args
+
+
+def _rank_page(where: list[str], keyset: bool) -> str:
+    """One rank's slice of the queue, newest first, after a keyset when given."""
+    terms = where + (["(j.created_at, j.message_id) < (:at, :id)"] if keyset else [])
+    return (_ANSWER + " WHERE " + " AND ".join(terms)
+            + " ORDER BY j.created_at DESC, j.message_id DESC LIMIT :limit")
 
 
 def review_queue(db: sqlite_utils.Database, rating: str = "any", adapter: str = "any",
-                 since: str | None = None, reviewed: str = "any", limit: int = 200) -> list[dict]:
-    """Answers to review. rating: any / up / down / unrated; adapter: any / base / an id;
-    since: 'YYYY-MM-DD'; reviewed: any / yes / no. Thumbs-down first, then unrated, then
-    thumbs-up; newest first within each."""
-    rows = db.execute_returning_dicts(ANSWERS + " ORDER BY m.created_at DESC")
-    out = []
-    for row in map(_decode, rows):
-        if rating == "unrated" and row["rating"] is not None:
+                 since: str | None = None, reviewed: str = "any",
+                 limit: int = paging.DEFAULT_PAGE, after: str | None = None) -> Page:
+    """A page of answers to review. rating: any / up / down / unrated; adapter: any / base /
+    an id; since: 'YYYY-MM-DD'; reviewed: any / yes / no. Thumbs-down first, then unrated,
+    then thumbs-up; newest first within each. `after` is the previous page's `next`."""
+    ranks, where, args = _filters(rating, adapter, since, reviewed)
+    cursor = paging.decode(after, 3)
+    rows: list[dict] = []
+    for rank in ranks:  # each rank is a range of the index: read in order, stop at the limit
+        if cursor and rank < cursor[0]:
             continue
-        if rating in ("up", "down") and row["rating"] != rating:
-            continue
-        if adapter == BASE and row["adapter_id"] is not None:
-            continue
-        if adapter not in ("any", BASE) and row["adapter_id"] != adapter:
-            continue
-        if since and row["created_at"][:10] < since:
-            continue
-        if reviewed in ("yes", "no") and row["reviewed"] != (reviewed == "yes"):
-            continue
-        out.append(row)
-    order = {"down": 0, None: 1, "up": 2}
-    out.sort(key=lambda r: order[r["rating"]])  # stable: newest first within each
-    return out[:limit]
+        keyset = cursor is not None and rank == cursor[0]
+        rows += db.execute_returning_dicts(_rank_page(where, keyset), {
+            **args, "rank": rank, "limit": limit + 1 - len(rows),
+            **({"at": cursor[1], "id": cursor[2]} if keyset else {})})
+        if len(rows) > limit:
+            break
+    return paging.page_of([_decode(r) for r in rows], limit,
+                          lambda r: [r["rank"], r["created_at"], r["id"]])
+
+
+def explain_queue(db: sqlite_utils.Database, rating: str = "any", adapter: str = "any",
+                  since: str | None = None, reviewed: str = "any", next_page: bool = False
+                  ) -> list[str]:
+    """SQLite's plan for a page of the queue with these filters (EXPLAIN QUERY PLAN)."""
+    ranks, where, args = _filters(rating, adapter, since, reviewed)
+    params = {**args, "rank": ranks[0], "limit": 1, "at": "", "id": ""}
+    return [r[3] for r in db.execute("EXPLAIN QUERY PLAN " + _rank_page(where, next_page),
+                                     params)]
 
 
 def answer_review(db: sqlite_utils.Database, message_id: str) -> dict | None:
-    """One answer as the queue shows it: latest rating, score, correction, flags."""
-    rows = db.execute_returning_dicts(ANSWERS + " AND m.id = ?", [message_id])
+    """One answer as the queue shows it: the rating that counts, score, correction, flags."""
+    rows = db.execute_returning_dicts(_ANSWER + " WHERE j.message_id = ?", [message_id])
     return _decode(rows[0]) if rows else None
 
 
 def _decode(row: dict) -> dict:
-    row["reviewed"] = bool(row["score"] or row["correction"] or row["flags"])
+    row["reviewed"] = bool(row["reviewed"])
     row["reasons"] = json.loads(row["reasons"] or "[]")
     return row
 
@@ -72,31 +114,46 @@ def record_comparison(db: sqlite_utils.Database, prompt_id: str, answer_a: str, 
                                      "curator_id": curator_id}).last_pk
 
 
+def _with_rate(up: int, down: int, **more) -> dict:
+    rated = up + down
+    return {**more, "up": up, "down": down, "rate": round(up / rated, 3) if rated else None}
+
+
 def adapter_ratings(db: sqlite_utils.Database) -> dict[str | None, dict]:
-    """Per adapter (None: the base model): thumbs up, down and the thumbs-up rate."""
-    stats: dict = {}
-    for row in db.execute_returning_dicts(ANSWERS):
-        if row["rating"] is None:
-            continue
-        entry = stats.setdefault(row["adapter_id"], {"up": 0, "down": 0})
-        entry[row["rating"]] += 1
-    for entry in stats.values():
-        entry["rate"] = round(entry["up"] / (entry["up"] + entry["down"]), 3)
-    return stats
+    """Per adapter that has rated answers (None: the base model): thumbs up, down and the
+    thumbs-up rate, over its whole history (summed from the daily counts)."""
+    rows = db.execute("""SELECT adapter, SUM(up), SUM(down) FROM thumbs_daily
+                         GROUP BY adapter HAVING SUM(up) + SUM(down) > 0""").fetchall()
+    return {adapter or None: _with_rate(up, down) for adapter, up, down in rows}
 
 
-def thumbs_up_over_time(db: sqlite_utils.Database) -> list[dict]:
-    """Each adapter's running thumbs-up rate, one point per rated answer in the order they
-    were given: the rows of the admin page's plot."""
-    rows = sorted((r for r in db.execute_returning_dicts(ANSWERS) if r["rating"]),
-                  key=lambda r: r["created_at"])
-    counts: dict = {}
-    points = []
-    for row in rows:
-        adapter = row["adapter_id"] or BASE
-        up, n = counts.get(adapter, (0, 0))
-        up, n = up + (row["rating"] == "up"), n + 1
-        counts[adapter] = (up, n)
-        points.append({"time": row["created_at"], "adapter": adapter,
-                       "thumbs_up_rate": round(up / n, 3), "ratings": n})
-    return points
+def arm_ratings(db: sqlite_utils.Database, since: str, until: str | None = None
+                ) -> dict[str | None, dict]:
+    """Per adapter (None: the base model): answers given in [since, until] and their thumbs
+    up and down: the A/B report's window. Reads the answers of that window alone (by index)."""
+    rows = db.execute(
+        """SELECT adapter_id, COUNT(*), SUM(rating IS 'up'), SUM(rating IS 'down')
+           FROM judgements WHERE created_at >= :since AND (:until IS NULL OR created_at <= :until)
+           GROUP BY adapter_id""", {"since": since, "until": until}).fetchall()
+    return {adapter: _with_rate(up, down, answers=n) for adapter, n, up, down in rows}
+
+
+def thumbs_up_over_time(db: sqlite_utils.Database, max_points: int = 300) -> list[dict]:
+    """The admin page's plot: each adapter's thumbs-up rate per day, or per period of several
+    days (the shortest that keeps the plot at `max_points` points or fewer), from the daily
+    counts. Each point: the period's first day, the adapter, the rate, how many ratings."""
+    first, last, series = db.execute(
+        """SELECT MIN(day), MAX(day), COUNT(DISTINCT adapter) FROM thumbs_daily
+           WHERE up + down > 0""").fetchone()
+    if first is None:
+        return []
+    span = (date.fromisoformat(last) - date.fromisoformat(first)).days + 1
+    period = max(1, math.ceil(span * series / max_points))
+    rows = db.execute(
+        """SELECT adapter, date(:first, '+' || (CAST((julianday(day) - julianday(:first))
+                                                    / :period AS INTEGER) * :period) || ' days')
+                  AS start, SUM(up), SUM(down)
+           FROM thumbs_daily WHERE up + down > 0 GROUP BY adapter, start
+           ORDER BY start, adapter""", {"first": first, "period": period}).fetchall()
+    return [{"time": start, "adapter": adapter or BASE, "thumbs_up_rate": round(up / (up + down), 3),
+             "ratings": up + down, "days": period} for adapter, start, up, down in rows]

@@ -11,7 +11,9 @@ from datetime import datetime, timezone
 
 import sqlite_utils
 
+from storage import paging
 from storage.db import utc_now
+from storage.paging import Page
 
 
 def start(db: sqlite_utils.Database, *, base_model: str, method: str, config: dict,
@@ -20,6 +22,7 @@ def start(db: sqlite_utils.Database, *, base_model: str, method: str, config: di
     db["training_runs"].insert({"id": run_id, "status": "running", "base_model": base_model,
                                 "method": method, "config": json.dumps(config, default=str),
                                 "manifest": json.dumps(manifest), "start_from": start_from,
+                                "examples": manifest.get("count"),
                                 "progress": json.dumps({"phase": "starting"})})
     return run_id
 
@@ -34,7 +37,8 @@ def set_progress(db: sqlite_utils.Database, run_id: str, **fields) -> None:
 
 
 def set_manifest(db: sqlite_utils.Database, run_id: str, manifest: dict) -> None:
-    db["training_runs"].update(run_id, {"manifest": json.dumps(manifest)})
+    db["training_runs"].update(run_id, {"manifest": json.dumps(manifest),
+                                        "examples": manifest.get("count")})
 
 
 def finish(db: sqlite_utils.Database, run_id: str, *, metrics: dict,
@@ -57,26 +61,49 @@ def get(db: sqlite_utils.Database, run_id: str) -> dict | None:
     return row
 
 
-def _runs(db: sqlite_utils.Database, where: str | None = None, order_by: str = "started_at",
-          limit: int | None = None) -> list[dict]:
-    return [get(db, r["id"]) for r in db["training_runs"].rows_where(
-        where, order_by=order_by, limit=limit, select="id")]
+_LIGHT = """id, status, base_model, method, error, adapter_id, start_from, examples,
+             started_at, finished_at, metrics, progress"""  # all but config and manifest
+
+
+def _runs(db: sqlite_utils.Database, where: str = "1", args: tuple = (),
+          order_by: str = "started_at, id", limit: int = -1) -> list[dict]:
+    """Runs without their config and manifest (a manifest lists every example)."""
+    rows = db.execute_returning_dicts(
+        f"SELECT {_LIGHT} FROM training_runs WHERE {where} ORDER BY {order_by} LIMIT ?",
+        [*args, limit])
+    for row in rows:
+        row["metrics"], row["progress"] = (json.loads(row[k] or "{}")
+                                           for k in ("metrics", "progress"))
+    return rows
 
 
 def list_runs(db: sqlite_utils.Database) -> list[dict]:
-    return _runs(db)
+    """Every run with its config and whole manifest, oldest first (tests, small reports)."""
+    return [get(db, r["id"]) for r in _runs(db)]
+
+
+def page(db: sqlite_utils.Database, limit: int = 20, after: str | None = None) -> Page:
+    """A page of runs, newest first, without config and manifest. `after`: the previous
+    page's `next`."""
+    key = paging.decode(after, 2)
+    rows = _runs(db, "(started_at, id) < (?, ?)" if key else "1", tuple(key or ()),
+                 "started_at DESC, id DESC", limit + 1)
+    return paging.page_of(rows, limit, lambda r: [r["started_at"], r["id"]])
 
 
 def unfinished(db: sqlite_utils.Database) -> list[dict]:
-    """Runs still marked running, newest first (interrupted ones, when nobody holds the lock)."""
-    return _runs(db, "status = 'running'", order_by="started_at DESC")
+    """Runs still marked running, newest first (interrupted ones, when nobody holds the
+    lock), whole: a resumed run needs its config."""
+    return [get(db, r["id"]) for r in _runs(db, "status = 'running'",
+                                             order_by="started_at DESC, id DESC")]
 
 
 def latest(db: sqlite_utils.Database) -> dict | None:
     """The newest run, whatever its status (what the admin page follows)."""
-    return next(iter(_runs(db, order_by="started_at DESC", limit=1)), None)
+    return next(iter(_runs(db, order_by="started_at DESC, id DESC", limit=1)), None)
 
 
 def last_started(db: sqlite_utils.Database) -> dict | None:
     """The newest run that did not fail: new feedback is counted from its start."""
-    return next(iter(_runs(db, "status != 'failed'", order_by="started_at DESC", limit=1)), None)
+    return next(iter(_runs(db, "status != 'failed'", order_by="started_at DESC, id DESC",
+                           limit=1)), None)

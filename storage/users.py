@@ -16,7 +16,9 @@ import sqlite_utils
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
+from storage import paging
 from storage.db import transaction, utc_now
+from storage.paging import Page
 
 ROLES = ("user", "curator", "admin")
 RANK = {role: i for i, role in enumerate(ROLES)}  # a curator may do what a user may, etc.
@@ -97,9 +99,15 @@ def revoke_key(db: sqlite_utils.Database, key_id: int) -> None:
         raise KeyError(f"no live API key with id {key_id}")
 
 
-def list_users(db: sqlite_utils.Database) -> list[dict]:
-    return list(db.query("SELECT id, name, role, disabled, consent, created_at, "
-                         "password_hash IS NOT NULL AS has_password FROM users ORDER BY id"))
+def list_users(db: sqlite_utils.Database, limit: int = paging.DEFAULT_PAGE,
+               after: str | None = None) -> Page:
+    """A page of users in the order they were added (never their password hashes)."""
+    key = paging.decode(after, 1)
+    rows = db.execute_returning_dicts(
+        "SELECT id, name, role, disabled, consent, created_at, "
+        "password_hash IS NOT NULL AS has_password FROM users WHERE id > ? ORDER BY id LIMIT ?",
+        [key[0] if key else 0, limit + 1])
+    return paging.page_of(rows, limit, lambda r: [r["id"]])
 
 
 def has_admin(db: sqlite_utils.Database) -> bool:

@@ -294,14 +294,16 @@ def test_all_three_formats_from_feedback_sent_to_a_real_server(home, tiny_model_
     assert manifest["formats"]["dpo"]["sources"] == {
         "correction_vs_original": 1, "liked_vs_disliked": 1, "side_by_side": 1}
     assert len(dpo) == 3 and all(set(e) == {"prompt", "chosen", "rejected"} for e in dpo)
-    assert manifest["formats"]["sft"]["sources"] == {"correction": 1, "liked": 3}
-    assert manifest["formats"]["kto"]["sources"] == {"thumbs": 6}
+    assert set(manifest["formats"]) == {"dpo"}  # an export builds the format it writes
+    expected = {"sft": {"correction": 1, "liked": 3}, "kto": {"thumbs": 6},
+                "openai": {"correction": 1, "liked": 3}}
     for fmt in ("sft", "kto", "openai"):
-        target = tmp_path / f"{fmt}.jsonl"
+        target, report = tmp_path / f"{fmt}.jsonl", tmp_path / f"{fmt}.json"
         assert main(["export", "--home", str(home.root), "--format", fmt, "--out", str(target),
-                     "--no-length-check"]) == 0
+                     "--no-length-check", "--report", str(report)]) == 0
         rows = [json.loads(line) for line in target.read_text().splitlines()]
-        assert rows, fmt
+        sources = json.loads(report.read_text())["formats"]["kto" if fmt == "kto" else "sft"]
+        assert sources["sources"] == expected[fmt] and len(rows) == sum(expected[fmt].values())
         if fmt == "openai":
             assert rows[0]["messages"][-1]["role"] == "assistant"
         if fmt == "kto":

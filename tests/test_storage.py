@@ -152,12 +152,12 @@ def test_siblings_branches_and_the_review_queue(home):
         store.rate(db, first, "down")
         store.rate(db, second, "up")
         third = store.add_message(db, conv, "assistant", "Rome.", edited)
-        assert [r["id"] for r in review.review_queue(db)] == [first, third, second]
-        assert [r["id"] for r in review.review_queue(db, rating="up")] == [second]
-        assert [r["id"] for r in review.review_queue(db, rating="unrated")] == [third]
+        assert [r["id"] for r in review.review_queue(db).rows] == [first, third, second]
+        assert [r["id"] for r in review.review_queue(db, rating="up").rows] == [second]
+        assert [r["id"] for r in review.review_queue(db, rating="unrated").rows] == [third]
         store.set_flags(db, first, ["pii"])
-        assert [r["id"] for r in review.review_queue(db, reviewed="no")] == [third, second]
-        assert review.review_queue(db, since="2999-01-01") == []
+        assert [r["id"] for r in review.review_queue(db, reviewed="no").rows] == [third, second]
+        assert review.review_queue(db, since="2999-01-01").rows == []
         with pytest.raises(ValueError):
             store.set_flags(db, first, ["boring"])
         assert store.flags(db, first) == ["pii"]  # unchanged by the refused call
@@ -190,8 +190,8 @@ def test_each_user_lists_only_their_own_live_conversations(home):
         store.create_conversation(db, title="local")
         store.delete_conversation(db, gone)
         store.update_conversation(db, mine, title="renamed", system_prompt="Be brief.")
-        assert [c["title"] for c in store.list_conversations(db, alice)] == ["renamed"]
-        assert [c["title"] for c in store.list_conversations(db, None)] == ["local"]
+        assert [c["title"] for c in store.list_conversations(db, alice).rows] == ["renamed"]
+        assert [c["title"] for c in store.list_conversations(db, None).rows] == ["local"]
         assert store.get_conversation(db, mine)["system_prompt"] == "Be brief."
         assert store.get_conversation(db, gone) is None
         with pytest.raises(ValueError):

@@ -119,4 +119,4 @@ def test_a_broken_or_foreign_adapter_is_refused_and_the_old_one_keeps_serving(se
 
 def _events(home, adapter_id):
     with open_db(home) as db:
-        return adapters.events(db, adapter_id)
+        return adapters.events(db, adapter_id).rows

@@ -1,24 +1,34 @@
 """From feedback to datasets the trainer can trust: select, clean, scrub, deduplicate, split.
 
-    selection.select()   SFT / DPO / KTO examples with provenance (trainer/selection.py)
+    selection.examples() SFT / DPO / KTO examples with provenance, streamed (trainer/selection.py)
     clean                drop empty or broken examples; fit the context by dropping the
                          oldest turns, never by cutting the answer
     scrub                personal data -> typed placeholders (trainer/privacy.py)
-    deduplicate          exact copies, and near-copies by all-MiniLM-L6-v2 embeddings; prompts
-                         that are near-copies but got different answers stay, as one group
+    deduplicate          exact copies, and near-copies by all-MiniLM-L6-v2 embeddings of prompt
+                         and answers (trainer/dedup.py); prompts that are near-copies but got
+                         different answers stay, as one group
     split                train / validation by conversation (a stable hash), every format
                          alike; conversations linked by a near-duplicate group share a side
 
-`build()` returns the datasets and a manifest: a content hash per example, counts per format
-and source, what was dropped and why, what was scrubbed.
+`build_to()` streams: examples go through these steps a chunk at a time and wait in files
+under the output folder, so memory holds per example only its hash and group, whatever the
+history; it writes `{format}-{train,validation}.jsonl` there and returns a manifest (a content
+hash per example, counts per format and source, what was dropped and why, what was scrubbed).
+`build()` does the same in a temporary folder and returns the datasets as lists.
 """
 
+import functools
 import hashlib
 import json
+import os
+import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
 
 import sqlite_utils
+from tqdm import tqdm
 
 from trainer import privacy, selection
 
@@ -33,6 +43,8 @@ class DataConfig:
     near_duplicate_threshold: float = field(default=0.95, metadata={"help": "Cosine similarity at which two examples count as the same (all-MiniLM-L6-v2)."})
     deduplicate: bool = field(default=True, metadata={"help": "Remove exact and near-duplicate examples."})
     min_examples: dict = field(default_factory=lambda: {"sft": 20, "dpo": 10, "kto": 20}, metadata={"help": "Fewer examples than this in a format: not enough data for it."})
+    chunk_size: int = field(default=2048, metadata={"help": "Examples embedded and compared at a time (memory grows with it, not with the data)."})
+    exact_search_limit: int = field(default=50_000, metadata={"help": "Kept examples up to which near duplicates are searched exactly; above, an HNSW index."})
 
 
 def example_hash(example: dict) -> str:
@@ -74,11 +86,6 @@ def _broken(example: dict, fmt: str) -> str | None:
     return None
 
 
-def _text(example: dict, fmt: str) -> str:
-    answers = " || ".join(example[k][0]["content"] for k in ANSWER_KEYS[fmt])
-    return " ".join(t["content"] for t in example["prompt"]) + " => " + answers
-
-
 def token_counter(model_folder):
     """`count(turns)`: the length of a list of messages in the model's tokens, chat template
     included, as `build(count_tokens=...)` takes it."""
@@ -96,72 +103,148 @@ def _embedder():
     return SentenceTransformer(str(Path(spec.origin).parent / "model"), device="cpu")
 
 
-def _deduplicate(examples: list[dict], fmt: str, threshold: float, embed, drops: Counter):
-    """Drop exact and near copies (prompt and answer alike). Examples whose prompts alone are
-    near copies get one `group` id, so they are kept together on one side of the split."""
-    seen, unique = set(), []
-    for e in examples:
-        if e["sha256"] in seen:
-            drops[f"{fmt}: exact duplicate"] += 1
-            continue
-        seen.add(e["sha256"])
-        unique.append(e)
-    if not unique:
-        return unique
-    import torch
-    whole = torch.tensor(embed([_text(e, fmt) for e in unique]))
-    prompts = torch.tensor(embed([" ".join(t["content"] for t in e["prompt"]) for e in unique]))
-    whole_sim, prompt_sim = whole @ whole.T, prompts @ prompts.T
-    kept: list[int] = []
-    for i, e in enumerate(unique):
-        if kept and whole_sim[i, kept].max() >= threshold:
-            drops[f"{fmt}: near duplicate"] += 1
-            continue
-        e["group"] = e["conversation_id"]
-        if kept:
-            best = int(prompt_sim[i, kept].argmax())
-            if prompt_sim[i, kept[best]] >= threshold:
-                e["group"] = unique[kept[best]]["group"]
-        kept.append(i)
-    return [unique[i] for i in kept]
+MINILM = "all-MiniLM-L6-v2"
 
 
-def build(db: sqlite_utils.Database, config: DataConfig | None = None, count_tokens=None,
-          embed=None) -> tuple[dict, dict]:
-    """({format: {"train": [...], "validation": [...]}}, manifest). `count_tokens(turns)`
-    measures a list of messages in the model's tokens (None: no length limit); `embed(texts)`
-    gives normalised sentence embeddings (None: all-MiniLM-L6-v2 from its PyPI wheel)."""
+def default_embedder(cache=None):
+    """all-MiniLM-L6-v2 from its PyPI wheel: `embed(texts)` -> normalised vectors, with
+    `cache` (storage.embeddings.EmbeddingCache) in front when given."""
+    from storage.embeddings import cached
+    model = _embedder()
+
+    def embed(texts: list[str]):
+        return model.encode(texts, normalize_embeddings=True, batch_size=64,
+                            show_progress_bar=False)
+    return cached(embed, cache) if cache is not None else embed
+
+
+def _prompt_text(example: dict) -> str:
+    return " ".join(t["content"] for t in example["prompt"])
+
+
+def _scrub(text: str) -> tuple[str, tuple]:
+    clean, found = privacy.scrub(text)
+    return clean, tuple(found.items())
+
+
+class _Cleaner:
+    """Drop broken examples, fit them to the context, scrub them, hash them. Scrubbing and
+    token counts are remembered for recent texts: an answer's prompt recurs in its SFT, DPO
+    and KTO examples."""
+
+    def __init__(self, count_tokens, max_length: int, drops: Counter, scrubbed: dict):
+        self.max_length, self.drops, self.scrubbed = max_length, drops, scrubbed
+        self.count = None
+        if count_tokens is not None:
+            cached = functools.lru_cache(maxsize=16384)(lambda key: count_tokens(json.loads(key)))
+            self.count = lambda turns: cached(json.dumps(turns))
+        self.scrub = functools.lru_cache(maxsize=16384)(_scrub)
+
+    def __call__(self, example: dict, fmt: str) -> dict | None:
+        reason = _broken(example, fmt)
+        if reason is None and self.count is not None:
+            fitted = _fit(example, fmt, self.count, self.max_length)
+            reason, example = ("longer than the context", example) if fitted is None else (None, fitted)
+        if reason:
+            self.drops[f"{fmt}: {reason}"] += 1
+            return None
+        found = self.scrubbed.setdefault(fmt, Counter())
+        example = {**example, "prompt": self._scrub_turns(example["prompt"], found)}
+        for key in ANSWER_KEYS[fmt]:
+            example[key] = self._scrub_turns(example[key], found)
+        example["sha256"] = example_hash(example)
+        return example
+
+    def _scrub_turns(self, turns: list[dict], found: Counter) -> list[dict]:
+        out = []
+        for turn in turns:
+            clean, counts = self.scrub(turn["content"])
+            found.update(dict(counts))
+            out.append({**turn, "content": clean})
+        return out
+
+
+def _chunks(path: Path, size: int) -> Iterator[list[dict]]:
+    chunk = []
+    with open(path) as f:
+        for line in f:
+            chunk.append(json.loads(line))
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+    if chunk:
+        yield chunk
+
+
+def _deduplicate(raw: Path, kept: Path, fmt: str, count: int, config: DataConfig, embed,
+                 drops: Counter, progress: bool) -> Iterator[dict]:
+    """Near copies out of `raw` (already free of exact ones); the rest, each with its
+    `group`, into `kept`. Yields (conversation, group) links for the split."""
+    from trainer.dedup import NearDuplicates
+    index = NearDuplicates(config.near_duplicate_threshold, len(ANSWER_KEYS[fmt]),
+                           exact_limit=config.exact_search_limit)
+    with open(kept, "w") as out, tqdm(total=count, desc=f"{fmt}: near duplicates",
+                                      unit=" examples", disable=not progress) as bar:
+        for chunk in _chunks(raw, config.chunk_size):
+            texts = [_prompt_text(e) for e in chunk]
+            for key in ANSWER_KEYS[fmt]:
+                texts += [e[key][0]["content"] for e in chunk]
+            vectors = embed(texts)
+            n = len(chunk)
+            groups = index.add(vectors[:n], [vectors[n * (k + 1):n * (k + 2)]
+                                             for k in range(len(ANSWER_KEYS[fmt]))],
+                               [e["conversation_id"] for e in chunk])
+            for e, group in zip(chunk, groups):
+                if group is None:
+                    drops[f"{fmt}: near duplicate"] += 1
+                    continue
+                e["group"] = group
+                out.write(json.dumps(e, ensure_ascii=False) + "\n")
+                yield e["conversation_id"], group
+            bar.update(n)
+
+
+def build_to(db: sqlite_utils.Database, out_dir: Path, config: DataConfig | None = None,
+             count_tokens=None, embed=None, formats=FORMATS, progress: bool = False) -> dict:
+    """Write `{fmt}-train.jsonl` and `{fmt}-validation.jsonl` for each of `formats` into
+    `out_dir`; return the manifest. `count_tokens(turns)` measures a list of messages in the
+    model's tokens (None: no length limit); `embed(texts)` gives normalised sentence
+    embeddings (None: all-MiniLM-L6-v2 from its PyPI wheel, uncached)."""
     config = config or DataConfig()
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
     drops, scrubbed = Counter(), {}
+    clean = _Cleaner(count_tokens, config.max_length, drops, scrubbed)
     if config.deduplicate and embed is None:
-        model = _embedder()
-        embed = lambda texts: model.encode(texts, normalize_embeddings=True,  # noqa: E731
-                                           batch_size=64, show_progress_bar=False)
-    datasets, manifest = {}, {"formats": {}, "dropped": {}, "scrubbed": {}, "config": {
+        embed = default_embedder()
+    manifest = {"formats": {}, "dropped": {}, "scrubbed": {}, "config": {
         "max_length": config.max_length, "validation_share": config.validation_share,
         "near_duplicate_threshold": config.near_duplicate_threshold}}
-    cleaned = {}
-    for fmt, examples in selection.select(db).items():
-        clean, found = [], scrubbed.setdefault(fmt, Counter())
-        for e in examples:
-            reason = _broken(e, fmt)
-            if reason is None and count_tokens is not None:
-                fitted = _fit(e, fmt, count_tokens, config.max_length)
-                reason, e = ("longer than the context", e) if fitted is None else (None, fitted)
-            if reason:
-                drops[f"{fmt}: {reason}"] += 1
+
+    # 1. Select, clean, drop exact copies: one pass over the feedback, into a file per format.
+    raw = {fmt: out_dir / f".{fmt}.raw.jsonl" for fmt in formats}
+    files = {fmt: open(path, "w") for fmt, path in raw.items()}
+    seen: dict[str, set[bytes]] = {fmt: set() for fmt in formats}
+    counts = Counter()
+    try:
+        for fmt, example in tqdm(selection.examples(db), desc="selecting feedback",
+                                 unit=" examples", disable=not progress):
+            if fmt not in formats or (example := clean(example, fmt)) is None:
                 continue
-            e = {**e, "prompt": privacy.scrub_turns(e["prompt"], found)}
-            for key in ANSWER_KEYS[fmt]:
-                e[key] = privacy.scrub_turns(e[key], found)
-            e["sha256"] = example_hash(e)
-            clean.append(e)
-        if config.deduplicate:
-            clean = _deduplicate(clean, fmt, config.near_duplicate_threshold, embed, drops)
-        cleaned[fmt] = clean
-    # One side per conversation, across all formats, and near-duplicate groups on one side
-    # too: conversations linked by a group are merged (union-find), and each merged set goes
-    # to the side of its smallest conversation id.
+            digest = bytes.fromhex(example["sha256"])
+            if config.deduplicate and digest in seen[fmt]:
+                drops[f"{fmt}: exact duplicate"] += 1
+                continue
+            seen[fmt].add(digest)
+            files[fmt].write(json.dumps(example, ensure_ascii=False) + "\n")
+            counts[fmt] += 1
+    finally:
+        for f in files.values():
+            f.close()
+    del seen
+
+    # 2. Near copies, format by format; conversations linked by a group are merged
+    # (union-find), and each merged set goes to the side of its smallest conversation id.
     parent: dict[str, str] = {}
 
     def root(c: str) -> str:
@@ -169,27 +252,79 @@ def build(db: sqlite_utils.Database, config: DataConfig | None = None, count_tok
             parent[c] = parent[parent[c]]
             c = parent[c]
         return c
-    for e in (e for rows in cleaned.values() for e in rows):
-        a, b = root(e["conversation_id"]), root(e.setdefault("group", e["conversation_id"]))
-        parent[max(a, b)] = min(a, b)
-    for fmt, clean in cleaned.items():
-        sides = {"train": [], "validation": []}
-        for e in clean:
-            sides[split_of(root(e["conversation_id"]), config.validation_share)].append(e)
-        datasets[fmt] = sides
-        manifest["formats"][fmt] = {
-            "train": len(sides["train"]), "validation": len(sides["validation"]),
-            "sources": dict(Counter(e["source"] for e in clean)),
-            "examples": [{"sha256": e["sha256"], "source": e["source"],
-                          "message_ids": e["message_ids"], "split": side}
-                         for side, rows in sides.items() for e in rows]}
+    kept = {}
+    for fmt in formats:
+        kept[fmt] = out_dir / f".{fmt}.kept.jsonl"
+        if config.deduplicate:
+            links = _deduplicate(raw[fmt], kept[fmt], fmt, counts[fmt], config, embed, drops,
+                                 progress)
+        else:
+            os.replace(raw[fmt], kept[fmt])
+            links = ((e["conversation_id"], e["conversation_id"])
+                     for chunk in _chunks(kept[fmt], config.chunk_size) for e in chunk)
+        for conversation, group in links:
+            a, b = root(conversation), root(group)
+            parent[max(a, b)] = min(a, b)
+        raw[fmt].unlink(missing_ok=True)
+
+    # 3. Split: each example to its merged set's side, written to a temporary name and renamed.
+    for fmt in formats:
+        sizes, sources, entries = Counter(), Counter(), []
+        paths = {side: out_dir / f"{fmt}-{side}.jsonl" for side in ("train", "validation")}
+        outs = {side: open(path.with_name(f".{path.name}.tmp"), "w") for side, path in paths.items()}
+        with outs["train"], outs["validation"]:
+            for chunk in _chunks(kept[fmt], config.chunk_size):
+                for e in chunk:
+                    e.setdefault("group", e["conversation_id"])
+                    side = split_of(root(e["conversation_id"]), config.validation_share)
+                    outs[side].write(json.dumps(e, ensure_ascii=False) + "\n")
+                    sizes[side] += 1
+                    sources[e["source"]] += 1
+                    entries.append({"sha256": e["sha256"], "source": e["source"],
+                                    "message_ids": e["message_ids"], "split": side})
+        for side, path in paths.items():
+            os.replace(path.with_name(f".{path.name}.tmp"), path)
+        kept[fmt].unlink(missing_ok=True)
+        manifest["formats"][fmt] = {"train": sizes["train"], "validation": sizes["validation"],
+                                    "sources": dict(sources),
+                                    "examples": sorted(entries, key=lambda e: e["split"] != "train")}
     manifest["dropped"] = dict(drops)
-    manifest["scrubbed"] = {fmt: dict(counts) for fmt, counts in scrubbed.items()}
-    sizes = {fmt: len(datasets[fmt]["train"]) + len(datasets[fmt]["validation"])
-             for fmt in FORMATS}
-    manifest["missing"] = {fmt: config.min_examples[fmt] - n for fmt, n in sizes.items()
-                           if n < config.min_examples[fmt]}
+    manifest["scrubbed"] = {fmt: dict(c) for fmt, c in scrubbed.items()}
+    manifest["missing"] = {fmt: config.min_examples[fmt] - n for fmt in formats
+                           if (n := manifest["formats"][fmt]["train"]
+                               + manifest["formats"][fmt]["validation"]) < config.min_examples[fmt]}
+    return manifest
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def build(db: sqlite_utils.Database, config: DataConfig | None = None, count_tokens=None,
+          embed=None, formats=FORMATS) -> tuple[dict, dict]:
+    """({format: {"train": [...], "validation": [...]}}, manifest): `build_to` into a
+    temporary folder, read back into lists (small data and tests)."""
+    with tempfile.TemporaryDirectory(prefix="flywheel-data-") as tmp:
+        manifest = build_to(db, Path(tmp), config, count_tokens, embed, formats)
+        datasets = {fmt: {side: read_jsonl(Path(tmp) / f"{fmt}-{side}.jsonl")
+                          for side in ("train", "validation")} for fmt in formats}
     return datasets, manifest
+
+
+def write_rows(paths: list[Path], kind: str, out) -> int:
+    """Stream the examples in `paths` to the file `out` as JSONL in `kind` (sft, dpo, kto:
+    TRL's fields; openai: a `messages` list); returns how many rows."""
+    fmt = "sft" if kind == "openai" else kind
+    rows = 0
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                e = json.loads(line)
+                row = to_openai(e) if kind == "openai" else to_trl(e, fmt)
+                out.write(json.dumps(row, ensure_ascii=False) + "\n")
+                rows += 1
+    return rows
 
 
 def to_trl(example: dict, fmt: str) -> dict:

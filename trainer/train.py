@@ -216,17 +216,23 @@ def gather(home: Home, base: models.BaseModel, config: TrainConfig,
     """({format: {"train", "validation"}}, manifest): the pipeline's datasets (without the
     examples in `exclude`), with a share of earlier runs' SFT examples and of the anchor set
     mixed into the SFT training split."""
-    from trainer import selection
-    from trainer.dataset import DataConfig, build, example_hash, token_counter
+    from storage import feedback
+    from storage.embeddings import EmbeddingCache
+    from trainer.dataset import MINILM, DataConfig, build, default_embedder, example_hash, \
+        token_counter
 
     data_config = DataConfig(max_length=config.max_length,
                              validation_share=config.validation_share,
                              near_duplicate_threshold=config.near_duplicate_threshold)
     data_config.min_examples.update(sft=config.min_examples, dpo=config.min_pairs,
                                     kto=config.min_rated)
-    with open_db(home) as db:
-        sets, manifest = build(db, data_config, count_tokens=token_counter(base.folder))
-        blocked = selection.excluded_messages(db)
+    cache = EmbeddingCache.for_home(home, MINILM)  # a night embeds only new feedback
+    try:
+        with open_db(home) as db:
+            sets, manifest = build(db, data_config, count_tokens=token_counter(base.folder),
+                                   embed=default_embedder(cache))
+    finally:
+        cache.close()
     for sides in sets.values():
         sides["train"] = [e for e in sides["train"] if e["sha256"] not in exclude]
     train = [{**e, "message_id": e["message_ids"][0]} for e in sets["sft"]["train"]]
@@ -237,10 +243,12 @@ def gather(home: Home, base: models.BaseModel, config: TrainConfig,
     # active adapter on new feedback only.
     held_out = {i for e in sets["sft"]["validation"] for i in e["message_ids"]}
     seen = {e["sha256"] for e in train}  # not `exclude`: the continued adapter's own lessons
-    earlier = [e for path in sorted(home.runs_dir.glob(f"*/{REPLAY_FILE}"))
+    earlier = {e["sha256"]: e for path in sorted(home.runs_dir.glob(f"*/{REPLAY_FILE}"))
                for e in _load_jsonl(path) if e["sha256"] not in seen
-               and e["message_id"] not in blocked | held_out]
-    earlier = list({e["sha256"]: e for e in earlier}.values())
+               and e["message_id"] not in held_out}
+    with open_db(home) as db:  # flagged, withheld or pruned since: no longer trained on
+        allowed = feedback.trainable(db, [e["message_id"] for e in earlier.values()])
+    earlier = [e for e in earlier.values() if e["message_id"] in allowed]
     replay = (rng.sample(earlier, min(len(earlier), round(config.replay_share * len(train))))
               if train else [])
     n_anchor = round(config.anchor_share * len(train))
@@ -303,12 +311,9 @@ def _written_by(home: Home, reference: str | None, answer_ids: list[str]) -> set
     The held-out loss leaves out liked answers it wrote, because a model gives its own
     samples a low loss: once most feedback is 👍 on the served adapter's answers, they would
     favour it over any candidate, however good. (If nothing else is held out, they stay.)"""
-    if not answer_ids:
-        return set()
+    from storage import feedback
     with open_db(home) as db:
-        rows = db["messages"].rows_where(f"id IN ({', '.join('?' * len(answer_ids))})",
-                                         answer_ids, select="id, adapter_id")
-        return {r["id"] for r in rows if r["adapter_id"] == reference}
+        return feedback.written_by(db, answer_ids, reference)
 
 
 # ---- train -----------------------------------------------------------------------------------

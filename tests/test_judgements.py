@@ -1,0 +1,341 @@
+"""A year of feedback: each answer's judgement kept current on write, the review queue and
+every growing list paged by keyset through the indexes made for them, and the plots and A/B
+report aggregated in SQL. Each is checked against a reference computed in Python from the raw
+ratings, corrections and flags."""
+
+import random
+import sqlite3
+import threading
+from datetime import date, timedelta
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from storage import Home, adapters, init_db, open_db, paging, review, runs, users
+from storage import ab
+from storage import chat as store
+from storage.db import MIGRATIONS, SCHEMA_VERSION, _statements, transaction
+
+CURATORS = ("curator", "admin")
+
+
+def reference(db) -> dict[str, dict]:
+    """Per answer, from the raw rows: the rating that counts (a curator's, an admin's or the
+    local owner's over a user's, latest among equals, disabled raters ignored), the latest
+    score and correction, the sorted flags."""
+    people = {u["id"]: u for u in db["users"].rows}
+    out = {m["id"]: {"rating": None, "curator": False, "score": None, "correction": None,
+                     "flags": None} for m in db["messages"].rows_where("role = 'assistant'")}
+    for r in db["ratings"].rows_where(order_by="id"):
+        rater = people.get(r["rater_id"])
+        if rater and rater["disabled"]:
+            continue
+        entry = out[r["message_id"]]
+        curator = rater is None or rater["role"] in CURATORS
+        if r["rating"] and (curator or not entry["curator"]):
+            entry["rating"], entry["curator"] = r["rating"], curator
+        if r["score"]:
+            entry["score"] = r["score"]
+    for c in db["corrections"].rows_where(order_by="id"):
+        out[c["message_id"]]["correction"] = c["id"]
+    for f in db["flags"].rows:
+        kinds = set((out[f["message_id"]]["flags"] or "").split(",")) - {""} | {f["kind"]}
+        out[f["message_id"]]["flags"] = ",".join(sorted(kinds))
+    return out
+
+
+def stored(db) -> dict[str, dict]:
+    return {j["message_id"]: {"rating": j["rating"], "curator": bool(j["by_curator"])
+                              if j["rating"] else False, "score": j["score"],
+                              "correction": j["correction_id"], "flags": j["flags"]}
+            for j in db["judgements"].rows}
+
+
+def daily_reference(db) -> dict[tuple[str, str], tuple[int, int, int]]:
+    counts: dict = {}
+    ref = reference(db)
+    for m in db["messages"].rows_where("role = 'assistant'"):
+        key = (m["adapter_id"] or "", m["created_at"][:10])
+        n, up, down = counts.get(key, (0, 0, 0))
+        rating = ref[m["id"]]["rating"]
+        counts[key] = (n + 1, up + (rating == "up"), down + (rating == "down"))
+    return counts
+
+
+def daily_stored(db) -> dict[tuple[str, str], tuple[int, int, int]]:
+    return {(r["adapter"], r["day"]): (r["answers"], r["up"], r["down"])
+            for r in db["thumbs_daily"].rows if r["answers"]}
+
+
+# Ratings come up most often: disagreements between raters are what the rules are about.
+actions = st.lists(st.tuples(
+    st.sampled_from(["up", "down"] * 4 + ["score", "correct", "flag", "unflag", "disable",
+                                          "enable", "promote", "demote", "answer"]),
+    st.integers(0, 1), st.sampled_from([None, "ann", "cat"])), min_size=5, max_size=40)
+
+
+@settings(max_examples=100, deadline=None)
+@given(actions_=actions)
+def test_every_write_keeps_each_answers_judgement_and_the_daily_counts_current(actions_):
+    home = Home.resolve(__import__("tempfile").mkdtemp())
+    init_db(home)
+    with open_db(home) as db:
+        ann = users.add_user(db, "ann")["id"]
+        cat = users.add_user(db, "cat", "curator")["id"]
+        who = {None: None, "ann": ann, "cat": cat}
+        answers = []
+        for i in range(3):
+            conv = store.create_conversation(db, user_id=ann)
+            q = store.add_message(db, conv, "user", f"q{i}")
+            answers.append(store.add_message(db, conv, "assistant", f"a{i}", q,
+                                             adapter_id=None))
+        for action, index, rater in actions_:
+            answer, person = answers[index], who[rater]
+            if action in ("up", "down"):
+                store.rate(db, answer, action, rater_id=person)
+            elif action == "score":
+                store.rate(db, answer, None, score=index % 5 + 1, rater_id=person)
+            elif action == "correct":
+                store.add_correction(db, answer, f"better {index}", author_id=person)
+            elif action in ("flag", "unflag"):
+                store.set_flags(db, answer, ["pii", "unsafe"][:index % 3] if action == "flag"
+                                else [])
+            elif action in ("disable", "enable") and rater:
+                users.set_disabled(db, rater, action == "disable")
+            elif action in ("promote", "demote") and rater:
+                db["users"].update(person, {"role": "curator" if action == "promote" else "user"})
+            elif action == "answer":
+                parent = store.get_message(db, answer)["parent_id"]
+                conv = store.get_message(db, answer)["conversation_id"]
+                answers[index] = store.add_message(db, conv, "assistant", "again", parent)
+        assert stored(db) == reference(db)
+        assert daily_stored(db) == daily_reference(db)
+
+
+def test_a_version_4_database_is_migrated_with_every_judgement_filled_in(tmp_path):
+    home = Home.resolve(tmp_path / "old")
+    conn = sqlite3.connect(home.db_path, isolation_level=None)
+    conn.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied_at TEXT)")
+    for version, script in enumerate(MIGRATIONS[:4], 1):
+        for statement in _statements(script):
+            conn.execute(statement)
+        conn.execute("INSERT INTO schema_version (version) VALUES (?)", [version])
+    conn.executescript("""
+        INSERT INTO users (id, name, role) VALUES (1, 'ann', 'user'), (2, 'cat', 'curator');
+        INSERT INTO conversations (id, user_id, created_at) VALUES ('c1', 1, '2026-01-01');
+        INSERT INTO messages (id, conversation_id, parent_id, role, content, created_at) VALUES
+            ('q', 'c1', NULL, 'user', 'hi', '2026-01-01T10:00:00.000Z'),
+            ('a', 'c1', 'q', 'assistant', 'hello', '2026-01-01T10:00:01.000Z'),
+            ('b', 'c1', 'q', 'assistant', 'hey', '2026-01-02T10:00:01.000Z');
+        INSERT INTO ratings (message_id, rater_id, rating) VALUES ('a', 2, 'down'), ('a', 1, 'up'),
+            ('b', 1, 'up');
+        INSERT INTO ratings (message_id, rater_id, score) VALUES ('b', 2, 4);
+        INSERT INTO corrections (message_id, author_id, content) VALUES ('a', 2, 'Hello!');
+        INSERT INTO flags (message_id, kind) VALUES ('b', 'pii');
+    """)
+    conn.close()
+    assert init_db(home) == SCHEMA_VERSION
+    with open_db(home) as db:
+        assert stored(db) == reference(db)
+        assert stored(db)["a"]["rating"] == "down"  # the curator's
+        assert daily_stored(db) == {("", "2026-01-01"): (1, 0, 1), ("", "2026-01-02"): (1, 1, 0)}
+        assert store.list_conversations(db, 1).rows[0]["updated_at"] == "2026-01-02T10:00:01.000Z"
+
+
+# ---- the review queue ------------------------------------------------------------------------
+
+def busy_home(tmp_path, answers: int = 600) -> tuple[Home, list[str]]:
+    """Answers over 60 days from three adapters and the base model, a third rated, some
+    scored, corrected or flagged."""
+    home = Home.resolve(tmp_path / "busy")
+    init_db(home)
+    rng = random.Random(1)
+    with open_db(home) as db, transaction(db):
+        for i in range(3):
+            db["adapters"].insert({"id": f"ad-{i}", "base_model": "m", "method": "sft",
+                                   "path": "/x", "created_at": f"2026-0{i + 1}-01T00:00:00Z"})
+        ids = []
+        for n in range(answers):
+            day = (date(2026, 1, 1) + timedelta(days=n * 60 // answers)).isoformat()
+            when = f"{day}T{n % 24:02d}:00:00.{n:03d}Z"
+            conv = f"c{n}"
+            db.execute("INSERT INTO conversations (id, created_at) VALUES (?, ?)", [conv, when])
+            db.execute("INSERT INTO messages (id, conversation_id, role, content, created_at) "
+                       "VALUES (?, ?, 'user', 'q', ?)", [f"q{n}", conv, when])
+            answer = f"a{n:04d}"
+            db.execute("INSERT INTO messages (id, conversation_id, parent_id, role, content, "
+                       "adapter_id, created_at) VALUES (?, ?, ?, 'assistant', 'a', ?, ?)",
+                       [answer, conv, f"q{n}", rng.choice([None, "ad-0", "ad-1", "ad-2"]), when])
+            ids.append(answer)
+            if rng.random() < 0.35:
+                store.rate(db, answer, rng.choice(["up", "down"]))
+            if rng.random() < 0.08:
+                store.rate(db, answer, None, score=rng.randint(1, 5))
+            if rng.random() < 0.04:
+                store.add_correction(db, answer, "better")
+            if rng.random() < 0.04:
+                store.set_flags(db, answer, ["pii"])
+    return home, ids
+
+
+def expected_queue(db, rating, adapter, since, reviewed) -> list[str]:
+    ref = reference(db)
+    rows = []
+    for m in db["messages"].rows_where("role = 'assistant'"):
+        j = ref[m["id"]]
+        done = bool(j["score"] or j["correction"] or j["flags"])
+        if rating != "any" and (j["rating"] or "unrated") != rating:
+            continue
+        if adapter != "any" and m["adapter_id"] != (None if adapter == "base" else adapter):
+            continue
+        if since and m["created_at"] < since or reviewed != "any" and done != (reviewed == "yes"):
+            continue
+        rows.append(({"down": 0, None: 1, "up": 2}[j["rating"]], m["created_at"], m["id"]))
+    rows.sort(key=lambda r: (r[1], r[2]), reverse=True)  # newest first,
+    rows.sort(key=lambda r: r[0])                         # within each rank (a stable sort)
+    return [r[2] for r in rows]
+
+
+FILTER_CASES = [("any", "any", None, "any"), ("down", "any", None, "any"),
+                ("unrated", "ad-1", None, "no"), ("up", "base", "2026-02-01", "any"),
+                ("any", "ad-2", "2026-01-20", "yes"), ("any", "any", "2026-02-15", "no")]
+
+
+@pytest.mark.parametrize("filters", FILTER_CASES)
+def test_the_review_queue_pages_through_every_answer_once_in_order(tmp_path, filters):
+    home, _ = busy_home(tmp_path)
+    with open_db(home) as db:
+        walked = list(paging.every(lambda after: review.review_queue(
+            db, *filters, limit=37, after=after)))
+        assert [r["id"] for r in walked] == expected_queue(db, *filters)
+        assert len(walked) == len({r["id"] for r in walked})
+
+
+def test_answers_written_while_paging_shift_no_page(tmp_path):
+    home, ids = busy_home(tmp_path)
+    with open_db(home) as db:
+        first = review.review_queue(db, rating="unrated", limit=50)
+        conv = store.create_conversation(db)
+        q = store.add_message(db, conv, "user", "new")
+        store.add_message(db, conv, "assistant", "newest", q)  # would lead the unrated ranks
+        rest = list(paging.every(lambda after: review.review_queue(
+            db, rating="unrated", limit=50, after=after or first.next)))
+        seen = [r["id"] for r in first.rows + rest]
+        assert len(seen) == len(set(seen)) and "newest" not in {r["content"] for r in rest}
+        assert seen == expected_queue(db, "unrated", "any", None, "any")[1:]
+
+
+def test_every_queue_filter_reads_through_its_index_without_sorting(tmp_path):
+    home, _ = busy_home(tmp_path, answers=50)
+    with open_db(home) as db:
+        for rating in ("any", "down", "unrated"):
+            for adapter in ("any", "base", "ad-1"):
+                for since in (None, "2026-02-01"):
+                    for reviewed in ("any", "yes", "no"):
+                        for next_page in (False, True):
+                            plan = review.explain_queue(db, rating, adapter, since, reviewed,
+                                                        next_page)
+                            assert any("USING INDEX judgements_queue" in p for p in plan), plan
+                            assert not any("TEMP B-TREE" in p or p.startswith("SCAN")
+                                           for p in plan), plan
+
+
+def test_a_cursor_from_elsewhere_is_refused(home):
+    with open_db(home) as db, pytest.raises(ValueError, match="not a page cursor"):
+        review.review_queue(db, after="bm90IGpzb24")
+    with open_db(home) as db, pytest.raises(ValueError, match="not a page cursor"):
+        users.list_users(db, after=paging.encode(["a", "b"]))
+
+
+# ---- aggregates -----------------------------------------------------------------------------
+
+def test_thumbs_per_adapter_plot_and_ab_window_are_aggregated_right(tmp_path):
+    home, _ = busy_home(tmp_path)
+    with open_db(home) as db:
+        ref = reference(db)
+        messages = list(db["messages"].rows_where("role = 'assistant'"))
+        per_adapter: dict = {}
+        for m in messages:
+            rating = ref[m["id"]]["rating"]
+            if rating:
+                per_adapter.setdefault(m["adapter_id"], {"up": 0, "down": 0})[rating] += 1
+        got = review.adapter_ratings(db)
+        assert {a: (v["up"], v["down"]) for a, v in got.items()} == \
+            {a: (v["up"], v["down"]) for a, v in per_adapter.items()}
+
+        daily = review.thumbs_up_over_time(db, max_points=1000)
+        assert sum(p["ratings"] for p in daily) == sum(v["up"] + v["down"]
+                                                        for v in per_adapter.values())
+        assert all(p["days"] == 1 for p in daily)
+        coarse = review.thumbs_up_over_time(db, max_points=40)
+        assert len(coarse) <= 40 and coarse[0]["days"] > 1
+        assert sum(p["ratings"] for p in coarse) == sum(p["ratings"] for p in daily)
+
+        window = ("2026-02-01T00:00:00.000Z", "2026-02-10T23:59:59.999Z")
+        test = {"candidate_id": "ad-1", "started_at": window[0], "ended_at": window[1]}
+        report = ab.report(db, test)
+        inside = [m for m in messages if window[0] <= m["created_at"] <= window[1]]
+        candidate = [m for m in inside if m["adapter_id"] == "ad-1"]
+        assert report["candidate"]["answers"] == len(candidate)
+        assert report["control"]["answers"] == len(inside) - len(candidate)
+        assert report["candidate"]["up"] == sum(ref[m["id"]]["rating"] == "up" for m in candidate)
+
+
+# ---- lists that grow -------------------------------------------------------------------------
+
+def test_every_growing_list_pages_by_keyset(home):
+    with open_db(home) as db:
+        people = [users.add_user(db, f"u{i:02d}")["id"] for i in range(23)]
+        for i in range(23):
+            conv = store.create_conversation(db, user_id=people[0], title=f"t{i}")
+            store.add_message(db, conv, "user", "hi")
+        for i in range(12):
+            db["adapters"].insert({"id": f"ad-{i:02d}", "base_model": "m", "method": "sft",
+                                   "path": "/x"})
+            adapters.record_event(db, f"ad-{i:02d}", "served")
+            runs.start(db, base_model="m", method="sft", config={}, manifest={"count": i})
+        listed = {
+            "conversations": lambda after: store.list_conversations(db, people[0], 5, after),
+            "users": lambda after: users.list_users(db, 5, after),
+            "adapters": lambda after: adapters.page(db, 5, after),
+            "events": lambda after: adapters.events(db, limit=5, after=after),
+            "runs": lambda after: runs.page(db, 5, after)}
+        walked = {name: list(paging.every(fetch)) for name, fetch in listed.items()}
+        keys = [(c["updated_at"], c["id"]) for c in walked["conversations"]]
+        assert keys == sorted(keys, reverse=True) and len(set(keys)) == 23
+        assert [u["name"] for u in walked["users"]] == [f"u{i:02d}" for i in range(23)]
+        assert [a["id"] for a in walked["adapters"]] == [f"ad-{i:02d}" for i in range(11, -1, -1)]
+        assert len(walked["events"]) == 12 and len(walked["runs"]) == 12
+        assert sorted(r["examples"] for r in walked["runs"]) == list(range(12))
+        assert "manifest" not in walked["runs"][0]  # a page never parses manifests
+
+
+def test_sixteen_writers_at_once_lose_nothing(home):
+    with open_db(home) as db:
+        conv = store.create_conversation(db)
+        q = store.add_message(db, conv, "user", "q")
+        answers = [store.add_message(db, conv, "assistant", f"a{i}", q) for i in range(40)]
+    errors, acked = [], []
+    start = threading.Barrier(16)
+
+    def write(n: int) -> None:
+        rng = random.Random(n)
+        with open_db(home) as db:
+            start.wait()
+            for _ in range(40):
+                try:
+                    ids = store.record_feedback(db, rng.choice(answers), rng.choice(["up", "down"]),
+                                                comment=f"w{n}", correction=f"c{n}")
+                    acked.append(ids["rating_id"])
+                except Exception as exc:  # collected: the assertion is that there are none
+                    errors.append(exc)
+    threads = [threading.Thread(target=write, args=(n,)) for n in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [] and len(acked) == 640
+    with open_db(home) as db:
+        assert db["ratings"].count == 640 and db["corrections"].count == 640
+        assert stored(db) == reference(db) and daily_stored(db) == daily_reference(db)
