@@ -295,21 +295,20 @@ def old_queries(home: Home, repeats: int) -> dict:
 # ---- the pipeline, in child processes (each one's own peak memory) ---------------------------
 
 def child(args: list[str]) -> dict:
-    """Run this script's `--stage` in a new process; its JSON, wall time and peak RSS."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run this script's `--stage` in a new process: its JSON (with its own peak memory)."""
     started = time.perf_counter()
     done = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True)
-    seconds = time.perf_counter() - started
     if done.returncode != 0:
         return {"error": done.stderr[-2000:]}
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     result = json.loads(done.stdout.strip().splitlines()[-1])
-    # ru_maxrss of children is the largest any child reached so far (KiB on Linux).
-    return {**result, "seconds": round(seconds, 1),
-            "peak_rss_mb": round(peak / 1024) if peak > before else "<= earlier child"}
+    return {**result, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def stage(name: str, home: Home, cache: str | None, dedup: bool) -> dict:
+def peak_rss_mb() -> int:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)  # KiB on Linux
+
+
+def stage(name: str, home: Home, cache: str | None, dedup: bool, out: str | None) -> dict:
     """One pipeline stage in this (child) process; prints its JSON."""
     from storage.embeddings import EmbeddingCache
     from trainer import selection
@@ -324,6 +323,17 @@ def stage(name: str, home: Home, cache: str | None, dedup: bool) -> dict:
         if name == "old-select":
             counts = {fmt: len(rows) for fmt, rows in old.select(db).items()}
             return {"examples": counts, "stage_seconds": round(time.perf_counter() - started, 1)}
+        if name == "export":  # the command itself, in this process
+            from flywheel.cli import main as flywheel
+            argv = ["export", "--home", str(home.root), "--format", "kto", "--out", out,
+                    "--report", out + ".json"] + ([] if dedup else ["--no-dedup"])
+            assert flywheel(argv) == 0
+            report = json.loads(Path(out + ".json").read_text())
+            return {"rows": sum(1 for _ in open(out)), "dedup": dedup,
+                    "pipeline_seconds": report["seconds"],
+                    "write_rows_per_second": report["write_rows_per_second"]}
+        if name == "dedup-check":
+            return dedup_check(db, cache, int(os.environ.get("DEDUP_CHECK_EXAMPLES", 100_000)))
         embed, store_ = None, None
         if dedup:
             store_ = EmbeddingCache(Path(cache), MINILM)
@@ -339,18 +349,49 @@ def stage(name: str, home: Home, cache: str | None, dedup: bool) -> dict:
                 "stage_seconds": round(time.perf_counter() - started, 1)}
 
 
-def export(home: Home, out: Path, fmt: str, extra: list[str]) -> dict:
+def dedup_check(db, cache: str, n: int) -> dict:
+    """Near-duplicate decisions on the first `n` KTO examples (MiniLM embeddings of prompt
+    and answer, cached), made by exact search and by the HNSW index: how often they agree."""
+    import numpy as np
+
+    from storage.embeddings import EmbeddingCache
+    from trainer import selection
+    from trainer.dataset import MINILM, _prompt_text, default_embedder
+    from trainer.dedup import NearDuplicates
+    examples = []
+    for fmt, e in selection.examples(db):
+        if fmt == "kto":
+            examples.append((_prompt_text(e), e["completion"][0]["content"], e["conversation_id"]))
+            if len(examples) == n:
+                break
+    store_ = EmbeddingCache(Path(cache), MINILM)
+    embed = default_embedder(store_)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "flywheel.cli", "export", "--home",
-                           str(home.root), "--format", fmt, "--out", str(out), "--report",
-                           str(out) + ".json", *extra], capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        return {"error": done.stderr[-2000:]}
-    report = json.loads(Path(str(out) + ".json").read_text())
-    rows = sum(1 for _ in open(out))
-    return {"rows": rows, "seconds": round(seconds, 1),
-            "write_rows_per_second": report["write_rows_per_second"], "flags": extra}
+    prompts, answers = [], []
+    for start in range(0, len(examples), 4096):
+        chunk = examples[start:start + 4096]
+        prompts.append(embed([p for p, _, _ in chunk]))
+        answers.append(embed([a for _, a, _ in chunk]))
+        print(f"\rembedded {start + len(chunk):,} of {len(examples):,}", end="",
+              file=sys.stderr, flush=True)
+    embed_seconds = time.perf_counter() - started
+    store_.close()
+    prompts, answers = np.concatenate(prompts), np.concatenate(answers)
+    decisions, seconds = {}, {}
+    for name, limit in (("exact", 10**9), ("hnsw", 50_000)):
+        index, out = NearDuplicates(0.95, 1, exact_limit=limit), []
+        started = time.perf_counter()
+        for start in range(0, len(examples), 2048):
+            out += index.add(prompts[start:start + 2048], [answers[start:start + 2048]],
+                             [c for _, _, c in examples[start:start + 2048]])
+        decisions[name], seconds[name] = out, round(time.perf_counter() - started, 1)
+    exact, hnsw = decisions["exact"], decisions["hnsw"]
+    dropped = {k: sum(g is None for g in v) for k, v in decisions.items()}
+    return {"examples": len(examples), "embed_seconds": round(embed_seconds, 1),
+            "search_seconds": seconds, "near_duplicates_dropped": dropped,
+            "same_decision": round(sum(a == b for a, b in zip(exact, hnsw)) / len(exact), 5),
+            "kept_by_one_dropped_by_other": sum((a is None) != (b is None)
+                                                for a, b in zip(exact, hnsw))}
 
 
 # ---- concurrent writers ----------------------------------------------------------------------
@@ -459,6 +500,18 @@ def table(report: dict) -> str:
              o.get("thumbs_plot", {}).get("p95_ms"))
         line("A/B report, 14-day window", lists["ab_report_14_days"]["p95_ms"],
              o.get("ab_report_14_days", {}).get("p95_ms"))
+    for name in ("old-select", "select", "build", "build_again_warm_cache", "build_no_dedup",
+                 "export_kto", "export_kto_no_dedup", "dedup_check"):
+        r = report.get(name)
+        if r and "error" not in r:
+            lines.append(f"{name:<42} {r['seconds']:>10} s {r.get('peak_rss_mb', '?'):>8} MB")
+    for w in report.get("writers", []):
+        lines.append(f"{w['writers']:>2} writers: {w['writes_per_second']} writes/s, "
+                     f"{w['errors']} errors, {w['lost']} lost")
+    b = report.get("backup_during_writes")
+    if b:
+        lines.append(f"backup during writes: {b['found_after_restore']} of "
+                     f"{b['acknowledged_before_backup']} acknowledged rows found after restore")
     return "\n".join(lines)
 
 
@@ -471,6 +524,9 @@ def main() -> None:
     parser.add_argument("--old-repeats", type=int, default=2, help="calls per old query")
     parser.add_argument("--skip", default="", help="comma list of: queue, lists, old, "
                         "old-select, select, build, export, writers, backup")
+    parser.add_argument("--only", default="", help="extra parts run only when named: "
+                        "dedup-check (exact vs HNSW decisions on DEDUP_CHECK_EXAMPLES=100000 "
+                        "KTO examples; embeds them all, about an hour on two cores)")
     parser.add_argument("--cache", help="embedding cache file for the build (default: the "
                         "home's, empty in a new home, so the first build embeds everything)")
     parser.add_argument("--writer-seconds", type=float, default=10.0)
@@ -480,7 +536,8 @@ def main() -> None:
     args = parser.parse_args()
     home = Home.resolve(args.home or tempfile.mkdtemp(prefix="flywheel-storage-"))
     if args.stage:
-        print(json.dumps(stage(args.stage, home, args.cache, not args.no_dedup)))
+        result = stage(args.stage, home, args.cache, not args.no_dedup, args.out)
+        print(json.dumps({**result, "peak_rss_mb": peak_rss_mb()}))
         return
     skip = set(filter(None, args.skip.split(",")))
     report: dict = {"answers": args.answers, "home": str(home.root)}
@@ -516,11 +573,17 @@ def main() -> None:
     if "build-no-dedup" not in skip:
         report["build_no_dedup"] = child(["--home", str(home.root), "--stage", "build",
                                           "--no-dedup"])
+    if "dedup-check" in args.only:
+        report["dedup_check"] = child(["--home", str(home.root), "--stage", "dedup-check",
+                                       "--cache", cache])
     if "export" not in skip:
         from assistant import models
         models.resolve(None, home)  # a home that has served has its model converted already
-        out = Path(tempfile.mkdtemp()) / "kto.jsonl"
-        report["export_kto"] = export(home, out, "kto", [])
+        out = str(Path(tempfile.mkdtemp()) / "kto.jsonl")
+        report["export_kto"] = child(["--home", str(home.root), "--stage", "export",
+                                      "--out", out])
+        report["export_kto_no_dedup"] = child(["--home", str(home.root), "--stage", "export",
+                                               "--out", out, "--no-dedup"])
     if "writers" not in skip:
         report["writers"] = [writers(home, n, args.writer_seconds, answer_ids) for n in (1, 16)]
     if "backup" not in skip:

@@ -84,7 +84,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     try:
         run_schedule(Home.resolve(args.home), args.at, train_args=_schedule_train_args(args),
                      min_new_feedback=args.min_new_feedback, niceness=args.nice,
-                     run_now=args.now)
+                     run_now=args.now, keep_days=args.keep_days)
     except ScheduleError as exc:
         raise UsageError(str(exc)) from None
     return 0
@@ -387,6 +387,8 @@ def parser() -> argparse.ArgumentParser:
     sc.add_argument("--nice", type=int, default=10,
                     help="CPU niceness of the training process (default 10: below the server)")
     sc.add_argument("--now", action="store_true", help="also run one cycle right away")
+    sc.add_argument("--keep-days", type=float,
+                    help="each night, first prune conversations older than this (flywheel prune)")
     sc.add_argument("--model", help="base model spec, passed to flywheel train")
     sc.add_argument("--config", help="TOML settings, passed to flywheel train")
     sc.add_argument("--promotion", help="auto or manual, passed to flywheel train")

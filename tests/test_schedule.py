@@ -43,6 +43,9 @@ def test_a_night_skips_without_new_feedback_and_trains_at_low_priority_with_it(
         assert adapters.active(db)["id"] == run["adapter_id"]
     later = nightly(home, train_args, 5, 10)
     assert later == f"skip: 0 new feedback since {run['id']}, need 5"
+    assert nightly(home, train_args, 5, 10, keep_days=0).startswith("skip")  # pruned first
+    with open_db(home) as db:
+        assert db["conversations"].count == 0 and db["judgements"].count == 0
 
 
 def test_the_schedule_fires_at_the_set_time_and_logs_its_decision(home):

@@ -58,8 +58,16 @@ def _lower_priority(niceness: int):
     return apply
 
 
-def nightly(home: Home, train_args: list[str], min_new_feedback: int, niceness: int) -> str:
-    """Tonight's decision: skip, or train (and how it ended). Returns the logged line."""
+def nightly(home: Home, train_args: list[str], min_new_feedback: int, niceness: int,
+            keep_days: float | None = None) -> str:
+    """Tonight's decision: skip, or train (and how it ended). Returns the logged line.
+    With `keep_days`, conversations older than that are pruned first (storage/retention.py)."""
+    if keep_days is not None:
+        from storage.retention import prune
+        with open_db(home) as db:
+            gone = prune(db, home, keep_days)
+        log.info("prune: kept the last %g days; removed %s", keep_days,
+                 ", ".join(f"{n} {what}" for what, n in gone.items() if n) or "nothing")
     count, since = new_feedback(home)
     if count < min_new_feedback:
         line = (f"skip: {count} new feedback since {since or 'the start'}, "
@@ -91,7 +99,8 @@ def _setup_logging(home: Home) -> None:
 
 
 def run_schedule(home: Home, at: str, train_args: list[str], min_new_feedback: int = 20,
-                 niceness: int = 10, run_now: bool = False) -> None:
+                 niceness: int = 10, run_now: bool = False,
+                 keep_days: float | None = None) -> None:
     """Block, running `nightly` at `at` (local time) every day."""
     from apscheduler.schedulers.blocking import BlockingScheduler
     from apscheduler.triggers.cron import CronTrigger
@@ -101,10 +110,11 @@ def run_schedule(home: Home, at: str, train_args: list[str], min_new_feedback: i
     _setup_logging(home)
     trigger = CronTrigger(hour=hour, minute=minute, second=second)
     scheduler = BlockingScheduler()
-    scheduler.add_job(nightly, trigger, args=[home, train_args, min_new_feedback, niceness],
+    scheduler.add_job(nightly, trigger, args=[home, train_args, min_new_feedback, niceness,
+                                              keep_days],
                       id="nightly", max_instances=1, coalesce=True, misfire_grace_time=3600)
     if run_now:
-        nightly(home, train_args, min_new_feedback, niceness)
+        nightly(home, train_args, min_new_feedback, niceness, keep_days)
     upcoming = trigger.get_next_fire_time(None, datetime.now(trigger.timezone))
     log.info("scheduled: a training cycle every day at %02d:%02d:%02d (next %s); nights with "
              "fewer than %d new feedback are skipped", hour, minute, second,
