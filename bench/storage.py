@@ -394,6 +394,28 @@ def dedup_check(db, cache: str, n: int) -> dict:
                                                 for a, b in zip(exact, hnsw))}
 
 
+# ---- the page, through its own endpoints -----------------------------------------------------
+
+def page_endpoints(home: Home, repeats: int) -> dict:
+    """The curator's and admin's page calls through `gradio_client`, as the browser makes
+    them, against `flywheel serve` on this database (the embedded model)."""
+    from gradio_client import Client
+
+    from assistant.server import ServeConfig, serve_in_thread
+    with open_db(home) as db:
+        admin = db.execute("SELECT name FROM users WHERE role = 'admin' LIMIT 1").fetchone()[0]
+        key, _ = users.create_key(db, admin)
+    out = {}
+    with serve_in_thread(home, ServeConfig(port=0)) as (url, _):
+        page = Client(url, verbose=False, headers={"Authorization": f"Bearer {key}"})
+        out["review_queue"], _ = timed(lambda: page.predict(
+            "any", "any", "", "no", api_name="/review_queue"), repeats)
+        out["review_queue_next"], _ = timed(lambda: page.predict(
+            "any", "any", "", "no", api_name="/review_queue_next"), repeats)
+        out["registry_and_plots"], _ = timed(lambda: page.predict(api_name="/adapters"), repeats)
+    return out
+
+
 # ---- concurrent writers ----------------------------------------------------------------------
 
 def writers(home: Home, threads: int, seconds: float, answers: list[str],
@@ -500,6 +522,8 @@ def table(report: dict) -> str:
              o.get("thumbs_plot", {}).get("p95_ms"))
         line("A/B report, 14-day window", lists["ab_report_14_days"]["p95_ms"],
              o.get("ab_report_14_days", {}).get("p95_ms"))
+    for name, r in report.get("page", {}).items():
+        line(f"page through gradio_client: {name}", r["p95_ms"])
     for name in ("old-select", "select", "build", "build_again_warm_cache", "build_no_dedup",
                  "export_kto", "export_kto_no_dedup", "dedup_check"):
         r = report.get(name)
@@ -584,6 +608,8 @@ def main() -> None:
                                       "--out", out])
         report["export_kto_no_dedup"] = child(["--home", str(home.root), "--stage", "export",
                                                "--out", out, "--no-dedup"])
+    if "page" not in skip:
+        report["page"] = page_endpoints(home, args.repeats)
     if "writers" not in skip:
         report["writers"] = [writers(home, n, args.writer_seconds, answer_ids) for n in (1, 16)]
     if "backup" not in skip:

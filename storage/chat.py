@@ -175,10 +175,11 @@ def history(db: sqlite_utils.Database, message_id: str) -> list[dict[str, str]]:
     path = thread(db, message_id)
     if not path:
         raise KeyError(f"no message with id {message_id}")
-    conversation = db["conversations"].get(path[0]["conversation_id"])
+    system_prompt = db.execute("SELECT system_prompt FROM conversations WHERE id = ?",
+                               [path[0]["conversation_id"]]).fetchone()[0]
     turns = [{"role": m["role"], "content": m["content"]} for m in path]
-    if conversation["system_prompt"]:
-        turns.insert(0, {"role": "system", "content": conversation["system_prompt"]})
+    if system_prompt:
+        turns.insert(0, {"role": "system", "content": system_prompt})
     return turns
 
 

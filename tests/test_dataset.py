@@ -308,3 +308,38 @@ def test_all_three_formats_from_feedback_sent_to_a_real_server(home, tiny_model_
             assert rows[0]["messages"][-1]["role"] == "assistant"
         if fmt == "kto":
             assert {r["label"] for r in rows} == {True, False}
+
+
+# ---- measuring length ------------------------------------------------------------------------
+
+turn_lists = st.lists(st.lists(st.tuples(st.sampled_from(["system", "user", "assistant"]),
+                                         st.text(max_size=60)), min_size=1, max_size=5),
+                      min_size=1, max_size=8)
+
+
+def _check_token_counts(folder, lists):
+    from transformers import AutoTokenizer
+
+    from trainer.dataset import token_counter
+    tokenizer, counter = AutoTokenizer.from_pretrained(folder), token_counter(folder)
+    turns = [[{"role": r, "content": c} for r, c in chat] for chat in lists]
+    exact = [len(tokenizer.apply_chat_template(t, return_dict=True)["input_ids"]) for t in turns]
+    assert counter.many(turns) == exact and [counter(t) for t in turns] == exact
+
+
+@settings(max_examples=30, deadline=None)
+@given(lists=turn_lists)
+def test_batched_token_counts_equal_the_rendered_chat_template(tiny_model_dir, lists):
+    _check_token_counts(tiny_model_dir, lists)
+
+
+@pytest.mark.integration
+def test_batched_token_counts_equal_smollm2s_chat_template(embedded_cache):
+    from assistant import models
+    folder = models.resolve(None, Home.resolve(embedded_cache)).folder
+    words = "The capital of France is Paris. ¿Qué tal? 12 + 30 = 42\n- a list\n```py\nx=1\n```"
+    rng = __import__("random").Random(0)
+    lists = [[(rng.choice(["user", "assistant", "system"]),
+               " ".join(rng.sample(words.split(" "), rng.randint(0, 8)))) for _ in range(k)]
+             for k in range(1, 40)]
+    _check_token_counts(folder, lists)

@@ -86,12 +86,52 @@ def _broken(example: dict, fmt: str) -> str | None:
     return None
 
 
-def token_counter(model_folder):
-    """`count(turns)`: the length of a list of messages in the model's tokens, chat template
-    included, as `build(count_tokens=...)` takes it."""
+class TokenCounter:
+    """The length of lists of messages in the model's tokens, chat template included, as
+    `build(count_tokens=...)` takes it; `many()` measures a batch at once.
+
+    A list's length is its template's length with every content left empty (measured once
+    per sequence of roles) plus each content's own tokens: chat templates wrap each message in
+    fixed text, so the sum equals tokenizing the whole rendered chat (tests check it against
+    `apply_chat_template`), while each distinct content is tokenized once, in batches, by the
+    Rust tokenizer instead of rendering Jinja for every example."""
+
+    def __init__(self, tokenizer, remember: int = 100_000):
+        self.tokenizer, self.remember = tokenizer, remember
+        self.skeletons: dict[tuple, int] = {}
+        self.lengths: dict[str, int] = {}  # recent contents (a history recurs turn by turn)
+
+    def _skeleton(self, roles: tuple) -> int:
+        if roles not in self.skeletons:
+            empty = [{"role": r, "content": ""} for r in roles]
+            self.skeletons[roles] = len(self.tokenizer.apply_chat_template(
+                empty, return_dict=True)["input_ids"])
+        return self.skeletons[roles]
+
+    def many(self, turn_lists: list[list[dict]]) -> list[int]:
+        new = list(dict.fromkeys(t["content"] for turns in turn_lists for t in turns
+                                 if t["content"] not in self.lengths))
+        if len(self.lengths) + len(new) > self.remember:
+            self.lengths.clear()
+            new = list(dict.fromkeys(t["content"] for turns in turn_lists for t in turns))
+        if new:
+            backend = getattr(self.tokenizer, "backend_tokenizer", None)  # Rust, in batches
+            lengths = ([len(e.ids) for e in backend.encode_batch(new, add_special_tokens=False)]
+                       if backend is not None else
+                       [len(ids) for ids in self.tokenizer(new, add_special_tokens=False)[
+                           "input_ids"]])
+            self.lengths.update(zip(new, lengths))
+        return [self._skeleton(tuple(t["role"] for t in turns))
+                + sum(self.lengths[t["content"]] for t in turns) for turns in turn_lists]
+
+    def __call__(self, turns: list[dict]) -> int:
+        return self.many([turns])[0]
+
+
+def token_counter(model_folder) -> TokenCounter:
+    """A TokenCounter for the model in `model_folder`."""
     from transformers import AutoTokenizer
-    tokenizer = AutoTokenizer.from_pretrained(model_folder)
-    return lambda turns: len(tokenizer.apply_chat_template(turns, return_dict=True)["input_ids"])
+    return TokenCounter(AutoTokenizer.from_pretrained(model_folder))
 
 
 def _embedder():
@@ -113,7 +153,7 @@ def default_embedder(cache=None):
     model = _embedder()
 
     def embed(texts: list[str]):
-        return model.encode(texts, normalize_embeddings=True, batch_size=64,
+        return model.encode(texts, normalize_embeddings=True, batch_size=32,
                             show_progress_bar=False)
     return cached(embed, cache) if cache is not None else embed
 
@@ -128,26 +168,42 @@ def _scrub(text: str) -> tuple[str, tuple]:
 
 
 class _Cleaner:
-    """Drop broken examples, fit them to the context, scrub them, hash them. Scrubbing and
-    token counts are remembered for recent texts: an answer's prompt recurs in its SFT, DPO
-    and KTO examples."""
+    """Drop broken examples, fit them to the context, scrub them, hash them: a chunk at a
+    time, so token counts are taken in batches. Scrubbing is remembered for recent texts:
+    an answer's prompt recurs in its SFT, DPO and KTO examples."""
 
     def __init__(self, count_tokens, max_length: int, drops: Counter, scrubbed: dict):
         self.max_length, self.drops, self.scrubbed = max_length, drops, scrubbed
-        self.count = None
-        if count_tokens is not None:
-            cached = functools.lru_cache(maxsize=16384)(lambda key: count_tokens(json.loads(key)))
-            self.count = lambda turns: cached(json.dumps(turns))
+        self.count = count_tokens
+        self.count_many = getattr(count_tokens, "many", None) or (
+            lambda lists: [count_tokens(turns) for turns in lists])
         self.scrub = functools.lru_cache(maxsize=16384)(_scrub)
 
-    def __call__(self, example: dict, fmt: str) -> dict | None:
-        reason = _broken(example, fmt)
-        if reason is None and self.count is not None:
-            fitted = _fit(example, fmt, self.count, self.max_length)
-            reason, example = ("longer than the context", example) if fitted is None else (None, fitted)
-        if reason:
-            self.drops[f"{fmt}: {reason}"] += 1
-            return None
+    def many(self, examples: list[tuple[str, dict]]) -> list[tuple[str, dict]]:
+        """The examples that survive, cleaned, with their format."""
+        ok = []
+        for fmt, example in examples:
+            reason = _broken(example, fmt)
+            if reason:
+                self.drops[f"{fmt}: {reason}"] += 1
+            else:
+                ok.append((fmt, example))
+        if self.count is not None and ok:
+            lists = [[e["prompt"], *(e[k] for k in ANSWER_KEYS[fmt])] for fmt, e in ok]
+            flat = self.count_many([turns for group in lists for turns in group])
+            fitted, at = [], 0
+            for (fmt, e), group in zip(ok, lists):
+                sizes, at = flat[at:at + len(group)], at + len(group)
+                if sizes[0] + max(sizes[1:]) > self.max_length:  # the rare long one
+                    e = _fit(e, fmt, self.count, self.max_length)
+                if e is None:
+                    self.drops[f"{fmt}: longer than the context"] += 1
+                else:
+                    fitted.append((fmt, e))
+            ok = fitted
+        return [(fmt, self._clean(e, fmt)) for fmt, e in ok]
+
+    def _clean(self, example: dict, fmt: str) -> dict:
         found = self.scrubbed.setdefault(fmt, Counter())
         example = {**example, "prompt": self._scrub_turns(example["prompt"], found)}
         for key in ANSWER_KEYS[fmt]:
@@ -164,16 +220,20 @@ class _Cleaner:
         return out
 
 
+def _batched(items, size: int) -> Iterator[list]:
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
 def _chunks(path: Path, size: int) -> Iterator[list[dict]]:
-    chunk = []
     with open(path) as f:
-        for line in f:
-            chunk.append(json.loads(line))
-            if len(chunk) == size:
-                yield chunk
-                chunk = []
-    if chunk:
-        yield chunk
+        yield from _batched((json.loads(line) for line in f), size)
 
 
 def _deduplicate(raw: Path, kept: Path, fmt: str, count: int, config: DataConfig, embed,
@@ -227,17 +287,18 @@ def build_to(db: sqlite_utils.Database, out_dir: Path, config: DataConfig | None
     seen: dict[str, set[bytes]] = {fmt: set() for fmt in formats}
     counts = Counter()
     try:
-        for fmt, example in tqdm(selection.examples(db), desc="selecting feedback",
-                                 unit=" examples", disable=not progress):
-            if fmt not in formats or (example := clean(example, fmt)) is None:
-                continue
-            digest = bytes.fromhex(example["sha256"])
-            if config.deduplicate and digest in seen[fmt]:
-                drops[f"{fmt}: exact duplicate"] += 1
-                continue
-            seen[fmt].add(digest)
-            files[fmt].write(json.dumps(example, ensure_ascii=False) + "\n")
-            counts[fmt] += 1
+        wanted = (pair for pair in tqdm(selection.examples(db), desc="selecting feedback",
+                                        unit=" examples", disable=not progress)
+                  if pair[0] in formats)
+        for batch in _batched(wanted, 512):
+            for fmt, example in clean.many(batch):
+                digest = bytes.fromhex(example["sha256"])
+                if config.deduplicate and digest in seen[fmt]:
+                    drops[f"{fmt}: exact duplicate"] += 1
+                    continue
+                seen[fmt].add(digest)
+                files[fmt].write(json.dumps(example, ensure_ascii=False) + "\n")
+                counts[fmt] += 1
     finally:
         for f in files.values():
             f.close()

@@ -66,8 +66,8 @@ class NearDuplicates:
         groups: list[str] = []
         out: list[str | None] = []
         for i in range(len(prompts)):
-            candidates = found[i] + [(float(within[i, k]), base + n)
-                                     for n, k in enumerate(kept) if within[i, k] >= self.threshold]
+            near = np.nonzero(within[i, kept] >= self.threshold)[0] if kept else []
+            candidates = found[i] + [(float(within[i, kept[n]]), base + int(n)) for n in near]
             group = conversations[i]
             if candidates:
                 ids = [j for _, j in sorted(candidates, reverse=True)]

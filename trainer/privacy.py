@@ -41,6 +41,34 @@ def _detectors():
 
 
 _SECRET_DETECTORS = None
+_ANY_SECRET = None  # every detector's patterns in one regex: most texts match none of them
+# Four detectors look for credential assignments ("cloudant_password = '...'"); each of their
+# patterns needs one of these words, so only a text holding one is searched with them: they
+# were most of the scrubbing time, and almost no text has these words.
+_ASSIGNMENT_DETECTORS = {"IbmCloudIamDetector", "IbmCosHmacDetector", "SoftlayerDetector",
+                         "CloudantDetector"}
+_ASSIGNMENT_HINT = re.compile(r"key|pwd|pw|pass|token|cloudant|softlayer", re.IGNORECASE)
+
+
+def _any_secret_pattern(detectors) -> tuple[re.Pattern, re.Pattern]:
+    """(token patterns, assignment patterns), each in one regex. One pass over a text tells
+    whether any detector could fire; only then do they all run, line by line, as
+    detect-secrets runs them (two dozen detectors' regexes on every line cost more than the
+    rest of the pipeline)."""
+    parts: dict[bool, list[str]] = {False: [], True: []}
+    for detector in detectors:
+        for pattern in getattr(detector, "denylist", ()):
+            flags = "i" if pattern.flags & re.IGNORECASE else ""
+            body = re.sub(r"\(\?P<\w+>", "(", pattern.pattern)  # names could clash
+            parts[type(detector).__name__ in _ASSIGNMENT_DETECTORS].append(
+                f"(?{flags}:{body})" if flags else f"(?:{body})")
+    return tuple(re.compile("|".join(parts[k]) or "(?!)", re.MULTILINE) for k in (False, True))
+
+
+def _may_hold_secret(text: str) -> bool:
+    tokens, assignments = _ANY_SECRET
+    return bool(tokens.search(text)
+                or (_ASSIGNMENT_HINT.search(text) and assignments.search(text)))
 
 
 def _entropy(text: str) -> float:
@@ -54,11 +82,13 @@ def _looks_like_token(text: str) -> bool:
 
 
 def _secrets(text: str) -> list[str]:
-    global _SECRET_DETECTORS
+    global _SECRET_DETECTORS, _ANY_SECRET
     if _SECRET_DETECTORS is None:
         _SECRET_DETECTORS = _detectors()
+        _ANY_SECRET = _any_secret_pattern(_SECRET_DETECTORS)
     found = set()
-    for line in text.splitlines() or [text]:
+    lines = (text.splitlines() or [text]) if _may_hold_secret(text) else []
+    for line in lines:
         for detector in _SECRET_DETECTORS:
             for secret in detector.analyze_line(filename="feedback.txt", line=line):
                 if secret.secret_value and len(secret.secret_value) >= 8:
