@@ -20,6 +20,7 @@ from assistant.swap import AdapterWatcher
 from assistant.ui import build_ui
 from storage import Home, init_db, open_db
 from storage import users
+from storage.db import Checkpointer
 
 log = logging.getLogger("flywheel.server")
 
@@ -46,6 +47,7 @@ class Server:
     engine: Engine
     watcher: AdapterWatcher
     service: ChatService
+    checkpointer: Checkpointer
 
 
 def build(home: Home, config: ServeConfig) -> Server:
@@ -77,7 +79,8 @@ def build(home: Home, config: ServeConfig) -> Server:
     auth.install(app)
     app = gr.mount_gradio_app(app, build_ui(service, auth, config.model), path="/",
                               auth_dependency=auth.gradio_user)
-    return Server(app, engine, watcher, service)
+    checkpointer = Checkpointer(home).start()  # writers never wait for a checkpoint's sync
+    return Server(app, engine, watcher, service, checkpointer)
 
 
 def serve(home: Home, config: ServeConfig) -> None:
@@ -110,6 +113,7 @@ def serve_in_thread(home: Home, config: ServeConfig):
         uv.should_exit = True
         thread.join(timeout=30)
         server.watcher.stop()
+        server.checkpointer.stop()
 
 
 def free_port() -> int:

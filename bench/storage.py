@@ -42,7 +42,7 @@ sys.path.insert(0, str(HERE.parent))
 from storage import Home, init_db, open_db  # noqa: E402
 from storage import ab, adapters, review, runs, users  # noqa: E402
 from storage import chat as store  # noqa: E402
-from storage.db import transaction  # noqa: E402
+from storage.db import Checkpointer, transaction  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("old_storage", HERE / "old_storage.py")
 old = importlib.util.module_from_spec(_spec)  # the queries of before, for comparison
@@ -421,7 +421,7 @@ def page_endpoints(home: Home, repeats: int) -> dict:
 def writers(home: Home, threads: int, seconds: float, answers: list[str],
             during=None) -> dict:
     """`threads` writers send feedback as fast as they can for `seconds`, each with its own
-    connection, as the server's request threads do. Counts acknowledged writes and errors,
+    connection, as the server's request threads do, beside the server's checkpointer. Counts acknowledged writes and errors,
     then checks every acknowledged rating is in the database. `during(acked)` runs in the
     middle (a backup), with the list of (rating id, time) acknowledged so far."""
     acked: list[tuple[int, float]] = []
@@ -445,6 +445,7 @@ def writers(home: Home, threads: int, seconds: float, answers: list[str],
 
     with open_db(home) as db:
         before = db.execute("SELECT COUNT(*) FROM ratings").fetchone()[0]
+    checkpointer = Checkpointer(home).start()  # as `flywheel serve` runs one
     started = time.perf_counter()
     pool = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
     for t in pool:
@@ -456,6 +457,7 @@ def writers(home: Home, threads: int, seconds: float, answers: list[str],
     for t in pool:
         t.join()
     elapsed = time.perf_counter() - started
+    checkpointer.stop()
     with open_db(home) as db:
         after = db.execute("SELECT COUNT(*) FROM ratings").fetchone()[0]
         ids = [i for i, _ in acked]

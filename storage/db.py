@@ -7,6 +7,7 @@ rows of `schema_version`, so a database can be upgraded in place by any newer Fl
 """
 
 import sqlite3
+import threading
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -17,10 +18,14 @@ import sqlite_utils
 from storage.home import Home
 
 BUSY_TIMEOUT_MS = 10_000
-# Copy the write-ahead log back into the database every 10,000 pages (40 MB) rather than
-# SQLite's 1,000: each checkpoint syncs the file to disk, and at a thousand feedback writes a
-# second the default made that sync cost more than the writes themselves (bench/storage.py).
+# Copying the write-ahead log back into the database (a checkpoint) syncs the file to disk;
+# at a thousand feedback writes a second, SQLite's default (by the committing writer, every
+# 1,000 pages) cost more than the writes themselves (bench/storage.py). Every connection
+# checkpoints at 10,000 pages (40 MB); a server runs a `Checkpointer` thread instead, and its
+# connections only checkpoint as a backstop, at 100,000 pages.
 WAL_CHECKPOINT_PAGES = 10_000
+WAL_CHECKPOINT_PAGES_WITH_CHECKPOINTER = 100_000
+_checkpointers = 0  # Checkpointer threads running in this process
 
 # The rating that counts for an answer: a curator's (or admin's, or the local owner's) over
 # any user's, the latest among equals; a disabled user's ratings do not count. The score is the
@@ -350,7 +355,8 @@ def _connect(path: Path) -> sqlite_utils.Database:
     conn.execute("PRAGMA foreign_keys = ON")
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
-    conn.execute(f"PRAGMA wal_autocheckpoint = {WAL_CHECKPOINT_PAGES}")
+    pages = WAL_CHECKPOINT_PAGES_WITH_CHECKPOINTER if _checkpointers else WAL_CHECKPOINT_PAGES
+    conn.execute(f"PRAGMA wal_autocheckpoint = {pages}")
     return sqlite_utils.Database(conn)
 
 
@@ -423,3 +429,36 @@ def open_db(home: Home) -> Iterator[sqlite_utils.Database]:
         yield db
     finally:
         db.close()
+
+
+class Checkpointer:
+    """Checkpoints the database from a background thread every `interval` seconds (SQLite's
+    PASSIVE mode: it copies what no reader still needs and never blocks a writer), so that
+    writers never wait for the disk sync a checkpoint ends with."""
+
+    def __init__(self, home: Home, interval: float = 0.5):
+        self.path, self.interval = home.db_path, interval
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="flywheel-checkpoint", daemon=True)
+
+    def start(self) -> "Checkpointer":
+        global _checkpointers
+        _checkpointers += 1
+        self.thread.start()
+        return self
+
+    def _run(self) -> None:
+        conn = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_MS / 1000, isolation_level=None,
+                               check_same_thread=False)
+        try:
+            while not self.stopped.wait(self.interval):
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        global _checkpointers
+        if not self.stopped.is_set():
+            self.stopped.set()
+            self.thread.join(timeout=30)
+            _checkpointers -= 1
