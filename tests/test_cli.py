@@ -120,3 +120,24 @@ def test_export_with_an_unknown_model_exits_2_and_writes_nothing(home, tmp_path,
                  "--home", str(home.root)]) == 2
     assert capsys.readouterr().err.strip() == "flywheel: error: model file not found: missing.gguf"
     assert not out.exists()
+
+
+def test_export_keeps_duplicates_only_when_asked_and_reuses_embeddings(home, tmp_path, capsys):
+    from storage import chat as store
+    with open_db(home) as db:
+        for i in range(3):  # the same question and answer three times, liked each time
+            conv = store.create_conversation(db)
+            q = store.add_message(db, conv, "user", "What is the boiling point of water?")
+            a = store.add_message(db, conv, "assistant", "100 C at sea level.", q)
+            store.rate(db, a, "up")
+    rows = {}
+    for flag in ([], ["--no-dedup"], []):
+        out = tmp_path / "sft.jsonl"
+        assert main(["export", "--home", str(home.root), "--format", "sft", "--out", str(out),
+                     "--no-length-check", *flag]) == 0
+        rows[bool(flag)] = len(out.read_text().splitlines())
+    assert rows == {False: 1, True: 3}
+    assert "exact duplicate" in capsys.readouterr().err
+    from storage.embeddings import EmbeddingCache
+    cache = EmbeddingCache.for_home(home, "all-MiniLM-L6-v2")
+    assert len(cache.get(["What is the boiling point of water?", "100 C at sea level."])) == 2
