@@ -274,22 +274,45 @@ def build_to(db: sqlite_utils.Database, out_dir: Path, config: DataConfig | None
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     drops, scrubbed = Counter(), {}
-    clean = _Cleaner(count_tokens, config.max_length, drops, scrubbed)
     if config.deduplicate and embed is None:
         embed = default_embedder()
-    manifest = {"formats": {}, "dropped": {}, "scrubbed": {}, "config": {
-        "max_length": config.max_length, "validation_share": config.validation_share,
-        "near_duplicate_threshold": config.near_duplicate_threshold}}
-
-    # 1. Select, clean, drop exact copies: one pass over the feedback, into a file per format.
     raw = {fmt: out_dir / f".{fmt}.raw.jsonl" for fmt in formats}
+    kept = {fmt: out_dir / f".{fmt}.kept.jsonl" for fmt in formats}
+    counts = _select_and_clean(db, raw, config, _Cleaner(count_tokens, config.max_length, drops,
+                                                         scrubbed), drops, progress)
+    sets = _ConversationSets()
+    for fmt in formats:
+        if config.deduplicate:
+            for conversation, group in _deduplicate(raw[fmt], kept[fmt], fmt, counts[fmt],
+                                                    config, embed, drops, progress):
+                sets.join(conversation, group)
+            raw[fmt].unlink()
+        else:
+            os.replace(raw[fmt], kept[fmt])
+    manifest = {"formats": {fmt: _split(kept[fmt], out_dir, fmt, sets, config)
+                            for fmt in formats},
+                "dropped": dict(drops),
+                "scrubbed": {fmt: dict(c) for fmt, c in scrubbed.items()},
+                "config": {"max_length": config.max_length,
+                           "validation_share": config.validation_share,
+                           "near_duplicate_threshold": config.near_duplicate_threshold}}
+    sizes = {fmt: m["train"] + m["validation"] for fmt, m in manifest["formats"].items()}
+    manifest["missing"] = {fmt: config.min_examples[fmt] - n for fmt, n in sizes.items()
+                           if n < config.min_examples[fmt]}
+    return manifest
+
+
+def _select_and_clean(db, raw: dict[str, Path], config: DataConfig, clean: _Cleaner,
+                      drops: Counter, progress: bool) -> Counter:
+    """One pass over the feedback: each example selected, cleaned and (unless an exact copy
+    of one before it) written to its format's file. Returns how many per format."""
     files = {fmt: open(path, "w") for fmt, path in raw.items()}
-    seen: dict[str, set[bytes]] = {fmt: set() for fmt in formats}
+    seen: dict[str, set[bytes]] = {fmt: set() for fmt in raw}
     counts = Counter()
     try:
         wanted = (pair for pair in tqdm(selection.examples(db), desc="selecting feedback",
                                         unit=" examples", disable=not progress)
-                  if pair[0] in formats)
+                  if pair[0] in raw)
         for batch in _batched(wanted, 512):
             for fmt, example in clean.many(batch):
                 digest = bytes.fromhex(example["sha256"])
@@ -302,59 +325,52 @@ def build_to(db: sqlite_utils.Database, out_dir: Path, config: DataConfig | None
     finally:
         for f in files.values():
             f.close()
-    del seen
+    return counts
 
-    # 2. Near copies, format by format; conversations linked by a group are merged
-    # (union-find), and each merged set goes to the side of its smallest conversation id.
-    parent: dict[str, str] = {}
 
-    def root(c: str) -> str:
-        while parent.setdefault(c, c) != c:
-            parent[c] = parent[parent[c]]
+class _ConversationSets:
+    """Conversations linked by a near-duplicate group, merged (union-find): each merged set
+    goes to one side of the split, that of its smallest conversation id."""
+
+    def __init__(self):
+        self.parent: dict[str, str] = {}
+
+    def root(self, c: str) -> str:
+        parent = self.parent
+        while parent.get(c, c) != c:
+            parent[c] = parent.get(parent[c], parent[c])
             c = parent[c]
         return c
-    kept = {}
-    for fmt in formats:
-        kept[fmt] = out_dir / f".{fmt}.kept.jsonl"
-        if config.deduplicate:
-            links = _deduplicate(raw[fmt], kept[fmt], fmt, counts[fmt], config, embed, drops,
-                                 progress)
-        else:
-            os.replace(raw[fmt], kept[fmt])
-            links = ((e["conversation_id"], e["conversation_id"])
-                     for chunk in _chunks(kept[fmt], config.chunk_size) for e in chunk)
-        for conversation, group in links:
-            a, b = root(conversation), root(group)
-            parent[max(a, b)] = min(a, b)
-        raw[fmt].unlink(missing_ok=True)
 
-    # 3. Split: each example to its merged set's side, written to a temporary name and renamed.
-    for fmt in formats:
-        sizes, sources, entries = Counter(), Counter(), []
-        paths = {side: out_dir / f"{fmt}-{side}.jsonl" for side in ("train", "validation")}
-        outs = {side: open(path.with_name(f".{path.name}.tmp"), "w") for side, path in paths.items()}
-        with outs["train"], outs["validation"]:
-            for chunk in _chunks(kept[fmt], config.chunk_size):
-                for e in chunk:
-                    e.setdefault("group", e["conversation_id"])
-                    side = split_of(root(e["conversation_id"]), config.validation_share)
-                    outs[side].write(json.dumps(e, ensure_ascii=False) + "\n")
-                    sizes[side] += 1
-                    sources[e["source"]] += 1
-                    entries.append({"sha256": e["sha256"], "source": e["source"],
-                                    "message_ids": e["message_ids"], "split": side})
-        for side, path in paths.items():
-            os.replace(path.with_name(f".{path.name}.tmp"), path)
-        kept[fmt].unlink(missing_ok=True)
-        manifest["formats"][fmt] = {"train": sizes["train"], "validation": sizes["validation"],
-                                    "sources": dict(sources),
-                                    "examples": sorted(entries, key=lambda e: e["split"] != "train")}
-    manifest["dropped"] = dict(drops)
-    manifest["scrubbed"] = {fmt: dict(c) for fmt, c in scrubbed.items()}
-    manifest["missing"] = {fmt: config.min_examples[fmt] - n for fmt in formats
-                           if (n := manifest["formats"][fmt]["train"]
-                               + manifest["formats"][fmt]["validation"]) < config.min_examples[fmt]}
-    return manifest
+    def join(self, a: str, b: str) -> None:
+        a, b = self.root(a), self.root(b)
+        if a != b:
+            self.parent[max(a, b)] = min(a, b)
+
+
+def _split(kept: Path, out_dir: Path, fmt: str, sets: _ConversationSets,
+           config: DataConfig) -> dict:
+    """Each example of `kept` to its side's file (a temporary name, renamed when complete);
+    the format's part of the manifest."""
+    sizes, sources, entries = Counter(), Counter(), []
+    paths = {side: out_dir / f"{fmt}-{side}.jsonl" for side in ("train", "validation")}
+    outs = {side: open(path.with_name(f".{path.name}.tmp"), "w") for side, path in paths.items()}
+    with outs["train"], outs["validation"]:
+        for chunk in _chunks(kept, config.chunk_size):
+            for e in chunk:
+                e.setdefault("group", e["conversation_id"])
+                side = split_of(sets.root(e["conversation_id"]), config.validation_share)
+                outs[side].write(json.dumps(e, ensure_ascii=False) + "\n")
+                sizes[side] += 1
+                sources[e["source"]] += 1
+                entries.append({"sha256": e["sha256"], "source": e["source"],
+                                "message_ids": e["message_ids"], "split": side})
+    for side, path in paths.items():
+        os.replace(path.with_name(f".{path.name}.tmp"), path)
+    kept.unlink()
+    return {"train": sizes["train"], "validation": sizes["validation"],
+            "sources": dict(sources),
+            "examples": sorted(entries, key=lambda e: e["split"] != "train")}
 
 
 def read_jsonl(path: Path) -> list[dict]:
