@@ -45,6 +45,7 @@ class DataConfig:
     min_examples: dict = field(default_factory=lambda: {"sft": 20, "dpo": 10, "kto": 20}, metadata={"help": "Fewer examples than this in a format: not enough data for it."})
     chunk_size: int = field(default=2048, metadata={"help": "Examples embedded and compared at a time (memory grows with it, not with the data)."})
     exact_search_limit: int = field(default=50_000, metadata={"help": "Kept examples up to which near duplicates are searched exactly; above, an HNSW index."})
+    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1), metadata={"help": "Processes that clean, measure and scrub examples side by side (1: in this process)."})
 
 
 def example_hash(example: dict) -> str:
@@ -172,8 +173,8 @@ class _Cleaner:
     time, so token counts are taken in batches. Scrubbing is remembered for recent texts:
     an answer's prompt recurs in its SFT, DPO and KTO examples."""
 
-    def __init__(self, count_tokens, max_length: int, drops: Counter, scrubbed: dict):
-        self.max_length, self.drops, self.scrubbed = max_length, drops, scrubbed
+    def __init__(self, count_tokens, max_length: int):
+        self.max_length, self.drops, self.scrubbed = max_length, Counter(), {}
         self.count = count_tokens
         self.count_many = getattr(count_tokens, "many", None) or (
             lambda lists: [count_tokens(turns) for turns in lists])
@@ -218,6 +219,45 @@ class _Cleaner:
             found.update(dict(counts))
             out.append({**turn, "content": clean})
         return out
+
+
+_worker_cleaner: _Cleaner | None = None  # in each worker process
+
+
+def _start_worker(count_tokens, max_length: int) -> None:
+    global _worker_cleaner
+    _worker_cleaner = _Cleaner(count_tokens, max_length)
+
+
+def _clean_in_worker(batch: list[tuple[str, dict]]):
+    """A batch cleaned in a worker, with what it dropped and scrubbed (then forgotten)."""
+    cleaner = _worker_cleaner
+    done = cleaner.many(batch), dict(cleaner.drops), {f: dict(c) for f, c in
+                                                       cleaner.scrubbed.items()}
+    cleaner.drops.clear()
+    cleaner.scrubbed.clear()
+    return done
+
+
+def _cleaned(batches: Iterator[list], count_tokens, config: DataConfig, drops: Counter,
+             scrubbed: dict) -> Iterator[list[tuple[str, dict]]]:
+    """The batches cleaned, in order: by `config.workers` processes side by side (forked,
+    so the tokenizer and the scrubbing rules are not copied), or here when there is one."""
+    def merge(found: dict) -> None:
+        for fmt, counts in found.items():
+            scrubbed.setdefault(fmt, Counter()).update(counts)
+    if config.workers <= 1:
+        cleaner = _Cleaner(count_tokens, config.max_length)
+        cleaner.drops, cleaner.scrubbed = drops, scrubbed
+        yield from map(cleaner.many, batches)
+        return
+    import multiprocessing
+    with multiprocessing.get_context("fork").Pool(
+            config.workers, _start_worker, (count_tokens, config.max_length)) as pool:
+        for examples, dropped, found in pool.imap(_clean_in_worker, batches):
+            drops.update(dropped)
+            merge(found)
+            yield examples
 
 
 def _batched(items, size: int) -> Iterator[list]:
@@ -278,8 +318,7 @@ def build_to(db: sqlite_utils.Database, out_dir: Path, config: DataConfig | None
         embed = default_embedder()
     raw = {fmt: out_dir / f".{fmt}.raw.jsonl" for fmt in formats}
     kept = {fmt: out_dir / f".{fmt}.kept.jsonl" for fmt in formats}
-    counts = _select_and_clean(db, raw, config, _Cleaner(count_tokens, config.max_length, drops,
-                                                         scrubbed), drops, progress)
+    counts = _select_and_clean(db, raw, config, count_tokens, drops, scrubbed, progress)
     sets = _ConversationSets()
     for fmt in formats:
         if config.deduplicate:
@@ -302,19 +341,18 @@ def build_to(db: sqlite_utils.Database, out_dir: Path, config: DataConfig | None
     return manifest
 
 
-def _select_and_clean(db, raw: dict[str, Path], config: DataConfig, clean: _Cleaner,
-                      drops: Counter, progress: bool) -> Counter:
+def _select_and_clean(db, raw: dict[str, Path], config: DataConfig, count_tokens,
+                      drops: Counter, scrubbed: dict, progress: bool) -> Counter:
     """One pass over the feedback: each example selected, cleaned and (unless an exact copy
     of one before it) written to its format's file. Returns how many per format."""
     files = {fmt: open(path, "w") for fmt, path in raw.items()}
     seen: dict[str, set[bytes]] = {fmt: set() for fmt in raw}
     counts = Counter()
     try:
-        wanted = (pair for pair in tqdm(selection.examples(db), desc="selecting feedback",
-                                        unit=" examples", disable=not progress)
-                  if pair[0] in raw)
-        for batch in _batched(wanted, 512):
-            for fmt, example in clean.many(batch):
+        wanted = tqdm(selection.examples(db, formats=list(raw)), desc="selecting feedback",
+                      unit=" examples", disable=not progress)
+        for batch in _cleaned(_batched(wanted, 512), count_tokens, config, drops, scrubbed):
+            for fmt, example in batch:
                 digest = bytes.fromhex(example["sha256"])
                 if config.deduplicate and digest in seen[fmt]:
                     drops[f"{fmt}: exact duplicate"] += 1

@@ -46,8 +46,27 @@ def _turn(text: str) -> list[dict]:
     return [{"role": "assistant", "content": text}]
 
 
-def examples(db: sqlite_utils.Database) -> Iterator[tuple[str, dict]]:
-    """(format, example) for every example the feedback supports, before cleaning."""
+def _from_answer(answer: dict) -> Iterator[tuple[str, str, dict]]:
+    """(format, source, fields) of each example one judged answer supports."""
+    text = answer["content"]
+    if answer["correction"] is not None:
+        correction = answer["correction"]
+        yield "sft", "correction", {"completion": _turn(correction)}
+        if correction.strip() != text.strip():
+            yield "dpo", "correction_vs_original", {"chosen": _turn(correction),
+                                                   "rejected": _turn(text)}
+    elif answer["rating"] == "up":
+        yield "sft", "liked", {"completion": _turn(text)}
+    elif (answer["score"] or 0) >= 4:
+        yield "sft", "scored", {"completion": _turn(text)}
+    if answer["rating"] in ("up", "down"):
+        yield "kto", "thumbs", {"completion": _turn(text), "label": answer["rating"] == "up"}
+
+
+def examples(db: sqlite_utils.Database, formats=("sft", "dpo", "kto")
+             ) -> Iterator[tuple[str, dict]]:
+    """(format, example) for every example of `formats` the feedback supports, before
+    cleaning."""
     prompt = _Prompts(db)
 
     def example(answer: dict, source: str, ids: list[str], **fields) -> dict:
@@ -55,20 +74,11 @@ def examples(db: sqlite_utils.Database) -> Iterator[tuple[str, dict]]:
                 "message_ids": ids, "conversation_id": answer["conversation_id"]}
 
     for answer in feedback.judged_answers(db):
-        answer_id, text = answer["id"], answer["content"]
-        if answer["correction"] is not None:
-            correction = answer["correction"]
-            yield "sft", example(answer, "correction", [answer_id], completion=_turn(correction))
-            if correction.strip() != text.strip():
-                yield "dpo", example(answer, "correction_vs_original", [answer_id],
-                                     chosen=_turn(correction), rejected=_turn(text))
-        elif answer["rating"] == "up":
-            yield "sft", example(answer, "liked", [answer_id], completion=_turn(text))
-        elif (answer["score"] or 0) >= 4:
-            yield "sft", example(answer, "scored", [answer_id], completion=_turn(text))
-        if answer["rating"] in ("up", "down"):
-            yield "kto", example(answer, "thumbs", [answer_id], completion=_turn(text),
-                                 label=answer["rating"] == "up")
+        for fmt, source, fields in _from_answer(answer):
+            if fmt in formats:
+                yield fmt, example(answer, source, [answer["id"]], **fields)
+    if "dpo" not in formats:
+        return
 
     for liked, disliked in feedback.disagreeing_siblings(db):
         for good in liked:
