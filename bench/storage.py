@@ -362,14 +362,14 @@ def dedup_check(db, cache: str, n: int) -> dict:
 
     from storage.embeddings import EmbeddingCache
     from trainer import selection
-    from trainer.dataset import MINILM, _prompt_text, default_embedder
+    from trainer.dataset import MINILM, _Cleaner, _prompt_text, default_embedder
     from trainer.dedup import NearDuplicates
-    examples = []
-    for fmt, e in selection.examples(db):
-        if fmt == "kto":
+    examples, clean = [], _Cleaner(None, 1024)  # scrubbed as the pipeline scrubs them
+    for fmt, e in selection.examples(db, formats=["kto"]):
+        for _, e in clean.many([(fmt, e)]):  # none when it is broken
             examples.append((_prompt_text(e), e["completion"][0]["content"], e["conversation_id"]))
-            if len(examples) == n:
-                break
+        if len(examples) == n:
+            break
     store_ = EmbeddingCache(Path(cache), MINILM)
     embed = default_embedder(store_)
     started = time.perf_counter()
