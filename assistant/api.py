@@ -10,6 +10,7 @@ holds a user, every call needs `Authorization: Bearer <key>` (`flywheel keys cre
 
 import asyncio
 import json
+import sqlite3
 import logging
 import time
 from typing import Annotated, Literal
@@ -31,15 +32,26 @@ log = logging.getLogger("flywheel.api")
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, type: str = "invalid_request_error",
-                 param: str | None = None, code: str | None = None):
+                 param: str | None = None, code: str | None = None,
+                 retry_after: int | None = None):
         super().__init__(message)
         self.status, self.type, self.param, self.code = status, type, param, code
+        self.retry_after = retry_after
+
+    @classmethod
+    def of(cls, exc: RequestError) -> "APIError":
+        """The engine's or the service's refusal, as the API says it."""
+        kind = ("server_error" if exc.status >= 500 else
+                "rate_limit_error" if exc.status == 429 else "invalid_request_error")
+        return cls(exc.status, str(exc), kind, exc.param, exc.code, exc.retry_after)
 
 
 def error_response(status: int, message: str, type: str = "invalid_request_error",
-                   param: str | None = None, code: str | None = None) -> JSONResponse:
+                   param: str | None = None, code: str | None = None,
+                   retry_after: int | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
     return JSONResponse({"error": {"message": message, "type": type, "param": param,
-                                   "code": code}}, status_code=status)
+                                   "code": code}}, status_code=status, headers=headers)
 
 
 # ---- request and response shapes (OpenAI's) ----------------------------------------------
@@ -71,7 +83,7 @@ class ChatRequest(BaseModel):
     max_tokens: Annotated[int, Field(ge=1)] | None = None
     max_completion_tokens: Annotated[int, Field(ge=1)] | None = None
     stop: str | Annotated[list[str], Field(max_length=4)] | None = None
-    seed: int | None = None
+    seed: Annotated[int, Field(ge=-(2**63), lt=2**64)] | None = None  # what torch takes
     n: Annotated[int, Field(ge=1, le=1)] = 1
     stream: bool = False
     stream_options: dict | None = None
@@ -114,29 +126,32 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
             for name in service.model_names()]}
 
     @router.post("/chat/completions")
-    def chat_completions(body: ChatRequest, caller: Caller):
+    async def chat_completions(body: ChatRequest, caller: Caller, request: Request):
         params = _params(body)
         messages = [m.plain() for m in body.messages]
         try:
-            turn = service.complete(messages, params, model=body.model,
-                                    user_id=caller["id"] if caller else None)
+            turn = await asyncio.to_thread(service.complete, messages, params, model=body.model,
+                                           user_id=caller["id"] if caller else None)
         except KeyError:
             raise APIError(404, f"the model '{body.model}' does not exist; GET /v1/models "
                            "lists what can be served", param="model",
                            code="model_not_found") from None
         except RequestError as exc:
-            raise APIError(exc.status, str(exc), "server_error" if exc.status >= 500
-                           else "invalid_request_error", param=exc.param, code=exc.code) from None
+            raise APIError.of(exc) from None
         if body.stream:
             include_usage = bool((body.stream_options or {}).get("include_usage"))
             return StreamingResponse(_sse(turn, service.model_name, include_usage),
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache"})
+        # A client that goes away stops its answer within a token (kept as `interrupted`).
+        watcher = asyncio.create_task(_cancel_on_disconnect(request, turn))
         try:
-            text = "".join(turn)  # blocks this worker thread, not the event loop
+            text = await asyncio.to_thread(lambda: "".join(turn))
         except Exception as exc:
             raise APIError(500, f"generation failed: {type(exc).__name__}",
                            "server_error") from None
+        finally:
+            watcher.cancel()
         result = turn.result
         return {
             "id": turn.id, "object": "chat.completion", "created": int(time.time()),
@@ -149,6 +164,10 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
     @router.post("/feedback")
     def feedback(body: Feedback, caller: Caller) -> dict:
         reasons = [body.reason] if isinstance(body.reason, str) else body.reason
+        try:
+            service.check_feedback(body.comment, body.correction, reasons)
+        except RequestError as exc:
+            raise APIError.of(exc) from None
         with open_db(service.home) as db:
             # Curators, admins and the local owner (no auth) rate any answer; a user, their own.
             answer = store.message_for(db, body.id, caller["id"] if caller else None,
@@ -181,6 +200,14 @@ def _params(body: ChatRequest) -> GenerationParams:
         top_p=defaults.top_p if body.top_p is None else body.top_p,
         max_tokens=body.max_completion_tokens or body.max_tokens or defaults.max_tokens,
         stop=stop, seed=body.seed)
+
+
+async def _cancel_on_disconnect(request: Request, turn: Turn) -> None:
+    """Wait for the client to go away (the body is read, so the next ASGI message is the
+    disconnect), then stop the answer."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+    turn.cancel()
 
 
 def _usage(result) -> dict:
@@ -244,7 +271,18 @@ def install(app: FastAPI, service: ChatService, auth: Auth) -> None:
 
     @app.exception_handler(APIError)
     async def api_error(request: Request, exc: APIError):
-        return error_response(exc.status, str(exc), exc.type, exc.param, exc.code)
+        return error_response(exc.status, str(exc), exc.type, exc.param, exc.code,
+                              exc.retry_after)
+
+    @app.exception_handler(sqlite3.OperationalError)
+    async def storage_error(request: Request, exc: sqlite3.OperationalError):
+        # A full disk or a locked-out database: say so, in the shape clients parse.
+        log.error("storage failed: %s", exc)
+        if "full" in str(exc):
+            return error_response(507, "the server's disk is full; nothing was stored",
+                                  "server_error", code="insufficient_storage")
+        return error_response(503, "the database cannot be written now; nothing was stored",
+                              "server_error", code="storage_unavailable")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
@@ -253,6 +291,11 @@ def install(app: FastAPI, service: ChatService, auth: Auth) -> None:
             return error_response(400, "the request body is not valid JSON")
         param = _param(first.get("loc", ()))
         return error_response(400, f"{param or 'body'}: {first.get('msg')}", param=param)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception):  # never a plain-text 500
+        log.exception("unexpected error")
+        return error_response(500, f"internal error: {type(exc).__name__}", "server_error")
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):

@@ -11,7 +11,10 @@ import html
 import ipaddress
 
 from fastapi import FastAPI, Form, Request
-from fastapi.responses import HTMLResponse, RedirectResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+
+from assistant.throttle import Refused, Throttle, ThrottleConfig
 
 from storage import Home, open_db
 from storage import users
@@ -32,10 +35,12 @@ def is_loopback(host: str) -> bool:
 
 
 class Auth:
-    def __init__(self, home: Home, host: str, session_hours: float = 12.0):
+    def __init__(self, home: Home, host: str, session_hours: float = 12.0,
+                 throttle: Throttle | None = None):
         self.home = home
         self.loopback = is_loopback(host)
         self.session_hours = session_hours
+        self.throttle = throttle or Throttle(ThrottleConfig())
 
     def caller(self, request) -> dict | None:
         """The user behind a request (session cookie or bearer key), LOCAL when nobody needs
@@ -78,7 +83,8 @@ class Auth:
             raise Forbidden(f"this needs the {role} role; you are a {user['role']}")
 
     def install(self, app: FastAPI) -> None:
-        """/login, /logout, and a redirect to /login for a signed-out visit to the page."""
+        """/login, /logout (a POST: a link or an image cannot sign anyone out), a redirect to
+        /login for a signed-out visit to the page, and the API schema for signed-in callers."""
         @app.middleware("http")
         async def to_login(request: Request, call_next):
             if request.method == "GET" and request.url.path == "/" and self.caller(request) is None:
@@ -90,19 +96,30 @@ class Auth:
             return _LOGIN.format(error=html.escape(error))
 
         @app.post("/login")
-        def login(username: str = Form(...), password: str = Form(...)):
-            with open_db(self.home) as db:
-                user = users.check_password(db, username.strip(), password)
-                if user is None:
-                    return RedirectResponse("/login?error=Wrong+name+or+password",
-                                            status_code=303)
-                token = users.start_session(db, user["id"], self.session_hours)
+        def login(request: Request, username: str = Form(..., max_length=200),
+                  password: str = Form(..., max_length=1000)):
+            address = request.client.host if request.client else "?"
+            try:
+                # Refused before any hashing: a flood of guesses costs no memory or CPU.
+                self.throttle.check_sign_in(username.strip(), address)
+                with self.throttle.hashing(), open_db(self.home) as db:
+                    user = users.check_password(db, username.strip(), password)
+                    if user is None:
+                        self.throttle.failed_sign_in(username.strip(), address)
+                        return RedirectResponse("/login?error=Wrong+name+or+password",
+                                                status_code=303)
+                    token = users.start_session(db, user["id"], self.session_hours)
+            except Refused as exc:
+                return HTMLResponse(_LOGIN.format(error=html.escape(str(exc))),
+                                    status_code=exc.status,
+                                    headers={"Retry-After": str(exc.retry_after)})
             response = RedirectResponse("/", status_code=303)
+            # Strict: no other site's page can make the browser send it (CSRF).
             response.set_cookie(COOKIE, token, max_age=int(self.session_hours * 3600),
-                                httponly=True, samesite="lax")
+                                httponly=True, samesite="strict")
             return response
 
-        @app.get("/logout")
+        @app.post("/logout")
         def logout(request: Request):
             token = request.cookies.get(COOKIE)
             if token:
@@ -111,6 +128,18 @@ class Auth:
             response = RedirectResponse("/login", status_code=303)
             response.delete_cookie(COOKIE)
             return response
+
+        @app.get("/openapi.json", include_in_schema=False)
+        def schema(request: Request):
+            if self.caller(request) is None:
+                return JSONResponse({"detail": "sign in first"}, status_code=401)
+            return app.openapi()
+
+        @app.get("/docs", include_in_schema=False)
+        def docs(request: Request):
+            if self.caller(request) is None:
+                return RedirectResponse("/login", status_code=303)
+            return get_swagger_ui_html(openapi_url="/openapi.json", title="Flywheel API")
 
 
 _LOGIN = """<!doctype html><html><head><meta charset="utf-8"><title>Sign in · Flywheel</title>

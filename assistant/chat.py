@@ -12,11 +12,15 @@ from pathlib import Path
 from typing import Iterator
 
 from assistant.engine import ACTIVE, Completion, Engine, GenerationParams, RequestError
+from assistant.journal import Journal
+from assistant.throttle import Refused, Throttle, ThrottleConfig
 from storage import Home, open_db
-from storage import ab, adapters
+from storage import ab, adapters, partials
 from storage import chat as store
 
 ALIAS = "flywheel"  # the model name that means "whatever adapter is active now"
+
+
 
 
 @dataclass
@@ -48,10 +52,34 @@ class Turn:
 
 
 class ChatService:
-    def __init__(self, engine: Engine, home: Home, model_name: str):
+    def __init__(self, engine: Engine, home: Home, model_name: str,
+                 throttle: Throttle | None = None, *, max_comment_chars: int = 4_000,
+                 max_correction_chars: int = 16_000, journal: Journal | None = None):
         self.engine = engine
         self.home = home
         self.model_name = model_name
+        self.throttle = throttle or Throttle(ThrottleConfig())
+        self.max_comment_chars = max_comment_chars
+        self.max_correction_chars = max_correction_chars
+        self.journal = journal  # writes running answers' text as it streams
+
+    def check_feedback(self, comment: str | None = None, correction: str | None = None,
+                       reasons: list[str] | None = None) -> None:
+        """Refuse feedback text over its limit, or one holding a control token (a correction
+        becomes training data), before anything is stored."""
+        for field, text, limit, setting in (
+                ("comment", comment, self.max_comment_chars, "max_comment_chars"),
+                ("correction", correction, self.max_correction_chars,
+                 "max_correction_chars")):
+            if text and len(text) > limit:
+                raise RequestError(f"a {field} may have at most {limit} characters ({setting}), "
+                                   f"not {len(text)}", field)
+            token = self.engine.control_token_in(text or "")
+            if token:
+                raise RequestError(f"a {field} may not contain the model's control token "
+                                   f"{token!r}", field, "control_token")
+        if reasons and (len(reasons) > 10 or any(len(r) > 100 for r in reasons)):
+            raise RequestError("at most 10 reasons of up to 100 characters each", "reason")
 
     # ---- models ---------------------------------------------------------------------------
 
@@ -95,17 +123,22 @@ class ChatService:
                        self._system(db, conversation_id) if conversation_id else
                        [{"role": "system", "content": system_prompt}] if system_prompt else [])
         prompt_tokens = self.engine.check(earlier + [{"role": "user", "content": text}], params)
-        with open_db(self.home) as db, store.transaction(db):
-            if conversation_id is None:
-                conversation_id = store.create_conversation(
-                    db, user_id=user_id, title=text[:60], system_prompt=system_prompt or None)
-            user_message_id = store.add_message(db, conversation_id, "user", text, parent_id)
-            messages = store.history(db, user_message_id)
+        release = self._admit(user_id)
+        try:
+            with open_db(self.home) as db, store.transaction(db):
+                if conversation_id is None:
+                    conversation_id = store.create_conversation(
+                        db, user_id=user_id, title=text[:60], system_prompt=system_prompt or None)
+                user_message_id = store.add_message(db, conversation_id, "user", text, parent_id)
+                messages = store.history(db, user_message_id)
+        except BaseException:
+            release()
+            raise
         return self._answer(conversation_id, user_message_id, messages, prompt_tokens, params,
-                            adapter, path)
+                            adapter, path, release)
 
     def regenerate(self, user_message_id: str, params: GenerationParams | None = None,
-                   model: str = ALIAS) -> Turn:
+                   model: str = ALIAS, *, user_id: int | None = None) -> Turn:
         """Another answer to a stored user turn, a sibling of the earlier ones (a pair for
         preference training)."""
         params = params or GenerationParams()
@@ -117,18 +150,31 @@ class ChatService:
             messages = store.history(db, user_message_id)
         prompt_tokens = self.engine.check(messages, params)
         return self._answer(question["conversation_id"], user_message_id, messages,
-                            prompt_tokens, params, adapter, path)
+                            prompt_tokens, params, adapter, path, self._admit(user_id))
 
     def complete(self, messages: list[dict[str, str]], params: GenerationParams,
                  model: str = ALIAS, user_id: int | None = None) -> Turn:
         """Answer a whole chat sent in one request (the API): stored as a new conversation."""
         adapter, path = self.select(model)
         prompt_tokens = self.engine.check(messages, params)
-        with open_db(self.home) as db:
-            conversation_id, user_message_id = store.store_transcript(db, messages, user_id)
-            stored = store.history(db, user_message_id)
+        release = self._admit(user_id)
+        try:
+            with open_db(self.home) as db:
+                conversation_id, user_message_id = store.store_transcript(db, messages, user_id)
+                stored = store.history(db, user_message_id)
+        except BaseException:
+            release()
+            raise
         return self._answer(conversation_id, user_message_id, stored, prompt_tokens, params,
-                            adapter, path)
+                            adapter, path, release)
+
+    def _admit(self, user_id: int | None):
+        """Count the request against the caller's share; returns the release for its end."""
+        try:
+            return self.throttle.admit(user_id)
+        except Refused as exc:
+            raise RequestError(str(exc), code="rate_limit_exceeded", status=exc.status,
+                               retry_after=exc.retry_after) from None
 
     def _ab_arm(self, conversation_id: str) -> tuple[str, Path] | None:
         """The candidate of a running A/B split, for conversations in its share."""
@@ -150,20 +196,35 @@ class ChatService:
 
     def _answer(self, conversation_id: str, user_message_id: str, messages: list[dict],
                 prompt_tokens: int, params: GenerationParams, adapter: str | None,
-                path: Path | None) -> Turn:
+                path: Path | None, release) -> Turn:
         answer_id = store.new_id("chatcmpl")
         if adapter == ACTIVE:  # "whatever is live": the candidate, for an A/B split's share
             adapter, path = self._ab_arm(conversation_id) or (adapter, path)
+        with open_db(self.home) as db:  # journaled from the start: a crash keeps the text
+            partials.start(db, answer_id, conversation_id, user_message_id,
+                           model=self.model_name, params=params.as_dict(),
+                           prompt_tokens=prompt_tokens)
 
         def save(result: Completion) -> None:  # runs on the engine's worker
-            with open_db(self.home) as db:
+            with open_db(self.home) as db, store.transaction(db):
                 store.add_message(
                     db, conversation_id, "assistant", result.text, user_message_id,
                     message_id=answer_id, model=self.model_name, adapter_id=result.adapter_id,
                     params=params.as_dict(), prompt_tokens=result.prompt_tokens,
                     completion_tokens=result.completion_tokens,
                     latency_ms=round(result.latency_ms, 1), finish_reason=result.finish_reason)
+                partials.finish(db, answer_id)
+
+        def ended(stream) -> None:  # however it ended; a failed answer keeps what it had
+            release()
+            if self.journal is not None:
+                self.journal.forget(answer_id)
+            if stream.result is None:
+                with open_db(self.home) as db:
+                    partials.recover(db, answer_id)
 
         stream = self.engine.chat(messages, params, adapter=adapter, adapter_path=path,
-                                  on_finish=save)
+                                  on_finish=save, on_end=ended)
+        if self.journal is not None:
+            self.journal.track(answer_id, stream)
         return Turn(answer_id, conversation_id, user_message_id, prompt_tokens, stream)

@@ -14,6 +14,7 @@ import concurrent.futures
 import copy
 import logging
 import queue
+import re
 import threading
 import time
 from contextlib import nullcontext
@@ -34,9 +35,10 @@ class RequestError(ValueError):
     """A request the engine will not run (too long, bad parameters); `param` names the field."""
 
     def __init__(self, message: str, param: str | None = None, code: str | None = None,
-                 status: int = 400):
+                 status: int = 400, retry_after: int | None = None):
         super().__init__(message)
         self.param, self.code, self.status = param, code, status
+        self.retry_after = retry_after  # seconds, for a 429
 
 
 @dataclass
@@ -74,11 +76,13 @@ class Stream:
 
     _END = object()
 
-    def __init__(self) -> None:
+    def __init__(self, on_end: Callable[["Stream"], None] | None = None) -> None:
+        self._on_end = on_end  # runs once the stream ends, however it ends
         self._pieces: queue.Queue = queue.Queue()
         self.cancelled = threading.Event()
         self.done = threading.Event()
         self.adapter_id: str | None = None
+        self.partial = ""  # the text streamed so far (the journal reads it)
         self.result: Completion | None = None
         self.error: BaseException | None = None
 
@@ -97,6 +101,8 @@ class Stream:
 
     def _finish(self, result: Completion | None, error: BaseException | None = None) -> None:
         self.result, self.error = result, error
+        if self._on_end is not None:
+            self._on_end(self)
         self.done.set()
         self._pieces.put(Stream._END)
 
@@ -159,7 +165,8 @@ class _StepHook(StoppingCriteria):
 class Engine:
     def __init__(self, model, tokenizer, base_name: str, *, max_batch_size: int = 8,
                  max_loaded_adapters: int = 2, max_tokens_cap: int = 1024,
-                 context_length: int | None = None, max_queued: int = 64):
+                 context_length: int | None = None, max_queued: int = 64,
+                 max_messages: int = 256, max_stop_chars: int = 256):
         self.model = model            # becomes a PeftModel once the first adapter is loaded
         self.tokenizer = tokenizer
         self.base_name = base_name
@@ -168,6 +175,13 @@ class Engine:
         self.max_loaded_adapters = max_loaded_adapters  # the active one + one for rollback
         self.max_tokens_cap = max_tokens_cap
         self.max_queued = max_queued  # beyond this many waiting requests, say "busy"
+        self.max_messages = max_messages
+        self.max_stop_chars = max_stop_chars  # each token checks every stop string's prefixes
+        # Text that the tokenizer would read as a control token (a fake turn boundary): typed
+        # by a person it is refused, never parsed, and so never reaches training data either.
+        specials = sorted({t.content for t in tokenizer.added_tokens_decoder.values()
+                           if t.special} | set(tokenizer.all_special_tokens), key=len, reverse=True)
+        self._control = re.compile("|".join(map(re.escape, specials))) if specials else None
         self.context_length = context_length or getattr(model.config, "max_position_embeddings",
                                                         2048)
         self.eos_ids = self._eos_ids()
@@ -201,6 +215,17 @@ class Engine:
             raise RequestError("top_p must be above 0 and at most 1", "top_p")
         if len(params.stop) > 4 or any(not s for s in params.stop):
             raise RequestError("stop takes up to 4 non-empty strings", "stop")
+        if any(len(s) > self.max_stop_chars for s in params.stop):
+            raise RequestError(f"a stop string may have at most {self.max_stop_chars} characters "
+                               "(max_stop_chars)", "stop")
+        if len(messages) > self.max_messages:
+            raise RequestError(f"at most {self.max_messages} messages per request "
+                               f"(max_messages), not {len(messages)}", "messages")
+        for i, message in enumerate(messages):
+            token = self.control_token_in(message["content"])
+            if token:
+                raise RequestError(f"messages may not contain the model's control token "
+                                   f"{token!r}", f"messages.{i}.content", "control_token")
         chars = sum(len(m["content"]) for m in messages)
         if chars > self.context_length * 16:  # no tokenizer needed to refuse a huge paste
             raise RequestError(self._too_long(f"{chars} characters", params), "messages",
@@ -213,12 +238,19 @@ class Engine:
                                "context_length_exceeded")
         return prompt_tokens
 
+    def control_token_in(self, text: str) -> str | None:
+        """The first of the tokenizer's special tokens written in `text`, if any."""
+        found = self._control.search(text) if self._control and text else None
+        return found.group(0) if found else None
+
     def chat(self, messages: list[dict], params: GenerationParams | None = None,
              adapter: str | None = ACTIVE, adapter_path: Path | None = None,
-             on_finish: Callable[[Completion], None] | None = None) -> Stream:
+             on_finish: Callable[[Completion], None] | None = None,
+             on_end: Callable[[Stream], None] | None = None) -> Stream:
         """Queue a generation for a chat; returns at once with a Stream to read from.
-        `on_finish` runs on the worker with the result before the stream ends (to store it)."""
-        stream = Stream()
+        `on_finish` runs on the worker with the result before the stream ends (to store it);
+        `on_end` runs when the stream ends, also when it fails."""
+        stream = Stream(on_end)
         request = _Request(messages, params or GenerationParams(), adapter,
                            Path(adapter_path) if adapter_path else None, stream, on_finish)
         self._put(request)
@@ -249,6 +281,8 @@ class Engine:
             self._wakeup.notify()
 
     def _submit(self, fn: Callable[[], object]) -> concurrent.futures.Future:
+        """Run `fn` on the worker at the next batch boundary: ahead of every queued request
+        (behind earlier swaps), so a promotion never waits for the queue to drain."""
         future: concurrent.futures.Future = concurrent.futures.Future()
 
         def job() -> None:
@@ -256,7 +290,11 @@ class Engine:
                 future.set_result(fn())
             except BaseException as exc:
                 future.set_exception(exc)
-        self._put(job)
+        with self._wakeup:
+            first_request = next((i for i, j in enumerate(self._jobs)
+                                  if isinstance(j, _Request)), len(self._jobs))
+            self._jobs.insert(first_request, job)
+            self._wakeup.notify()
         return future
 
     def _take_joinable(self, key: tuple, room: int) -> list[_Request]:
@@ -397,12 +435,14 @@ class Engine:
         if safe > row.emitted:
             row.stream._pieces.put(text[row.emitted:safe])
             row.emitted = safe
+            row.stream.partial = text[:safe]
 
     def _complete(self, row: _Request) -> None:
         row.finished = True
         row.text = row.text.rstrip()
         if row.emitted < len(row.text):
             row.stream._pieces.put(row.text[row.emitted:])
+        row.stream.partial = row.text
         if row.stream.cancelled.is_set():
             finish = "interrupted"
         elif len(row.ids) >= row.params.max_tokens and not row.hit_stop:

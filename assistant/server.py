@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import gradio as gr
 import uvicorn
@@ -16,10 +16,13 @@ from assistant import api, models
 from assistant.auth import Auth
 from assistant.chat import ChatService
 from assistant.engine import Engine
+from assistant.guard import Guard
+from assistant.journal import Journal
 from assistant.swap import AdapterWatcher
+from assistant.throttle import Throttle, ThrottleConfig
 from assistant.ui import build_ui
 from storage import Home, init_db, open_db
-from storage import users
+from storage import partials, users
 from storage.db import Checkpointer
 
 log = logging.getLogger("flywheel.server")
@@ -35,6 +38,16 @@ class ServeConfig:
     max_tokens_cap: int = 1024        # the most new tokens one request may ask for
     quantize: str | None = None       # "4bit" or "8bit" (CUDA + bitsandbytes)
     session_hours: float = 12.0       # a page sign-in lasts this long
+    journal_interval: float = 1.0     # seconds between writes of running answers' text
+    # ---- limits: a request past one is refused with a message naming the setting ----------
+    max_body_bytes: int = 1 << 20     # one request body (a full 2,048-token chat is ~10 KB)
+    max_queued: int = 64              # waiting requests; past it, 503 "busy"
+    max_messages: int = 256           # messages in one API request
+    max_stop_chars: int = 256         # one stop string (each token is checked against them)
+    max_comment_chars: int = 4_000    # a rating's comment or a flag's note
+    max_correction_chars: int = 16_000  # a curator's corrected answer (~4k tokens)
+    allowed_hosts: tuple[str, ...] = ()  # Host names a loopback server also answers to (a proxy)
+    throttle: ThrottleConfig = field(default_factory=ThrottleConfig)  # rates, sign-in attempts
 
 
 class ServeError(Exception):
@@ -43,17 +56,19 @@ class ServeError(Exception):
 
 @dataclass
 class Server:
-    app: FastAPI
+    app: Guard  # the FastAPI app behind the edge checks
     engine: Engine
     watcher: AdapterWatcher
     service: ChatService
     checkpointer: Checkpointer
+    journal: Journal
 
 
 def build(home: Home, config: ServeConfig) -> Server:
     """Everything `flywheel serve` runs, ready for uvicorn (tests and benches use it too)."""
     init_db(home)
-    auth = Auth(home, config.host, config.session_hours)
+    throttle = Throttle(config.throttle)
+    auth = Auth(home, config.host, config.session_hours, throttle)
     with open_db(home) as db:
         if not auth.loopback and not users.has_admin(db):
             raise ServeError(f"refusing to serve on {config.host} without an admin account; "
@@ -64,12 +79,22 @@ def build(home: Home, config: ServeConfig) -> Server:
     print(f"Loaded {base.name} on {model.device} ({model.dtype}) in "
           f"{time.perf_counter() - started:.1f}s from {base.folder}", flush=True)
     engine = Engine(model, tokenizer, base.name, max_batch_size=config.max_batch_size,
-                    max_tokens_cap=config.max_tokens_cap)
+                    max_tokens_cap=config.max_tokens_cap, max_queued=config.max_queued,
+                    max_messages=config.max_messages, max_stop_chars=config.max_stop_chars)
     watcher = AdapterWatcher(engine, home, interval=config.poll_interval)
     watcher.check()  # serve the active adapter from the first request on
     watcher.start()
-    service = ChatService(engine, home, base.name)
-    app = FastAPI(title="Flywheel")
+    with open_db(home) as db:  # answers a killed server left unfinished keep their text
+        recovered = partials.recover(db)
+    if recovered:
+        print(f"Stored {recovered} answers left unfinished by the last run as interrupted",
+              flush=True)
+    journal = Journal(home, config.journal_interval).start()
+    service = ChatService(engine, home, base.name, throttle,
+                          max_comment_chars=config.max_comment_chars,
+                          max_correction_chars=config.max_correction_chars, journal=journal)
+    # The schema and its viewer are served by auth.install, to signed-in callers only.
+    app = FastAPI(title="Flywheel", docs_url=None, redoc_url=None, openapi_url=None)
 
     @app.get("/healthz")
     def healthz() -> dict:
@@ -79,8 +104,10 @@ def build(home: Home, config: ServeConfig) -> Server:
     auth.install(app)
     app = gr.mount_gradio_app(app, build_ui(service, auth, config.model), path="/",
                               auth_dependency=auth.gradio_user)
+    app = Guard(app, loopback=auth.loopback, allowed_hosts=config.allowed_hosts,
+                max_body_bytes=config.max_body_bytes)
     checkpointer = Checkpointer(home).start()  # writers never wait for a checkpoint's sync
-    return Server(app, engine, watcher, service, checkpointer)
+    return Server(app, engine, watcher, service, checkpointer, journal)
 
 
 def serve(home: Home, config: ServeConfig) -> None:
@@ -114,6 +141,7 @@ def serve_in_thread(home: Home, config: ServeConfig):
         thread.join(timeout=30)
         server.watcher.stop()
         server.checkpointer.stop()
+        server.journal.stop()
 
 
 def free_port() -> int:

@@ -9,6 +9,8 @@ the caller (`Page.user`) and checks their role and ownership on the server; the 
 may not use are hidden as well, but hiding is not what protects them.
 """
 
+import html
+
 import gradio as gr
 
 from assistant.auth import Auth, Forbidden
@@ -59,7 +61,7 @@ def build_ui(service: ChatService, auth: Auth, model_spec: str | None = None) ->
     with gr.Blocks(title="Flywheel") as demo:
         with gr.Row():
             gr.Markdown("## Flywheel")
-            who = gr.Markdown(elem_id="who")
+            who = gr.HTML(elem_id="who")
         with gr.Tabs():
             with gr.Tab("Chat", id="chat"):
                 ui_chat.build(page, demo)
@@ -70,8 +72,11 @@ def build_ui(service: ChatService, auth: Auth, model_spec: str | None = None) ->
 
         def on_load(request: gr.Request):
             user = page.user(request)
-            signed = "" if user["id"] is None else " · [Sign out](/logout)"
-            return (f"Signed in as **{user['name']}** ({user['role']}){signed}",
+            # Signing out is a POST from this page (the Origin check passes it; other sites' fail).
+            signed = "" if user["id"] is None else (
+                ' · <form method="post" action="/logout" style="display:inline">'
+                '<button type="submit" id="sign-out">Sign out</button></form>')
+            return (f"Signed in as <b>{html.escape(user['name'])}</b> ({user['role']}){signed}",
                     gr.Tab(visible=user["role"] in ("curator", "admin")),
                     gr.Tab(visible=user["role"] == "admin"))
         demo.load(on_load, None, [who, curate_tab, admin_tab], api_visibility="private")

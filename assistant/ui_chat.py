@@ -53,13 +53,15 @@ def _conversations(page, user: dict, selected: str | None = None):
 
 
 def build(page, demo: gr.Blocks) -> None:
-    running: dict[str, tuple[Turn, dict]] = {}  # session hash -> answer in progress, session
+    # session hash -> (answer in progress, the page's session, the user it answers)
+    running: dict[str, tuple[Turn, dict, int | None]] = {}
 
     def stream(turn: Turn, session: dict, history: list, request: gr.Request):
         """Show the answer as it grows; afterwards the branch ends at the stored answer."""
         session = {**session, "conversation_id": turn.conversation_id, "selected": None}
         history = history + [{"role": "assistant", "content": ""}]
-        running[request.session_hash] = (turn, session)
+        user_id = page.user(request)["id"]
+        running[request.session_hash] = (turn, session, user_id)
         yield history, session, "", {}  # the question shows at once, before the first token
         try:
             for piece in turn:
@@ -98,12 +100,13 @@ def build(page, demo: gr.Blocks) -> None:
 
     def stop(session: dict, request: gr.Request):
         """Stop this session's answer within one token; the partial answer is kept."""
-        page.user(request)
-        entry = running.pop(request.session_hash, None)
-        if entry is None:
+        user = page.user(request)
+        entry = running.get(request.session_hash)
+        if entry is None or entry[2] != user["id"]:  # only your own answer (a hash can leak)
             history, _ = _branch(page, session["leaf_id"])
             return history, session, {}
-        turn, session = entry
+        running.pop(request.session_hash, None)
+        turn, session, _ = entry
         turn.cancel()
         turn.wait(timeout=30)
         history, ids = _branch(page, turn.id)
@@ -118,7 +121,8 @@ def build(page, demo: gr.Blocks) -> None:
         if answer["role"] != "assistant":
             raise gr.Error("Select an answer to regenerate.")
         try:
-            turn = page.service.regenerate(answer["parent_id"], params(temperature, max_tokens))
+            turn = page.service.regenerate(answer["parent_id"], params(temperature, max_tokens),
+                                           user_id=user["id"])
         except RequestError as exc:
             raise gr.Error(str(exc)) from None
         history, _ = _branch(page, answer["parent_id"])
@@ -134,7 +138,7 @@ def build(page, demo: gr.Blocks) -> None:
             raise gr.Error("Select one of your messages and write its new text.")
         try:
             turn = page.service.reply(original["conversation_id"], original["parent_id"], text,
-                                      params(temperature, max_tokens))
+                                      params(temperature, max_tokens), user_id=user["id"])
         except RequestError as exc:
             raise gr.Error(str(exc)) from None
         history, _ = _branch(page, original["parent_id"])
@@ -179,11 +183,12 @@ def build(page, demo: gr.Blocks) -> None:
         if any(r not in allowed for r in reasons or []):
             raise gr.Error(f"Reasons for '{rating}' are: {', '.join(allowed)}.")
         try:
+            page.service.check_feedback(comment=comment)
             with open_db(page.home) as db:
                 store.record_feedback(db, message_id, rating, reasons=reasons or [],
                                       comment=(comment or "").strip() or None,
                                       rater_id=user["id"])
-        except (KeyError, ValueError) as exc:
+        except (KeyError, ValueError) as exc:  # RequestError is a ValueError
             raise gr.Error(str(exc)) from None
         return "ok"
 
@@ -309,8 +314,9 @@ def build(page, demo: gr.Blocks) -> None:
     edited = edit_btn.click(edit, [edit_box, session, *knobs], streamed, api_name="edit")
     for event in (sent, submitted, regenerated, edited):
         event.then(list_mine, [session], [conversations], api_visibility="private")
-    stop_btn.click(stop, [session], [chatbot, session, last],
-                   cancels=[sent, submitted, regenerated, edited], api_name="stop")
+    # Not Gradio's `cancels=`: that cancels by session hash alone, and a hash can leak; `stop`
+    # checks that the answer is the caller's, then the answer's own stream ends within a token.
+    stop_btn.click(stop, [session], [chatbot, session, last], api_name="stop")
     chatbot.select(select, [session], [session, where, edit_box], api_visibility="private")
     chatbot.like(on_like, [session], None, api_visibility="private")
     def previous_sibling(session: dict, request: gr.Request):

@@ -81,6 +81,7 @@ def build(page, demo: gr.Blocks) -> None:
             raise gr.Error("Pick an answer from the queue first.")
         correction = (correction or "").strip()
         try:
+            page.service.check_feedback(correction=correction)
             with open_db(page.home) as db, store.transaction(db):
                 current = review.answer_review(db, message_id)
                 if current is None:
@@ -114,7 +115,8 @@ def build(page, demo: gr.Blocks) -> None:
         try:
             first = page.service.reply(None, None, prompt, greedy, model=model_a,
                                        user_id=user["id"])
-            second = page.service.regenerate(first.user_message_id, greedy, model=model_b)
+            second = page.service.regenerate(first.user_message_id, greedy, model=model_b,
+                                             user_id=user["id"])
         except (RequestError, KeyError) as exc:
             raise gr.Error(f"Cannot compare: {exc}") from None
         return {"prompt_id": first.user_message_id, "answer_a": first.id,

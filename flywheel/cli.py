@@ -6,6 +6,7 @@ Bad input ends with one line on stderr and exit code 2; nothing is half-written.
 
 import argparse
 import json
+import sqlite3
 import sys
 from contextlib import contextmanager
 from typing import Iterator
@@ -36,10 +37,41 @@ def cmd_serve(args: argparse.Namespace) -> int:
                          poll_interval=args.poll_interval, max_batch_size=args.max_batch_size,
                          max_tokens_cap=args.max_tokens_cap, quantize=args.quantize)
     try:
+        config = with_limits(config, args.limit or [])
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    try:
         serve(Home.resolve(args.home), config)
     except (ModelError, ServeError) as exc:
         raise UsageError(str(exc)) from None
     return 0
+
+
+def with_limits(config, pairs: list[str]):
+    """`--limit NAME=VALUE`: a field of ServeConfig or of its ThrottleConfig, typed as there."""
+    import dataclasses
+    throttle = config.throttle
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        target = next((t for t in (config, throttle) if name in
+                       {f.name for f in dataclasses.fields(t)} and name != "throttle"), None)
+        if not sep or target is None:
+            raise ValueError(f"--limit takes NAME=VALUE with NAME a field of ServeConfig or "
+                             f"ThrottleConfig (assistant/server.py, assistant/throttle.py), "
+                             f"not {pair!r}")
+        current = getattr(target, name)
+        try:
+            typed = (tuple(v.strip() for v in value.split(",") if v.strip())
+                     if isinstance(current, tuple) else type(current)(value)
+                     if current is not None else value)
+        except ValueError:
+            raise ValueError(f"--limit {name} takes a {type(current).__name__}, not "
+                             f"{value!r}") from None
+        if target is throttle:
+            throttle = dataclasses.replace(throttle, **{name: typed})
+        else:
+            config = dataclasses.replace(config, **{name: typed})
+    return dataclasses.replace(config, throttle=throttle)
 
 
 def train_config(args: argparse.Namespace):
@@ -344,6 +376,9 @@ def parser() -> argparse.ArgumentParser:
                    help="the most new tokens one request may ask for")
     s.add_argument("--quantize", choices=["4bit", "8bit"],
                    help="load the base model in 4 or 8 bits (CUDA with bitsandbytes)")
+    s.add_argument("--limit", action="append", metavar="NAME=VALUE",
+                   help="change one limit, e.g. requests_per_minute=60 or max_body_bytes=2000000 "
+                        "(README: Limits)")
     s.set_defaults(func=cmd_serve)
 
     t = sub.add_parser("train", parents=[home],
@@ -482,6 +517,15 @@ def main(argv: list[str] | None = None) -> int:
         return args.func(args)
     except UsageError as exc:
         print(f"flywheel: error: {exc}", file=sys.stderr)
+        return 2
+    except sqlite3.DatabaseError as exc:  # corrupt, unreadable, read-only or full
+        print(f"flywheel: error: the database cannot be used: {exc} (restore a backup with "
+              "`flywheel restore DIR`, or check the home's permissions and free space)",
+              file=sys.stderr)
+        return 2
+    except OSError as exc:  # a read-only or full home, a missing file
+        print(f"flywheel: error: {exc.strerror or exc}: {exc.filename or ''}".rstrip(": "),
+              file=sys.stderr)
         return 2
 
 

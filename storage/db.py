@@ -6,6 +6,7 @@ numbered SQL scripts applied in order inside one transaction each; the applied v
 rows of `schema_version`, so a database can be upgraded in place by any newer Flywheel.
 """
 
+import os
 import sqlite3
 import threading
 from contextlib import contextmanager
@@ -337,6 +338,22 @@ MIGRATIONS: list[str] = [
     CREATE INDEX sessions_user ON sessions(user_id);
     CREATE INDEX api_keys_user_id ON api_keys(user_id, id);
     """.format(**_RECOUNT),
+    # 6: answers being generated, written as they stream (at a bounded rate), so a server
+    # killed mid-answer keeps what it had: the next start stores them as `interrupted`.
+    """
+    CREATE TABLE partial_answers (
+        id TEXT PRIMARY KEY,                  -- the answer's message id, chosen up front
+        conversation_id TEXT NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+        parent_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+        content TEXT NOT NULL DEFAULT '',
+        model TEXT,
+        adapter_id TEXT,
+        params TEXT,
+        prompt_tokens INTEGER,
+        started_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')),
+        updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -391,7 +408,12 @@ def schema_version(db: sqlite_utils.Database) -> int:
 
 
 def init_db(home: Home) -> int:
-    """Create the database or bring it up to SCHEMA_VERSION; returns the version now in force."""
+    """Create the database or bring it up to SCHEMA_VERSION; returns the version now in force.
+    The file is readable by its owner only (it holds conversations and password hashes);
+    SQLite gives its -wal and -shm files the same mode."""
+    os.close(os.open(home.db_path, os.O_CREAT | os.O_RDWR, 0o600))
+    if home.db_path.stat().st_mode & 0o077:
+        home.db_path.chmod(0o600)
     db = _connect(home.db_path)
     try:
         db.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER PRIMARY KEY, "

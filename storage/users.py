@@ -123,7 +123,10 @@ def set_password(db: sqlite_utils.Database, name: str, password: str) -> None:
         raise KeyError(f"no user {name!r}")
     with transaction(db):
         db["users"].update(user["id"], {"password_hash": _hasher.hash(password)})
-        db.execute("DELETE FROM sessions WHERE user_id = ?", [user["id"]])  # sign out everywhere
+        # A new password ends every way in that the old one may have opened: sessions and keys.
+        db.execute("DELETE FROM sessions WHERE user_id = ?", [user["id"]])
+        db.execute("UPDATE api_keys SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
+                   "WHERE user_id = ? AND revoked_at IS NULL", [user["id"]])
 
 
 def set_disabled(db: sqlite_utils.Database, name: str, disabled: bool = True) -> None:

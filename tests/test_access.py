@@ -59,7 +59,9 @@ def test_sign_in_gives_a_session_that_times_out_and_ends_on_sign_out(server, hom
         assert signed.status_code == 303 and signed.headers["location"] == "/"
         assert browser.get("/").status_code == 200
         assert browser.get("/v1/models").status_code == 200  # the page's cookie works there too
-        browser.get("/logout")
+        browser.get("/logout")  # what a link or an image on another page would do
+        assert browser.get("/", follow_redirects=False).status_code == 200  # still signed in
+        browser.post("/logout")
         assert browser.get("/", follow_redirects=False).status_code == 303
     with open_db(home) as db:  # an expired session is refused
         token = users.start_session(db, db["users"].count, hours=-1)

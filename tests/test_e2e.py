@@ -28,13 +28,13 @@ def flywheel(*args: str) -> list[str]:
     return [sys.executable, "-m", "flywheel.cli", *args]
 
 
-def wait_for(check, timeout: float, what: str):
+def wait_for(check, timeout: float, what: str, every: float = 0.5):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = check()
         if value:
             return value
-        time.sleep(0.5)
+        time.sleep(every)
     raise AssertionError(f"timed out waiting for {what}")
 
 

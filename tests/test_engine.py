@@ -1,3 +1,4 @@
+import threading
 import time
 
 import pytest
@@ -66,13 +67,29 @@ def test_activated_adapter_serves_new_requests_and_base_stays_reachable(engine, 
 
 def test_request_keeps_the_adapter_it_started_with(engine, tiny_model_dir, tmp_path):
     path = make_adapter(tiny_model_dir, tmp_path / "ad-a", seed=1)
-    before = engine.chat(HELLO, GREEDY)         # queued before the swap
+    before = engine.chat(HELLO, GREEDY)         # running when the swap comes
+    next(iter(before), None)
     swap = engine.activate("ad-a", path)
     after = engine.chat(HELLO, GREEDY)          # queued after it
     list(before), list(after)
     swap.result(timeout=60)
     assert before.result.adapter_id is None
     assert after.result.adapter_id == "ad-a"
+
+
+def test_a_swap_goes_ahead_of_queued_requests(engine, tiny_model_dir, tmp_path):
+    """A promotion waits for the batch that is running, not for every request queued."""
+    path = make_adapter(tiny_model_dir, tmp_path / "ad-a", seed=1)
+    hold = threading.Event()
+    engine._submit(hold.wait)  # the worker is busy (as with a long batch) while others queue
+    queued = [engine.chat(HELLO, GenerationParams(temperature=0.0, max_tokens=4, seed=i))
+              for i in range(3)]
+    swap = engine.activate("ad-a", path)
+    hold.set()
+    swap.result(timeout=60)
+    for stream in queued:
+        list(stream)
+    assert [s.result.adapter_id for s in queued] == ["ad-a"] * 3
 
 
 def test_broken_adapter_is_refused_and_the_old_one_keeps_serving(engine, tiny_model_dir,
