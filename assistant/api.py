@@ -281,8 +281,8 @@ def install(app: FastAPI, service: ChatService, auth: Auth) -> None:
         if "full" in str(exc):
             return error_response(507, "the server's disk is full; nothing was stored",
                                   "server_error", code="insufficient_storage")
-        return error_response(503, "the database cannot be written now; nothing was stored",
-                              "server_error", code="storage_unavailable")
+        return error_response(503, f"the database cannot be written now ({exc}); nothing "
+                              "was stored", "server_error", code="storage_unavailable")
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):

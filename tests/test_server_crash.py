@@ -2,6 +2,7 @@
 answer is stored, marked `interrupted`, with the text it had; nothing acknowledged is lost;
 the database is whole. And a database that cannot be used is one line, exit code 2."""
 
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -94,3 +95,32 @@ def test_a_corrupt_database_is_one_line_and_exit_code_2(tmp_path):
         assert done.stderr.count("\n") == 1 and "file is not a database" in done.stderr
     assert sqlite3.connect(home / "flywheel.db")  # left as it was, for `flywheel restore`
     assert (home / "flywheel.db").read_bytes() == b"this is not a database" * 400
+
+
+
+def test_a_full_disk_is_an_openai_shaped_error_and_nothing_half_written(home, tiny_model_dir):
+    config = ServeConfig(model=str(tiny_model_dir), port=0)
+    with serve_in_thread(home, config) as (url, _):
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="local", max_retries=0)
+        client.chat.completions.create(model="flywheel", max_tokens=2,
+                                       messages=[{"role": "user", "content": "hi"}])
+        with open_db(home) as db:
+            before = (db["conversations"].count, db["messages"].count)
+        # For a moment no file of this process may grow: what a full disk does to a writer.
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, hard))
+        try:
+            answer = httpx.post(f"{url}/v1/chat/completions", timeout=60, json={
+                "model": "flywheel", "max_tokens": 2,
+                "messages": [{"role": "user", "content": "x"}]})
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        assert answer.status_code in (503, 507), answer.text
+        assert answer.json()["error"]["type"] == "server_error"
+        assert "nothing was stored" in answer.json()["error"]["message"]
+        client.chat.completions.create(model="flywheel", max_tokens=2,  # room again: it goes on
+                                       messages=[{"role": "user", "content": "hi"}])
+    with open_db(home) as db:
+        assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        after = (db["conversations"].count, db["messages"].count)
+    assert after == (before[0] + 1, before[1] + 2)  # only the request answered after it
