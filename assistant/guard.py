@@ -42,6 +42,7 @@ class Guard:
         self.app = app
         # Bound to loopback: loopback names only (plus any the admin adds, e.g. a proxy's).
         self.hosts = (LOOPBACK_NAMES | {h.lower() for h in allowed_hosts}) if loopback else None
+        self.origins = {h.lower() for h in allowed_hosts}  # a proxy that rewrites Host
         self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope, receive, send):
@@ -55,7 +56,7 @@ class Guard:
                                  "host_not_allowed")
         origin = headers.get("origin")
         changes_state = scope["type"] == "websocket" or scope["method"] in STATE_CHANGING
-        if changes_state and origin is not None and urlsplit(origin).netloc.lower() != host.lower():
+        if changes_state and origin is not None and not self._same_site(origin, host):
             return await _refuse(scope, send, 403, "cross-site request refused: its Origin is "
                                  "not this server", "cross_origin")
         if scope["type"] == "http" and scope["method"] in STATE_CHANGING:
@@ -68,6 +69,11 @@ class Guard:
             elif not length.isdigit() or int(length) > self.max_body_bytes:
                 return await _refuse(scope, send, 413, self._too_big(), "body_too_large")
         await self.app(scope, receive, self._with_headers(send))
+
+    def _same_site(self, origin: str, host: str) -> bool:
+        """The page that sent it came from this server (or from a name the admin allowed)."""
+        netloc = urlsplit(origin).netloc.lower()
+        return netloc == host.lower() or host_name(netloc) in self.origins
 
     def _too_big(self) -> str:
         return f"the request body is over the limit of {self.max_body_bytes} bytes (max_body_bytes)"

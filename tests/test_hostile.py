@@ -287,3 +287,19 @@ def test_local_mode_answers_only_to_loopback_names(local):
     assert attack.status_code == 403
     with open_db(home) as db:
         assert db["users"].count == 0
+
+
+def test_a_proxy_name_can_be_allowed(home, tiny_model_dir):
+    config = ServeConfig(model=str(tiny_model_dir), port=0, allowed_hosts=("chat.example",))
+    with serve_in_thread(home, config) as (url, _):
+        assert httpx.get(f"{url}/healthz", headers={"Host": "chat.example"}).status_code == 200
+        assert httpx.get(f"{url}/healthz", headers={"Host": "other.example"}).status_code == 403
+        # The proxy forwards the page's posts with Host rewritten to the loopback address.
+        posted = httpx.post(f"{url}/v1/chat/completions", headers={"Origin": "https://chat.example"},
+                            json={"model": "flywheel", "max_tokens": 2,
+                                  "messages": [{"role": "user", "content": "hi"}]})
+        assert posted.status_code == 200
+        forged = httpx.post(f"{url}/v1/chat/completions", headers={"Origin": "https://evil.example"},
+                            json={"model": "flywheel", "max_tokens": 2,
+                                  "messages": [{"role": "user", "content": "hi"}]})
+        assert forged.status_code == 403
