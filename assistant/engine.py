@@ -187,6 +187,8 @@ class Engine:
         self.eos_ids = self._eos_ids()
         self._loaded: list[str] = []  # adapter names in PEFT, least recently used first
         self.batches_run: collections.deque = collections.deque(maxlen=100)  # recent sizes
+        self.batches_started = 0  # `_generate` calls: a batch lasts until its rows finish
+        self.swapped_after_batch = 0  # batches_started when the serving adapter last changed
         self._jobs: collections.deque = collections.deque()
         self._wakeup = threading.Condition()
         # Request threads count prompt tokens with their own copy: HF tokenizers are not
@@ -263,7 +265,7 @@ class Engine:
 
     def deactivate(self) -> concurrent.futures.Future:
         """Serve the bare base model by default again (adapters stay loadable for rollback)."""
-        return self._submit(lambda: setattr(self, "active_adapter", None))
+        return self._submit(lambda: self._serve(None))
 
     def queued(self) -> int:
         with self._wakeup:
@@ -331,6 +333,7 @@ class Engine:
         """Generate for `head` and whatever joins it. Requests that arrive while a batch runs
         do not wait for it to end: at the next step the batch stops, and goes on with the
         newcomers, its own rows re-reading what they have generated so far (recompute)."""
+        self.batches_started += 1
         key = head.params.batch_key()
         rows = self._admit([head] + (self._take_joinable(key, self.max_batch_size - 1)
                                      if key else []))
@@ -480,9 +483,13 @@ class Engine:
         previous = self.active_adapter
         if adapter_id not in self._loaded:
             self._load_checked(adapter_id, path, keep={previous})
-        self.active_adapter = adapter_id
+        self._serve(adapter_id)
         self._evict(keep={adapter_id, previous})
         return adapter_id
+
+    def _serve(self, adapter_id: str | None) -> None:
+        self.active_adapter = adapter_id
+        self.swapped_after_batch = self.batches_started
 
     def _load_checked(self, adapter_id: str, path: Path | None, keep: set) -> None:
         """Load beside the others and smoke-test; a broken adapter is unloaded again."""

@@ -98,7 +98,9 @@ def build(home: Home, config: ServeConfig) -> Server:
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"status": "ok", "model": base.name, "adapter": engine.active_adapter}
+        return {"status": "ok", "model": base.name, "adapter": engine.active_adapter,
+                "queued": engine.queued(), "batches_started": engine.batches_started,
+                "adapter_since_batch": engine.swapped_after_batch}
 
     api.install(app, service, auth)
     auth.install(app)

@@ -146,25 +146,32 @@ def load(server: Server, keys: list[str], requests: int, swaps: list[str]) -> di
         with done:
             done.wait_for(lambda: len(results) >= count)
 
-    def applied(adapter_id: str | None) -> float:
+    def applied(adapter_id: str | None, batches_before: int) -> dict:
+        """Seconds until /healthz names the adapter, the batches started meanwhile (a swap
+        goes ahead of queued requests: at most the one the watcher had not yet seen) and
+        how many requests were waiting when it was applied."""
         started = time.perf_counter()
-        while (server.health() or {}).get("adapter") != adapter_id:
+        while (health := server.health() or {}).get("adapter") != adapter_id:
             time.sleep(0.01)
-        return time.perf_counter() - started
+        return {"seconds": round(time.perf_counter() - started, 3),
+                "batches_started_meanwhile": health["adapter_since_batch"] - batches_before,
+                "queued_behind_it": health["queued"]}
 
     delays = []
 
     def promoter():
         for i, adapter_id in enumerate(swaps):
             wait_until(total * (2 * i + 1) // (2 * len(swaps) + 1))
+            batches = server.health()["batches_started"]
             with open_db(server.home) as db:
                 previous = (adapters.active(db) or {}).get("id")
                 adapters.promote(db, adapter_id, reason="load bench", force=True)
-            delays.append({"promote": adapter_id, "seconds": round(applied(adapter_id), 3)})
+            delays.append({"promote": adapter_id, **applied(adapter_id, batches)})
             wait_until(total * (2 * i + 2) // (2 * len(swaps) + 1))
+            batches = server.health()["batches_started"]
             with open_db(server.home) as db:
                 adapters.rollback(db, reason="load bench")
-            delays.append({"rollback_to": previous, "seconds": round(applied(previous), 3)})
+            delays.append({"rollback_to": previous, **applied(previous, batches)})
     threads = [threading.Thread(target=client, args=(i, k)) for i, k in enumerate(keys)]
     threads.append(threading.Thread(target=promoter))
     started = time.perf_counter()
@@ -184,6 +191,8 @@ def load(server: Server, keys: list[str], requests: int, swaps: list[str]) -> di
             "latency_p50_s": percentile(latencies, 0.5), "latency_p95_s": percentile(latencies, 0.95),
             "requests_per_second": round(len(ok) / wall, 1), "swaps": delays,
             "worst_swap_delay_s": max(d["seconds"] for d in delays) if delays else None,
+            "most_batches_before_a_swap": max(d["batches_started_meanwhile"] for d in delays)
+            if delays else None,
             "ids": [r["id"] for r in ok]}
 
 
