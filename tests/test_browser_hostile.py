@@ -93,7 +93,8 @@ def test_a_hostile_page_cannot_sign_the_victim_out(browser, hostile, team):
     context = browser.new_context()
     page = context.new_page()
     sign_in(page, team, "alice")
-    with page.expect_response(f"{team}/logout") as posted:
+    with page.expect_response(lambda r: r.url == f"{team}/logout"
+                              and r.request.method == "POST") as posted:
         page.goto(f"{site}/logout-csrf")
     assert posted.value.status == 403
     page.goto(team)
