@@ -10,8 +10,8 @@ holds a user, every call needs `Authorization: Bearer <key>` (`flywheel keys cre
 
 import asyncio
 import json
-import sqlite3
 import logging
+import sqlite3
 import time
 from typing import Annotated, Literal
 

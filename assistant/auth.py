@@ -15,7 +15,6 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from assistant.throttle import Refused, Throttle, ThrottleConfig
-
 from storage import Home, open_db
 from storage import users
 

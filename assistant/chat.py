@@ -7,6 +7,7 @@ engine's worker stores the answer when generation ends, also when the reader sto
 (then it is kept, marked `interrupted`).
 """
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
@@ -19,8 +20,6 @@ from storage import ab, adapters, partials
 from storage import chat as store
 
 ALIAS = "flywheel"  # the model name that means "whatever adapter is active now"
-
-
 
 
 @dataclass
@@ -123,17 +122,13 @@ class ChatService:
                        self._system(db, conversation_id) if conversation_id else
                        [{"role": "system", "content": system_prompt}] if system_prompt else [])
         prompt_tokens = self.engine.check(earlier + [{"role": "user", "content": text}], params)
-        release = self._admit(user_id)
-        try:
-            with open_db(self.home) as db, store.transaction(db):
-                if conversation_id is None:
-                    conversation_id = store.create_conversation(
-                        db, user_id=user_id, title=text[:60], system_prompt=system_prompt or None)
-                user_message_id = store.add_message(db, conversation_id, "user", text, parent_id)
-                messages = store.history(db, user_message_id)
-        except BaseException:
-            release()
-            raise
+        with self._admitted(user_id) as release, open_db(self.home) as db, \
+                store.transaction(db):
+            if conversation_id is None:
+                conversation_id = store.create_conversation(
+                    db, user_id=user_id, title=text[:60], system_prompt=system_prompt or None)
+            user_message_id = store.add_message(db, conversation_id, "user", text, parent_id)
+            messages = store.history(db, user_message_id)
         return self._answer(conversation_id, user_message_id, messages, prompt_tokens, params,
                             adapter, path, release)
 
@@ -149,32 +144,35 @@ class ChatService:
                 raise RequestError(f"no user message {user_message_id}", "message")
             messages = store.history(db, user_message_id)
         prompt_tokens = self.engine.check(messages, params)
-        return self._answer(question["conversation_id"], user_message_id, messages,
-                            prompt_tokens, params, adapter, path, self._admit(user_id))
+        with self._admitted(user_id) as release:
+            return self._answer(question["conversation_id"], user_message_id, messages,
+                                prompt_tokens, params, adapter, path, release)
 
     def complete(self, messages: list[dict[str, str]], params: GenerationParams,
                  model: str = ALIAS, user_id: int | None = None) -> Turn:
         """Answer a whole chat sent in one request (the API): stored as a new conversation."""
         adapter, path = self.select(model)
         prompt_tokens = self.engine.check(messages, params)
-        release = self._admit(user_id)
-        try:
-            with open_db(self.home) as db:
-                conversation_id, user_message_id = store.store_transcript(db, messages, user_id)
-                stored = store.history(db, user_message_id)
-        except BaseException:
-            release()
-            raise
+        with self._admitted(user_id) as release, open_db(self.home) as db:
+            conversation_id, user_message_id = store.store_transcript(db, messages, user_id)
+            stored = store.history(db, user_message_id)
         return self._answer(conversation_id, user_message_id, stored, prompt_tokens, params,
                             adapter, path, release)
 
-    def _admit(self, user_id: int | None):
-        """Count the request against the caller's share; returns the release for its end."""
+    @contextmanager
+    def _admitted(self, user_id: int | None):
+        """Count the request against the caller's share and yield the release for its end;
+        released at once if what follows (storing the question) fails."""
         try:
-            return self.throttle.admit(user_id)
+            release = self.throttle.admit(user_id)
         except Refused as exc:
             raise RequestError(str(exc), code="rate_limit_exceeded", status=exc.status,
                                retry_after=exc.retry_after) from None
+        try:
+            yield release
+        except BaseException:
+            release()
+            raise
 
     def _ab_arm(self, conversation_id: str) -> tuple[str, Path] | None:
         """The candidate of a running A/B split, for conversations in its share."""

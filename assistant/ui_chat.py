@@ -56,12 +56,11 @@ def build(page, demo: gr.Blocks) -> None:
     # session hash -> (answer in progress, the page's session, the user it answers)
     running: dict[str, tuple[Turn, dict, int | None]] = {}
 
-    def stream(turn: Turn, session: dict, history: list, request: gr.Request):
+    def stream(turn: Turn, session: dict, history: list, user: dict, request: gr.Request):
         """Show the answer as it grows; afterwards the branch ends at the stored answer."""
         session = {**session, "conversation_id": turn.conversation_id, "selected": None}
         history = history + [{"role": "assistant", "content": ""}]
-        user_id = page.user(request)["id"]
-        running[request.session_hash] = (turn, session, user_id)
+        running[request.session_hash] = (turn, session, user["id"])
         yield history, session, "", {}  # the question shows at once, before the first token
         try:
             for piece in turn:
@@ -96,7 +95,8 @@ def build(page, demo: gr.Blocks) -> None:
         except RequestError as exc:
             raise gr.Error(str(exc)) from None
         history, _ = _branch(page, session["leaf_id"])
-        yield from stream(turn, session, history + [{"role": "user", "content": text}], request)
+        yield from stream(turn, session, history + [{"role": "user", "content": text}], user,
+                          request)
 
     def stop(session: dict, request: gr.Request):
         """Stop this session's answer within one token; the partial answer is kept."""
@@ -126,7 +126,7 @@ def build(page, demo: gr.Blocks) -> None:
         except RequestError as exc:
             raise gr.Error(str(exc)) from None
         history, _ = _branch(page, answer["parent_id"])
-        yield from stream(turn, session, history, request)
+        yield from stream(turn, session, history, user, request)
 
     def edit(text: str, session: dict, temperature: float, max_tokens: int,
              request: gr.Request):
@@ -142,7 +142,8 @@ def build(page, demo: gr.Blocks) -> None:
         except RequestError as exc:
             raise gr.Error(str(exc)) from None
         history, _ = _branch(page, original["parent_id"])
-        yield from stream(turn, session, history + [{"role": "user", "content": text}], request)
+        yield from stream(turn, session, history + [{"role": "user", "content": text}], user,
+                          request)
 
     def select(session: dict, event: gr.SelectData, request: gr.Request):
         """Clicking a message selects it: for branching, moving between siblings, rating."""
