@@ -102,7 +102,12 @@ class Auth:
                 # Refused before any hashing: a flood of guesses costs no memory or CPU.
                 self.throttle.check_sign_in(username.strip(), address)
                 with self.throttle.hashing(), open_db(self.home) as db:
-                    user = users.check_password(db, username.strip(), password)
+                    try:
+                        user = users.check_password(db, username.strip(), password)
+                    except users.AccountDisabled:
+                        return RedirectResponse(
+                            "/login?error=This+account+is+disabled%3B+ask+an+admin",
+                            status_code=303)
                     if user is None:
                         self.throttle.failed_sign_in(username.strip(), address)
                         return RedirectResponse("/login?error=Wrong+name+or+password",

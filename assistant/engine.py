@@ -421,15 +421,15 @@ class Engine:
         row.ids.append(token)
         text = self.tokenizer.decode(row.ids, skip_special_tokens=True).lstrip()
         hits = [text.find(s) for s in row.params.stop if s in text]
-        if hits:
-            text, row.done, row.hit_stop = text[:min(hits)], True, True
+        if hits:  # what comes before a stop string is whole: only its spaces go
+            text, row.done, row.hit_stop = text[:min(hits)].rstrip(), True, True
         if len(row.ids) >= row.params.max_tokens:
             row.done = True
-        if row.done:
-            text = text.rstrip()
+        if row.done and not row.hit_stop:
+            text = _tidy_end(text)
         # Hold back half a UTF-8 character and trailing whitespace (the answer is stored
         # stripped, and the streamed pieces add up to exactly what is stored).
-        safe = len(text) if row.done else len(text.rstrip("\ufffd").rstrip())
+        safe = len(text) if row.done else len(_tidy_end(text))
         if not row.done:  # hold back an ending that may be the start of a stop string
             held = max((k for s in row.params.stop for k in range(1, len(s))
                         if text[:safe].endswith(s[:k])), default=0)
@@ -442,7 +442,8 @@ class Engine:
 
     def _complete(self, row: _Request) -> None:
         row.finished = True
-        row.text = row.text.rstrip()
+        if not row.hit_stop:  # stopped, cancelled or at the limit: maybe inside a character
+            row.text = _tidy_end(row.text)
         if row.emitted < len(row.text):
             row.stream._pieces.put(row.text[row.emitted:])
         row.stream.partial = row.text
@@ -552,3 +553,9 @@ class Engine:
         text = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         if not text.strip():
             raise ValueError(f"adapter {adapter_id} produces no text")
+
+
+def _tidy_end(text: str) -> str:
+    """An answer's stored end: no trailing space, and no half of a UTF-8 character (a stop
+    or the token limit can fall between the bytes of one; it decodes as U+FFFD)."""
+    return text.rstrip().rstrip("\ufffd").rstrip()

@@ -20,7 +20,7 @@ from assistant.guard import Guard
 from assistant.journal import Journal
 from assistant.swap import AdapterWatcher
 from assistant.throttle import Throttle, ThrottleConfig
-from assistant.ui import build_ui
+from assistant.ui import CSS, build_ui
 from storage import Home, init_db, open_db
 from storage import partials, users
 from storage.db import Checkpointer
@@ -104,8 +104,12 @@ def build(home: Home, config: ServeConfig) -> Server:
 
     api.install(app, service, auth)
     auth.install(app)
+    # No run history: Gradio would keep every event's inputs (a new user's password among
+    # them) in the browser's localStorage and list them under "Runs". No footer: its links
+    # (API, Runs, Settings) are for developers; the page's API is in the README.
     app = gr.mount_gradio_app(app, build_ui(service, auth, config.model), path="/",
-                              auth_dependency=auth.gradio_user)
+                              auth_dependency=auth.gradio_user, run_history=False,
+                              footer_links=[], css=CSS)
     app = Guard(app, loopback=auth.loopback, allowed_hosts=config.allowed_hosts,
                 max_body_bytes=config.max_body_bytes)
     checkpointer = Checkpointer(home).start()  # writers never wait for a checkpoint's sync

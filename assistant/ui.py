@@ -19,6 +19,11 @@ from storage import open_db
 from storage import chat as store
 
 
+# The Chatbot's own trash icon only blanks the view (the conversation stays, and comes back
+# on the next event); Delete in the sidebar is what deletes.
+CSS = "#chatbot button[aria-label='Clear'] { display: none; }"
+
+
 class Page:
     """What every tab's handlers share: the chat service, the data folder, who is calling."""
 

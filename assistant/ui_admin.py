@@ -97,9 +97,14 @@ def build(page, demo: gr.Blocks) -> None:
                                                      "ratings"])
         thumbs["time"] = pd.to_datetime(thumbs["time"])
         curves = pd.DataFrame(losses or [], columns=["run", "step", "loss"])
-        serving = page.service.engine.active_adapter or "the base model"
+        serving = page.service.engine.active_adapter
+        with open_db(page.home) as db:
+            wanted = (adapters.active(db) or {}).get("id")
+        line = f"Serving now: **{serving or 'the base model'}**"
+        if wanted != serving:  # the server swaps within a poll interval of a promotion
+            line += f" (switching to **{wanted or 'the base model'}**, within a second or two)"
         return (table, gr.Dropdown(choices=[a["id"] for a in listed.rows]), thumbs, curves,
-                f"Serving now: **{serving}**", ab_table(request),
+                line, ab_table(request),
                 {"next": listed.next}, gr.Button(interactive=bool(listed.next)))
 
     def older_adapters(cursor: dict, request: gr.Request):
@@ -172,7 +177,8 @@ def build(page, demo: gr.Blocks) -> None:
                 row = adapters.rollback(db, reason=f"rolled back by {user['name']} in the page")
         except LookupError as exc:
             raise gr.Error(str(exc.args[0])) from None
-        return f"Rolled back: {row['id'] if row else 'the base model'} is now active."
+        return (f"Rolled back: {row['id'] if row else 'the base model'} is active; the server "
+                "switches to it within a second or two.")
 
     def train_now(request: gr.Request) -> str:
         """Start `flywheel train` in its own process (the server keeps serving)."""
@@ -219,7 +225,10 @@ def build(page, demo: gr.Blocks) -> None:
         return user_page()[0]
 
     def first_users_cursor(request: gr.Request):
-        page.user(request, "admin")
+        try:
+            page.user(request, "admin")
+        except gr.Error:  # the first account just turned sign-in on: the page says so
+            return gr.skip(), gr.skip()
         return user_page()[1:]
 
     def more_users(cursor: dict, request: gr.Request):
@@ -230,14 +239,29 @@ def build(page, demo: gr.Blocks) -> None:
         return user_page(cursor["next"])
 
     def add_user(name: str, role: str, password: str, request: gr.Request):
-        """Add a user with a role and a password."""
-        page.user(request, "admin")
+        """Add a user with a role and a password. The first account turns sign-in on for
+        everyone (the local owner too), so it must be an admin."""
+        caller = page.user(request, "admin")
         try:
             with open_db(page.home) as db:  # page users sign in: a password is required
+                if caller["id"] is None and role != "admin" and not users.auth_enabled(db):
+                    raise ValueError("The first account must be an admin: once it exists, "
+                                     "everyone signs in, you too.")
                 user = users.add_user(db, name or "", role, password=password or "")
         except (KeyError, ValueError) as exc:
-            raise gr.Error(str(exc)) from None
+            raise gr.Error(str(exc.args[0])) from None
+        if caller["id"] is None:
+            return [], (f"Added {user['name']} ({user['role']}). Sign-in is on now: "
+                        f"[sign in as {user['name']}](/login).")
         return user_table(request), f"Added {user['name']} ({user['role']})."
+
+    def users_intro(request: gr.Request) -> str:
+        with open_db(page.home) as db:
+            if users.auth_enabled(db):
+                return ""
+        return ("**No accounts yet**: whoever opens this page on this machine is the admin. "
+                "The first account you add must be an admin, and from then on everyone signs "
+                "in, you too.")
 
     def reset_password(name: str, password: str, request: gr.Request):
         """Give a user a new password (signs them out everywhere)."""
@@ -307,8 +331,9 @@ def build(page, demo: gr.Blocks) -> None:
                 name = gr.Textbox(label="Name", elem_id="user-name")
                 role = gr.Dropdown(list(users.ROLES), value="user", label="Role",
                                    elem_id="user-role")
-                password = gr.Textbox(label="Password", type="password",
-                                      elem_id="user-password")
+                password_box = gr.Textbox(label="Password", type="password",
+                                          elem_id="user-password")
+                api_add, api_reset = gr.Button(visible=False), gr.Button(visible=False)
             with gr.Row():
                 add_btn = gr.Button("Add user", variant="primary", elem_id="add-user")
                 reset_btn = gr.Button("Set password", elem_id="reset-password")
@@ -317,6 +342,7 @@ def build(page, demo: gr.Blocks) -> None:
                 more_users_btn = gr.Button(f"Next {USER_PAGE} users", interactive=False,
                                            elem_id="more-users")
             user_note = gr.Markdown(elem_id="user-status")
+            intro = gr.Markdown(elem_id="users-intro")
 
     shown = [table, pick, thumbs, curves, serving, ab_view, adapter_cursor, older_btn]
     refresh.click(registry, None, shown, api_name="adapters")
@@ -350,10 +376,29 @@ def build(page, demo: gr.Blocks) -> None:
     timer.tick(progress, None, [train_log], api_name="training_progress")
     user_pages = dict(fn=first_users_cursor, inputs=None, outputs=[user_cursor, more_users_btn],
                       api_visibility="private")
-    add_btn.click(add_user, [name, role, password], [people, user_note],
-                  api_name="add_user").then(**user_pages)
-    reset_btn.click(reset_password, [name, password], [people, user_note],
-                    api_name="reset_password").then(**user_pages)
+    # The page's versions of these two: a mistake is a line under the form (not "Error"
+    # over the table), and the password box is emptied once it has been used.
+    def add_in_page(name: str, role: str, password: str, request: gr.Request):
+        try:
+            table, note = add_user(name, role, password, request)
+        except gr.Error as exc:
+            return {user_note: f"⚠️ {exc.message}"}
+        return {people: table, user_note: note, intro: users_intro(request), password_box: ""}
+
+    def reset_in_page(name: str, password: str, request: gr.Request):
+        try:
+            table, note = reset_password(name, password, request)
+        except gr.Error as exc:
+            return {user_note: f"⚠️ {exc.message}"}
+        return {people: table, user_note: note, password_box: ""}
+    add_btn.click(add_in_page, [name, role, password_box], [people, user_note, intro,
+                                                            password_box],
+                  api_visibility="private").then(**user_pages)
+    reset_btn.click(reset_in_page, [name, password_box], [people, user_note, password_box],
+                    api_visibility="private").then(**user_pages)
+    api_add.click(add_user, [name, role, password_box], [people, user_note], api_name="add_user")
+    api_reset.click(reset_password, [name, password_box], [people, user_note],
+                    api_name="reset_password")
 
     def disable(name: str, request: gr.Request):
         return set_disabled(name, True, request)
@@ -367,8 +412,8 @@ def build(page, demo: gr.Blocks) -> None:
 
     def on_load(request: gr.Request):
         if page.auth.user_named(getattr(request, "username", None))["role"] != "admin":
-            return [gr.skip()] * (len(shown) + 4)
+            return [gr.skip()] * (len(shown) + 5)
         # Admins follow training live, whoever started it (the nightly schedule, say).
-        return (*registry(request), *user_page(), gr.Timer(active=True))
-    demo.load(on_load, None, [*shown, people, user_cursor, more_users_btn, timer],
+        return (*registry(request), *user_page(), gr.Timer(active=True), users_intro(request))
+    demo.load(on_load, None, [*shown, people, user_cursor, more_users_btn, timer, intro],
               api_visibility="private")

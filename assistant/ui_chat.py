@@ -2,8 +2,10 @@
 edit (both make branches in the message tree, nothing is overwritten), moving between
 sibling answers, and thumbs with reasons and a comment.
 
-The page's API (through `gradio_client`): /send, /stop, /regenerate, /edit, /rate,
-/new_conversation, /open_conversation, /rename_conversation, /delete_conversation.
+The page's API (through `gradio_client`): /send, /stop, /regenerate, /edit (streaming, on
+the session's open conversation), /new_conversation, /rate, /open_conversation,
+/rename_conversation, /delete_conversation, /restore_conversation (by conversation id).
+Moving between siblings is the page's alone: /open_conversation gives a program the branch.
 """
 
 import logging
@@ -52,15 +54,25 @@ def _conversations(page, user: dict, selected: str | None = None):
     return gr.Radio(choices=[(r["title"] or "Untitled", r["id"]) for r in rows], value=selected)
 
 
-def build(page, demo: gr.Blocks) -> None:
-    # session hash -> (answer in progress, the page's session, the user it answers)
-    running: dict[str, tuple[Turn, dict, int | None]] = {}
+def _feedback(page, user: dict, ids: list[str], history: list[dict]) -> list[str | None]:
+    """The caller's saved thumbs on each answer shown, as the Chatbot's `feedback_value`."""
+    with open_db(page.home) as db:
+        mine = store.own_ratings(db, ids, user["id"])
+    marks = {"up": "Like", "down": "Dislike"}
+    return [marks.get(mine.get(i)) for i, m in zip(ids, history) if m["role"] == "assistant"]
 
+
+def build(page, demo: gr.Blocks) -> None:
+    # session hash -> (answer in progress, the page's session, the user it answers, and a
+    # thumb given while it streamed, saved once the answer is stored)
+    running: dict[str, list] = {}
+
+    # ---- the page's API (gradio_client); the page's own events wrap these further down --
     def stream(turn: Turn, session: dict, history: list, user: dict, request: gr.Request):
         """Show the answer as it grows; afterwards the branch ends at the stored answer."""
         session = {**session, "conversation_id": turn.conversation_id, "selected": None}
         history = history + [{"role": "assistant", "content": ""}]
-        running[request.session_hash] = (turn, session, user["id"])
+        entry = running[request.session_hash] = [turn, session, user["id"], None]
         yield history, session, "", {}  # the question shows at once, before the first token
         try:
             for piece in turn:
@@ -71,7 +83,9 @@ def build(page, demo: gr.Blocks) -> None:
             raise gr.Error(f"The model could not answer: {type(exc).__name__}") from None
         finally:
             turn.cancel()  # a no-op when finished; a closed page or Stop stops the model
-        running.pop(request.session_hash, None)
+            running.pop(request.session_hash, None)
+        if entry[3]:  # 👍/👎 clicked while it streamed
+            rate(turn.id, entry[3], request=request)
         history, ids = _branch(page, turn.id)
         yield history, {**session, "leaf_id": turn.id, "ids": ids}, "", _last(turn)
 
@@ -106,7 +120,7 @@ def build(page, demo: gr.Blocks) -> None:
             history, _ = _branch(page, session["leaf_id"])
             return history, session, {}
         running.pop(request.session_hash, None)
-        turn, session, _ = entry
+        turn, session = entry[0], entry[1]
         turn.cancel()
         turn.wait(timeout=30)
         history, ids = _branch(page, turn.id)
@@ -114,25 +128,29 @@ def build(page, demo: gr.Blocks) -> None:
 
     def regenerate(session: dict, temperature: float, max_tokens: int, request: gr.Request):
         """A new answer to the selected answer's question (default: the last answer's),
-        kept beside the earlier one as a sibling."""
+        kept beside the earlier one as a sibling. A question left without an answer (the
+        server stopped while answering it) gets its answer."""
         user = page.user(request)
         target = session.get("selected") or (session["ids"][-1] if session["ids"] else None)
-        answer = page.own_message(user, target)
-        if answer["role"] != "assistant":
-            raise gr.Error("Select an answer to regenerate.")
+        if target is None:
+            raise gr.Error("Nothing to regenerate yet: send a message first.")
+        message = page.own_message(user, target)
+        question = message["parent_id"] if message["role"] == "assistant" else message["id"]
         try:
-            turn = page.service.regenerate(answer["parent_id"], params(temperature, max_tokens),
+            turn = page.service.regenerate(question, params(temperature, max_tokens),
                                            user_id=user["id"])
         except RequestError as exc:
             raise gr.Error(str(exc)) from None
-        history, _ = _branch(page, answer["parent_id"])
+        history, _ = _branch(page, question)
         yield from stream(turn, session, history, user, request)
 
     def edit(text: str, session: dict, temperature: float, max_tokens: int,
              request: gr.Request):
         """Send a changed version of the selected user message: a new branch from there."""
         user = page.user(request)
-        original = page.own_message(user, session.get("selected"))
+        if not session.get("selected"):
+            raise gr.Error("Select one of your messages in the chat first.")
+        original = page.own_message(user, session["selected"])
         text = (text or "").strip()
         if original["role"] != "user" or not text:
             raise gr.Error("Select one of your messages and write its new text.")
@@ -145,41 +163,13 @@ def build(page, demo: gr.Blocks) -> None:
         yield from stream(turn, session, history + [{"role": "user", "content": text}], user,
                           request)
 
-    def select(session: dict, event: gr.SelectData, request: gr.Request):
-        """Clicking a message selects it: for branching, moving between siblings, rating."""
-        user = page.user(request)
-        index = event.index if isinstance(event.index, int) else event.index[0]
-        if not session["ids"] or index >= len(session["ids"]):
-            return session, "", ""
-        message = page.own_message(user, session["ids"][index])
-        session = {**session, "selected": message["id"]}
-        return session, _where(message), message["content"] if message["role"] == "user" else ""
-
-    def _where(message: dict) -> str:
-        with open_db(page.home) as db:
-            ids = store.siblings(db, message["id"])
-        kind = "answer" if message["role"] == "assistant" else "message"
-        return f"Selected {kind} {ids.index(message['id']) + 1} of {len(ids)}"
-
-    def move(session: dict, step: int, request: gr.Request):
-        """Show the previous / next sibling of the selected message, and its branch."""
-        user = page.user(request)
-        message = page.own_message(user, session.get("selected"))
-        with open_db(page.home) as db:
-            ids = store.siblings(db, message["id"])
-            target = ids[max(0, min(len(ids) - 1, ids.index(message["id"]) + step))]
-            leaf = store.latest_leaf(db, target)
-            target_row = store.get_message(db, target)
-        history, shown = _branch(page, leaf)
-        session = {**session, "leaf_id": leaf, "ids": shown, "selected": target}
-        return history, session, _where(target_row)
-
     def rate(message_id: str, rating: str, reasons: list[str] | None = None,
              comment: str | None = None, request: gr.Request = None) -> str:
         """Rate an answer 'up' or 'down' by its message id, with optional reasons and a
         comment; a later rating replaces it."""
         user = page.user(request)
-        page.own_message(user, message_id, curators_too=True)
+        if page.own_message(user, message_id, curators_too=True)["role"] != "assistant":
+            raise gr.Error("Only answers can be rated.")
         allowed = UP_REASONS if rating == "up" else DOWN_REASONS
         if any(r not in allowed for r in reasons or []):
             raise gr.Error(f"Reasons for '{rating}' are: {', '.join(allowed)}.")
@@ -192,19 +182,6 @@ def build(page, demo: gr.Blocks) -> None:
         except (KeyError, ValueError) as exc:  # RequestError is a ValueError
             raise gr.Error(str(exc)) from None
         return "ok"
-
-    def save_rating(session, thumb, reasons, comment, request: gr.Request):
-        target = session.get("selected") or (session["ids"][-1] if session["ids"] else None)
-        if not thumb:
-            raise gr.Error("Choose 👍 or 👎 first.")
-        rate(target, thumb, reasons, comment, request)
-        return f"Saved: {'👍' if thumb == 'up' else '👎'} {', '.join(reasons or [])}".strip()
-
-    def on_like(session: dict, data: gr.LikeData, request: gr.Request) -> None:
-        ids = (session or {}).get("ids", [])
-        if not isinstance(data.index, int) or data.index >= len(ids):
-            raise gr.Error("That answer is not stored yet; wait for it to finish.")
-        rate(ids[data.index], "up" if data.liked is True else "down", request=request)
 
     def new_conversation(request: gr.Request):
         user = page.user(request)
@@ -223,26 +200,214 @@ def build(page, demo: gr.Blocks) -> None:
                    "ids": ids}
         return history, session, conversation["system_prompt"] or ""
 
-    def rename_conversation(session: dict, title: str, request: gr.Request):
+    def read_conversation(conversation_id: str, request: gr.Request) -> list[dict]:
+        """The messages of one of your conversations, on its most recent branch."""
+        return show_conversation(conversation_id, request)[0]
+
+    def rename_conversation(conversation_id: str, title: str, request: gr.Request) -> str:
+        """Give one of your conversations a new title."""
         user = page.user(request)
-        if not session.get("conversation_id"):
-            raise gr.Error("Open a conversation first.")
-        page.own_conversation(user, session["conversation_id"])
+        page.own_conversation(user, conversation_id)
         try:
             with open_db(page.home) as db:
-                store.update_conversation(db, session["conversation_id"], title=title or "")
+                store.update_conversation(db, conversation_id, title=title or "")
         except ValueError as exc:
             raise gr.Error(str(exc)) from None
-        return _conversations(page, user, session["conversation_id"]), ""
+        return "ok"
 
-    def delete_conversation(session: dict, request: gr.Request):
+    def delete_conversation(conversation_id: str, request: gr.Request) -> str:
+        """Delete one of your conversations: gone from your list, the review queue and
+        training (see storage.chat.delete_conversation); undo with /restore_conversation."""
         user = page.user(request)
-        if not session.get("conversation_id"):
-            raise gr.Error("Open a conversation first.")
-        page.own_conversation(user, session["conversation_id"])
+        page.own_conversation(user, conversation_id)
         with open_db(page.home) as db:
-            store.delete_conversation(db, session["conversation_id"])
-        return [], _new_session(), _conversations(page, user)
+            store.delete_conversation(db, conversation_id)
+        return "ok"
+
+    def restore_conversation(conversation_id: str, request: gr.Request) -> str:
+        """Undo the delete of one of your conversations (until the nightly prune)."""
+        user = page.user(request)
+        with open_db(page.home) as db:
+            if not store.restore_conversation(db, conversation_id or "", user["id"]):
+                raise gr.Error("Nothing to undo: that conversation is not in your deleted ones.")
+        return "ok"
+
+    # ---- the page's own events ---------------------------------------------------------------
+    # They return {component: value}, so each says only what it changes. A person's mistake
+    # (an empty box, nothing to regenerate, an empty title) is a line beside what caused it:
+    # a gr.Error would cover the chat and the message box with "Error" badges until dismissed.
+    # The rating form belongs to one answer: whatever changes the answer in view empties it,
+    # so a judgement can never land on an answer it was not given to.
+    def form_for(session: dict, on_answer: bool = True) -> dict:
+        target = _rating_target(session) if on_answer else None
+        return {thumb: None, reasons: gr.CheckboxGroup(choices=UP_REASONS + DOWN_REASONS,
+                                                       value=[]),
+                comment: "", rate_note: "", form_target: target,
+                regen_btn: gr.Button(interactive=bool(session.get("ids"))),
+                rename_btn: gr.Button(interactive=bool(session.get("conversation_id"))),
+                delete_btn: gr.Button(interactive=bool(session.get("conversation_id"))),
+                rate_btn: gr.Button(interactive=target is not None)}
+
+    def shown(user: dict, history: list, session: dict) -> gr.Chatbot:
+        return gr.Chatbot(value=history,
+                          feedback_value=_feedback(page, user, session.get("ids", []), history))
+
+    def page_stream(answers, user: dict):
+        """A streaming handler, for the page: Send is off while it streams."""
+        first = True
+        try:
+            for history, session, box_text, last_answer in answers:
+                update = {chatbot: history, state: session, box: box_text, last: last_answer}
+                if first:
+                    update.update({**form_for({}), notice: "", undo_btn: gr.Button(visible=False),
+                                   send_btn: gr.Button(interactive=False)})
+                    first = False
+                yield update
+        except gr.Error as exc:
+            yield {notice: f"⚠️ {exc.message}", send_btn: gr.Button(interactive=True)}
+            return
+        yield {chatbot: shown(user, history, session), **form_for(session),
+               send_btn: gr.Button(interactive=True), open_id: session["conversation_id"],
+               conversations: _conversations(page, user, session["conversation_id"])}
+
+    def send_in_page(text, session, system_prompt, temperature, max_tokens,
+                     request: gr.Request):
+        yield from page_stream(send(text, session, system_prompt, temperature, max_tokens,
+                                    request), page.user(request))
+
+    def regenerate_in_page(session, temperature, max_tokens, request: gr.Request):
+        yield from page_stream(regenerate(session, temperature, max_tokens, request),
+                               page.user(request))
+
+    def edit_in_page(text, session, temperature, max_tokens, request: gr.Request):
+        yield from page_stream(edit(text, session, temperature, max_tokens, request),
+                               page.user(request))
+
+    def stop_in_page(session: dict, request: gr.Request):
+        history, session, last_answer = stop(session, request)
+        return {chatbot: shown(page.user(request), history, session), state: session,
+                last: last_answer, send_btn: gr.Button(interactive=True), **form_for(session)}
+
+    def select(session: dict, event: gr.SelectData, request: gr.Request):
+        """Clicking a message selects it: for branching, moving between siblings, rating."""
+        user = page.user(request)
+        index = event.index if isinstance(event.index, int) else event.index[0]
+        if not session["ids"] or index >= len(session["ids"]):
+            return {}
+        message = page.own_message(user, session["ids"][index])
+        session = {**session, "selected": message["id"]}
+        return {state: session, where: _where(message),
+                **form_for(session, on_answer=message["role"] == "assistant"),
+                edit_box: message["content"] if message["role"] == "user" else ""}
+
+    def _where(message: dict) -> str:
+        with open_db(page.home) as db:
+            ids = store.siblings(db, message["id"])
+        kind = "answer" if message["role"] == "assistant" else "message"
+        return f"Selected {kind} {ids.index(message['id']) + 1} of {len(ids)}"
+
+    def move(session: dict, step: int, request: gr.Request):
+        """Show the previous / next sibling of the selected message, and its branch."""
+        user = page.user(request)
+        if not session.get("selected"):
+            return {where: "Click a message in the chat first, then move between its versions."}
+        message = page.own_message(user, session["selected"])
+        with open_db(page.home) as db:
+            ids = store.siblings(db, message["id"])
+            target = ids[max(0, min(len(ids) - 1, ids.index(message["id"]) + step))]
+            leaf = store.latest_leaf(db, target)
+            target_row = store.get_message(db, target)
+        history, ids_shown = _branch(page, leaf)
+        session = {**session, "leaf_id": leaf, "ids": ids_shown, "selected": target}
+        return {chatbot: shown(user, history, session), state: session,
+                where: _where(target_row),
+                **form_for(session, on_answer=target_row["role"] == "assistant")}
+
+    def previous_sibling(session: dict, request: gr.Request):
+        return move(session, -1, request)
+
+    def next_sibling(session: dict, request: gr.Request):
+        return move(session, 1, request)
+
+    def save_rating(session, target, chosen, picked_reasons, text, request: gr.Request):
+        """Save the form onto the answer it was opened for (`form_target`)."""
+        if not target:
+            return {rate_note: "Send a message first: there is no answer to rate."}
+        if not chosen:
+            return {rate_note: "Choose 👍 or 👎 first."}
+        try:
+            rate(target, chosen, picked_reasons, text, request)
+        except gr.Error as exc:
+            return {rate_note: f"⚠️ {exc.message}"}
+        user = page.user(request)
+        history, _ = _branch(page, session["leaf_id"])
+        return {rate_note: f"Saved: {'👍' if chosen == 'up' else '👎'} "
+                           f"{', '.join(picked_reasons or [])}".strip(),
+                chatbot: shown(user, history, session)}
+
+    def on_like(session: dict, data: gr.LikeData, request: gr.Request):
+        """A thumb on the message itself: saved at once, or when a streaming answer is stored;
+        it opens the reasons and comment for that answer."""
+        ids = (session or {}).get("ids", [])
+        rating = "up" if data.liked is True else "down"
+        entry = running.get(request.session_hash)
+        if isinstance(data.index, int) and data.index < len(ids):
+            rate(ids[data.index], rating, request=request)
+            target = ids[data.index]
+        elif entry is not None and entry[2] == page.user(request)["id"]:
+            entry[3] = rating
+            return {rate_note: "Saved when the answer is finished."}
+        else:
+            return {notice: "That answer is not stored yet; rate it when it has finished."}
+        choices = UP_REASONS if rating == "up" else DOWN_REASONS
+        return {**form_for({**session, "selected": target}), thumb: rating,
+                panel: gr.Accordion(open=True), reasons: gr.CheckboxGroup(choices, value=[]),
+                rate_note: f"Saved {'👍' if rating == 'up' else '👎'}: add reasons or a comment?"}
+
+    def new_in_page(request: gr.Request):
+        user = page.user(request)
+        session = _new_session()
+        return {chatbot: [], state: session, last: {}, system: "", notice: "", open_id: None,
+                undo_btn: gr.Button(visible=False),
+                conversations: _conversations(page, user), **form_for(session)}
+
+    def open_in_page(conversation_id: str, request: gr.Request):
+        user = page.user(request)
+        try:
+            history, session, system_prompt = show_conversation(conversation_id, request)
+        except gr.Error:  # deleted meanwhile, or a stale id kept by the browser
+            return {**new_in_page(request), open_id: None}
+        return {chatbot: shown(user, history, session), state: session, system: system_prompt,
+                notice: "", open_id: session["conversation_id"], **form_for(session),
+                conversations: _conversations(page, user, session["conversation_id"]),
+                undo_btn: gr.Button(visible=False)}
+
+    def rename_in_page(session: dict, title: str, request: gr.Request):
+        if not session.get("conversation_id"):
+            return {title_note: "Open a conversation first."}
+        if not (title or "").strip():
+            return {title_note: "Write the new title first."}
+        try:
+            rename_conversation(session["conversation_id"], title, request)
+        except gr.Error as exc:
+            return {title_note: f"⚠️ {exc.message}"}
+        user = page.user(request)
+        return {conversations: _conversations(page, user, session["conversation_id"]),
+                title_box: "", title_note: ""}
+
+    def delete_in_page(session: dict, request: gr.Request):
+        if not session.get("conversation_id"):
+            return {title_note: "Open a conversation first."}
+        delete_conversation(session["conversation_id"], request)
+        return {**new_in_page(request), deleted: session["conversation_id"],
+                notice: "Conversation deleted.", undo_btn: gr.Button(visible=True)}
+
+    def undo_in_page(conversation_id: str, request: gr.Request):
+        try:
+            restore_conversation(conversation_id, request)
+        except gr.Error as exc:
+            return {notice: f"⚠️ {exc.message}", undo_btn: gr.Button(visible=False)}
+        return open_in_page(conversation_id, request)
 
     def save_system_prompt(session: dict, system_prompt: str, request: gr.Request) -> str:
         user = page.user(request)
@@ -254,45 +419,61 @@ def build(page, demo: gr.Blocks) -> None:
                                       system_prompt=system_prompt or "")
         return "Saved: it applies to the next answers."
 
-    def list_mine(session: dict, request: gr.Request):
-        return _conversations(page, page.user(request), (session or {}).get("conversation_id"))
+    def on_load(conversation_id: str | None, request: gr.Request):
+        """The list of conversations, and the one open before a reload (kept by the browser)."""
+        if conversation_id:
+            return open_in_page(conversation_id, request)
+        return {conversations: _conversations(page, page.user(request))}
 
     # ---- layout ---------------------------------------------------------------------------
-    session = gr.State(_new_session())
+    state = gr.State(_new_session())
+    form_target = gr.State(None)  # the answer the rating form is for
+    deleted = gr.State(None)      # the conversation Undo brings back
+    open_id = gr.BrowserState(None, storage_key="flywheel-open-conversation")
     with gr.Row():
         with gr.Column(scale=1, min_width=220):
             new_btn = gr.Button("+ New chat", elem_id="new-chat")
             conversations = gr.Radio(label="Your conversations", choices=[],
                                      elem_id="conversations")
-            title = gr.Textbox(placeholder="New title", show_label=False, elem_id="title")
+            title_box = gr.Textbox(placeholder="New title", label="Title of this conversation",
+                                   elem_id="title")
+            title_note = gr.Markdown(elem_id="title-note")
             with gr.Row():
-                rename_btn = gr.Button("Rename", size="sm", elem_id="rename")
-                delete_btn = gr.Button("Delete", size="sm", variant="stop", elem_id="delete-chat")
+                rename_btn = gr.Button("Rename", size="sm", elem_id="rename", interactive=False)
+                delete_btn = gr.Button("Delete", size="sm", variant="stop", elem_id="delete-chat",
+                                       interactive=False)
         with gr.Column(scale=4):
             with gr.Accordion("System prompt", open=False):
                 system = gr.Textbox(placeholder="e.g. You are a concise assistant.",
-                                    show_label=False, lines=2, elem_id="system-prompt")
+                                    label="System prompt", lines=2, elem_id="system-prompt")
                 system_btn = gr.Button("Save system prompt", size="sm")
                 system_note = gr.Markdown()
-            chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chatbot")
+            chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chatbot",
+                                 buttons=["copy", "copy_all"])
             with gr.Row():
-                box = gr.Textbox(placeholder="Message Flywheel…", show_label=False, scale=8,
+                box = gr.Textbox(placeholder="Message Flywheel…", label="Message", scale=8,
                                  autofocus=True, elem_id="message")
                 send_btn = gr.Button("Send", variant="primary", scale=1, elem_id="send")
                 stop_btn = gr.Button("Stop", scale=1, elem_id="stop")
             with gr.Row():
-                regen_btn = gr.Button("↻ Regenerate", size="sm", elem_id="regenerate")
-                prev_btn = gr.Button("◀", size="sm", elem_id="prev-sibling")
+                notice = gr.Markdown(elem_id="chat-notice")
+                undo_btn = gr.Button("Undo", size="sm", visible=False, elem_id="undo-delete")
+            with gr.Row():
+                regen_btn = gr.Button("↻ Regenerate", size="sm", elem_id="regenerate",
+                                      interactive=False)
+                prev_btn = gr.Button("◀ Previous version", size="sm", elem_id="prev-sibling")
                 where = gr.Markdown("Click a message to select it.", elem_id="selected")
-                next_btn = gr.Button("▶", size="sm", elem_id="next-sibling")
-            with gr.Accordion("Rate or edit the selected message", open=False, elem_id="panel"):
+                next_btn = gr.Button("Next version ▶", size="sm", elem_id="next-sibling")
+            with gr.Accordion("Rate or edit the selected message", open=False,
+                              elem_id="panel") as panel:
                 with gr.Row():
                     thumb = gr.Radio([("👍", "up"), ("👎", "down")], label="Rating",
                                      elem_id="thumb")
                     reasons = gr.CheckboxGroup(UP_REASONS + DOWN_REASONS, label="Reasons",
                                                elem_id="reasons")
                 comment = gr.Textbox(label="Comment (optional)", elem_id="comment")
-                rate_btn = gr.Button("Save rating", size="sm", elem_id="save-rating")
+                rate_btn = gr.Button("Save rating", size="sm", elem_id="save-rating",
+                                     interactive=False)
                 rate_note = gr.Markdown(elem_id="rating-status")
                 edit_box = gr.Textbox(label="Edit your message (starts a new branch)",
                                       elem_id="edit-box")
@@ -304,49 +485,65 @@ def build(page, demo: gr.Blocks) -> None:
                 max_tokens = gr.Slider(16, 1024, value=defaults.max_tokens, step=16,
                                        label="Max new tokens")
             last = gr.JSON(visible=False, label="Last answer")
+            # The API's streaming endpoints keep their own outputs and raise errors (what a
+            # program wants); the page's buttons run the page's versions above.
+            with gr.Row(visible=False):
+                api_send, api_regenerate, api_edit, api_stop, api_new = (
+                    gr.Button(visible=False) for _ in range(5))
 
     # ---- events ---------------------------------------------------------------------------
     knobs = [temperature, max_tokens]
-    streamed = [chatbot, session, box, last]
-    sent = send_btn.click(send, [box, session, system, *knobs], streamed, api_name="send")
-    submitted = box.submit(send, [box, session, system, *knobs], streamed,
-                           api_visibility="private")
-    regenerated = regen_btn.click(regenerate, [session, *knobs], streamed, api_name="regenerate")
-    edited = edit_btn.click(edit, [edit_box, session, *knobs], streamed, api_name="edit")
-    for event in (sent, submitted, regenerated, edited):
-        event.then(list_mine, [session], [conversations], api_visibility="private")
+    # Progress shows on the chat alone: on the other outputs (the form, the buttons) Gradio's
+    # overlay would sit over them while an answer streams.
+    page_event = dict(api_visibility="private", show_progress_on=[chatbot])
+    form = [thumb, reasons, comment, rate_note, form_target, regen_btn, rename_btn, delete_btn,
+            rate_btn]
+    viewed = [chatbot, state, box, last, notice, undo_btn, send_btn, open_id, conversations,
+              *form]
+    send_btn.click(send_in_page, [box, state, system, *knobs], viewed, **page_event)
+    box.submit(send_in_page, [box, state, system, *knobs], viewed, **page_event)
+    regen_btn.click(regenerate_in_page, [state, *knobs], viewed, **page_event)
+    edit_btn.click(edit_in_page, [edit_box, state, *knobs], viewed, **page_event)
     # Not Gradio's `cancels=`: that cancels by session hash alone, and a hash can leak; `stop`
     # checks that the answer is the caller's, then the answer's own stream ends within a token.
-    stop_btn.click(stop, [session], [chatbot, session, last], api_name="stop")
-    chatbot.select(select, [session], [session, where, edit_box], api_visibility="private")
-    chatbot.like(on_like, [session], None, api_visibility="private")
-    def previous_sibling(session: dict, request: gr.Request):
-        return move(session, -1, request)
-
-    def next_sibling(session: dict, request: gr.Request):
-        return move(session, 1, request)
-    prev_btn.click(previous_sibling, [session], [chatbot, session, where],
-                   api_name="previous_sibling")
-    next_btn.click(next_sibling, [session], [chatbot, session, where], api_name="next_sibling")
-    thumb.change(lambda t: gr.CheckboxGroup(choices=UP_REASONS if t == "up" else DOWN_REASONS,
-                                            value=[]),
-                 [thumb], [reasons], api_visibility="private")
-    rate_btn.click(save_rating, [session, thumb, reasons, comment], [rate_note],
-                   api_visibility="private")
-    gr.api(rate, api_name="rate")
-    new_btn.click(new_conversation, None, [chatbot, session, last, conversations, system],
-                  api_name="new_conversation")
-    conversations.input(show_conversation, [conversations], [chatbot, session, system],
-                        api_visibility="private")
-
-    def read_conversation(conversation_id: str, request: gr.Request) -> list[dict]:
-        """The messages of one of your conversations, on its most recent branch."""
-        return show_conversation(conversation_id, request)[0]
-    gr.api(read_conversation, api_name="open_conversation")
-    rename_btn.click(rename_conversation, [session, title], [conversations, title],
-                     api_name="rename_conversation")
-    delete_btn.click(delete_conversation, [session], [chatbot, session, conversations],
-                     api_name="delete_conversation")
-    system_btn.click(save_system_prompt, [session, system], [system_note],
+    stop_btn.click(stop_in_page, [state], [chatbot, state, last, send_btn, *form], **page_event)
+    chatbot.select(select, [state], [state, where, edit_box, *form], **page_event)
+    chatbot.like(on_like, [state], [notice, rate_note, panel, *form], **page_event)
+    prev_btn.click(previous_sibling, [state], [chatbot, state, where, *form], **page_event)
+    next_btn.click(next_sibling, [state], [chatbot, state, where, *form], **page_event)
+    thumb.input(lambda t: gr.CheckboxGroup(choices=UP_REASONS if t == "up" else DOWN_REASONS,
+                                           value=[]),
+                [thumb], [reasons], api_visibility="private", show_progress="hidden")
+    rate_btn.click(save_rating, [state, form_target, thumb, reasons, comment],
+                   [rate_note, chatbot], **page_event)
+    new_btn.click(new_in_page, None, viewed + [system], **page_event)
+    conversations.input(open_in_page, [conversations], viewed + [system], **page_event)
+    rename_btn.click(rename_in_page, [state, title_box], [conversations, title_box, title_note],
+                     **page_event)
+    delete_btn.click(delete_in_page, [state], viewed + [system, deleted], **page_event)
+    undo_btn.click(undo_in_page, [deleted], viewed + [system], **page_event)
+    system_btn.click(save_system_prompt, [state, system], [system_note],
                      api_visibility="private")
-    demo.load(list_mine, [session], [conversations], api_visibility="private")
+    demo.load(on_load, [open_id], viewed + [system], **page_event)
+
+    streamed = [chatbot, state, box, last]
+    api_send.click(send, [box, state, system, *knobs], streamed, api_name="send")
+    api_regenerate.click(regenerate, [state, *knobs], streamed, api_name="regenerate")
+    api_edit.click(edit, [edit_box, state, *knobs], streamed, api_name="edit")
+    api_stop.click(stop, [state], [chatbot, state, last], api_name="stop")
+    api_new.click(new_conversation, None, [chatbot, state, last, conversations, system],
+                  api_name="new_conversation")
+    gr.api(rate, api_name="rate")
+    gr.api(read_conversation, api_name="open_conversation")
+    gr.api(rename_conversation, api_name="rename_conversation")
+    gr.api(delete_conversation, api_name="delete_conversation")
+    gr.api(restore_conversation, api_name="restore_conversation")
+
+
+def _rating_target(session: dict) -> str | None:
+    """The answer the rating form is for: the selected message if it is an answer, else the
+    last answer shown."""
+    ids = session.get("ids") or []
+    if session.get("selected"):
+        return session["selected"]
+    return ids[-1] if ids else None

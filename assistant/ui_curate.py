@@ -54,10 +54,6 @@ def build(page, demo: gr.Blocks) -> None:
         cursor = {"next": result.next, "shown": shown + len(rows)}
         return table, [r["id"] for r in rows], count, cursor
 
-    def show(ids: list[str], event: gr.SelectData, request: gr.Request):
-        index = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
-        return show_answer(ids[index], request)
-
     def show_answer(message_id: str, request: gr.Request):
         """The conversation up to an answer, and the review it has so far."""
         page.user(request, "curator")
@@ -168,7 +164,8 @@ def build(page, demo: gr.Blocks) -> None:
                                             lines=4, elem_id="correction")
                     flags = gr.CheckboxGroup(FLAG_LABELS, label="Keep out of training",
                                              elem_id="flags")
-                    save = gr.Button("Save review", variant="primary", elem_id="save-review")
+                    save = gr.Button("Save review", variant="primary", elem_id="save-review",
+                                     interactive=False)
                     saved = gr.Markdown(elem_id="review-status")
         with gr.Tab("Side by side"):
             prompt = gr.Textbox(label="Prompt", elem_id="compare-prompt")
@@ -185,22 +182,61 @@ def build(page, demo: gr.Blocks) -> None:
                 pick_b = gr.Button("B is better", elem_id="pick-b")
             picked_note = gr.Markdown(elem_id="pick-status")
 
+    # ---- the page's own events: they return {component: value}. Loading a queue empties
+    # the review form (it belonged to the answer shown before, and must never be saved onto
+    # it by mistake); a mistake is a line beside the filters, not "Error" over the table.
+    form = [conversation, picked, score, correction, flags, about, saved, save]
+
+    def empty_form() -> dict:
+        return {conversation: [], picked: "", score: None, correction: "", flags: [],
+                about: "", saved: "", save: gr.Button(interactive=False)}
+
+    def open_answer(message_id: str, request: gr.Request) -> dict:
+        shown = show_answer(message_id, request)
+        return {**dict(zip(form[:6], shown)), saved: "", save: gr.Button(interactive=True)}
+
+    def queue_in_page(result) -> dict:
+        try:
+            table_rows, answer_ids, counted, at = result()
+        except gr.Error as exc:
+            return {count: f"⚠️ {exc.message}", **empty_form()}
+        return {table: table_rows, ids: answer_ids, count: counted, cursor: at,
+                more: gr.Button(interactive=bool(at.get("next"))), **empty_form()}
+
+    def load_in_page(rating, adapter, since, reviewed, request: gr.Request):
+        return queue_in_page(lambda: queue(rating, adapter, since, reviewed, request))
+
+    def next_in_page(rating, adapter, since, reviewed, at, request: gr.Request):
+        return queue_in_page(lambda: next_page(rating, adapter, since, reviewed, at, request))
+
+    def select_in_page(answer_ids: list[str], event: gr.SelectData, request: gr.Request):
+        index = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
+        return open_answer(answer_ids[index], request)
+
+    def save_in_page(message_id, chosen_score, text, chosen_flags, answer_ids, request: gr.Request):
+        """Save, then open the next answer of the loaded page (the review flow moves on)."""
+        try:
+            save_review(message_id, chosen_score, text, chosen_flags, request)
+        except gr.Error as exc:
+            return {saved: f"⚠️ {exc.message}"}
+        at = answer_ids.index(message_id) + 1 if message_id in answer_ids else len(answer_ids)
+        if at >= len(answer_ids):
+            return {**empty_form(), saved: "Saved. That was the last answer of this page."}
+        return {**open_answer(answer_ids[at], request), saved: "Saved; here is the next one."}
+
     filters = [rating, adapter, since, reviewed]
-    def more_button(cursor: dict):
-        return gr.Button(interactive=bool(cursor and cursor.get("next")))
-    load.click(queue, filters, [table, ids, count, cursor], api_name="review_queue").then(
-        more_button, [cursor], [more], api_visibility="private")
-    more.click(next_page, [*filters, cursor], [table, ids, count, cursor],
-               api_name="review_queue_next").then(more_button, [cursor], [more],
-                                                  api_visibility="private")
-    table.select(show, [ids], [conversation, picked, score, correction, flags, about],
-                 api_visibility="private")
-    gr.api(show_answer, api_name="show_answer")
-    def save_from_page(message_id: str, score, correction: str, flags: list[str],
-                       request: gr.Request) -> str:
-        return save_review(message_id, score, correction, flags, request)
-    save.click(save_from_page, [picked, score, correction, flags], [saved],
+    paged = [table, ids, count, cursor, more, *form]
+    load.click(load_in_page, filters, paged, api_visibility="private")
+    more.click(next_in_page, [*filters, cursor], paged, api_visibility="private")
+    table.select(select_in_page, [ids], form, api_visibility="private")
+    save.click(save_in_page, [picked, score, correction, flags, ids], form,
                api_visibility="private")
+    # The API keeps its own outputs, and errors are errors there.
+    api_load, api_next = gr.Button(visible=False), gr.Button(visible=False)
+    api_load.click(queue, filters, [table, ids, count, cursor], api_name="review_queue")
+    api_next.click(next_page, [*filters, cursor], [table, ids, count, cursor],
+                   api_name="review_queue_next")
+    gr.api(show_answer, api_name="show_answer")
     gr.api(save_review, api_name="save_review")
     gr.api(compare, api_name="compare")
     gr.api(pick, api_name="pick")

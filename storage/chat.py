@@ -63,10 +63,34 @@ def update_conversation(db: sqlite_utils.Database, conversation_id: str, *,
 
 
 def delete_conversation(db: sqlite_utils.Database, conversation_id: str) -> None:
-    """Hide a conversation from its owner. Its messages stay for the curators' history and
-    training unless flagged; a user who wants them out of training flags no consent."""
+    """Delete a conversation: from now on it is gone from its owner's list, the review queue,
+    side-by-side history and every training set and export. The rows stay until the nightly
+    `flywheel prune` erases them (so Undo works until then); see storage/retention.py."""
     db.execute("UPDATE conversations SET deleted_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
-               "WHERE id = ?", [conversation_id])
+               "WHERE id = ? AND deleted_at IS NULL", [conversation_id])
+
+
+def restore_conversation(db: sqlite_utils.Database, conversation_id: str,
+                         user_id: int | None) -> bool:
+    """Undo a delete of one of `user_id`'s conversations (until it is pruned)."""
+    return db.execute("UPDATE conversations SET deleted_at = NULL "
+                      "WHERE id = ? AND user_id IS ? AND deleted_at IS NOT NULL",
+                      [conversation_id, user_id]).rowcount == 1
+
+
+def own_ratings(db: sqlite_utils.Database, message_ids: list[str],
+                rater_id: int | None) -> dict[str, str]:
+    """The latest thumbs `rater_id` gave each of these messages: {message id: 'up'/'down'}."""
+    if not message_ids:
+        return {}
+    marks = ", ".join("?" * len(message_ids))
+    rows = db.execute(
+        f"""SELECT message_id, rating FROM ratings r
+            WHERE message_id IN ({marks}) AND rater_id IS ? AND rating IS NOT NULL
+              AND id = (SELECT MAX(id) FROM ratings WHERE message_id = r.message_id
+                        AND rater_id IS r.rater_id AND rating IS NOT NULL)""",
+        [*message_ids, rater_id])
+    return dict(rows.fetchall())
 
 
 def siblings(db: sqlite_utils.Database, message_id: str) -> list[str]:

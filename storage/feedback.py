@@ -2,9 +2,10 @@
 one question that were liked and disliked, side-by-side picks; and which messages may still
 be trained on.
 
-Left out everywhere: flagged answers (personal data, unsafe, no consent), conversations of
-users who withheld consent or are disabled. Each stream reads a batch at a time by a keyset
-(the last row's sort key), so a year of feedback never sits in memory at once.
+Left out everywhere: flagged answers (personal data, unsafe, no consent), deleted
+conversations, conversations of users who withheld consent or are disabled. Each stream
+reads a batch at a time by a keyset (the last row's sort key), so a year of feedback never
+sits in memory at once.
 """
 
 from typing import Iterator
@@ -13,9 +14,11 @@ import sqlite_utils
 
 BATCH = 1000
 
-# The conversation's owner lets us train on it: the local owner (no user), or a user who
-# consents and is enabled. `u` is the owner joined by `LEFT JOIN users u ON u.id = c.user_id`.
-_CONSENTED = "(u.id IS NULL OR (u.consent = 1 AND u.disabled = 0))"
+# The conversation may be trained on: not deleted by its owner, and the owner lets us: the
+# local owner (no user), or a user who consents and is enabled. `c` is the conversation and
+# `u` its owner, joined by `LEFT JOIN users u ON u.id = c.user_id`.
+_MAY_TRAIN = ("(c.deleted_at IS NULL AND "
+              "(u.id IS NULL OR (u.consent = 1 AND u.disabled = 0)))")
 
 
 def judged_answers(db: sqlite_utils.Database, batch: int = BATCH) -> Iterator[dict]:
@@ -34,7 +37,7 @@ def judged_answers(db: sqlite_utils.Database, batch: int = BATCH) -> Iterator[di
                 LEFT JOIN corrections corr ON corr.id = j.correction_id
                 WHERE (j.rating IS NOT NULL OR j.score IS NOT NULL OR j.correction_id IS NOT NULL)
                   AND (j.created_at, j.message_id) > (?, ?)
-                  AND j.flags IS NULL AND {_CONSENTED}
+                  AND j.flags IS NULL AND {_MAY_TRAIN}
                 ORDER BY j.created_at, j.message_id LIMIT ?""", [*key, batch])
         yield from rows
         if len(rows) < batch:
@@ -62,7 +65,7 @@ def disagreeing_siblings(db: sqlite_utils.Database, batch: int = BATCH
                 JOIN conversations c ON c.id = j.conversation_id
                 LEFT JOIN users u ON u.id = c.user_id
                 WHERE j.parent_id IN ({", ".join("?" * len(parents))})
-                  AND j.rating IS NOT NULL AND j.flags IS NULL AND {_CONSENTED}
+                  AND j.rating IS NOT NULL AND j.flags IS NULL AND {_MAY_TRAIN}
                 ORDER BY j.parent_id, j.created_at, j.message_id""", parents)
         by_parent: dict[str, list[dict]] = {}
         for row in rows:
@@ -83,7 +86,7 @@ def side_by_side_picks(db: sqlite_utils.Database, batch: int = BATCH) -> Iterato
                  JOIN judgements j ON j.message_id = m.id
                  JOIN conversations c ON c.id = m.conversation_id
                  LEFT JOIN users u ON u.id = c.user_id
-                 WHERE m.id = ? AND j.flags IS NULL AND {_CONSENTED}"""
+                 WHERE m.id = ? AND j.flags IS NULL AND {_MAY_TRAIN}"""
     while True:
         picks = db.execute_returning_dicts(
             "SELECT * FROM comparisons WHERE winner != 'tie' AND id > ? ORDER BY id LIMIT ?",
@@ -110,7 +113,7 @@ def trainable(db: sqlite_utils.Database, message_ids: list[str]) -> set[str]:
             f"""SELECT m.id FROM messages m
                 JOIN conversations c ON c.id = m.conversation_id
                 LEFT JOIN users u ON u.id = c.user_id
-                WHERE m.id IN ({", ".join("?" * len(chunk))}) AND {_CONSENTED}
+                WHERE m.id IN ({", ".join("?" * len(chunk))}) AND {_MAY_TRAIN}
                   AND NOT EXISTS (SELECT 1 FROM flags f WHERE f.message_id = m.id)""", chunk)}
     return out
 

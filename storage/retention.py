@@ -1,10 +1,14 @@
 """`flywheel prune --keep-days N`: a deployment keeps a year of conversations, not forever.
 
 A conversation whose last message is older than N days goes, with everything hanging off it:
-its messages, their ratings, corrections, flags, side-by-side picks and judgements. Then the
-training data copies go too: the replay files of past runs (`runs/<id>/sft-train.jsonl`) lose
-the examples of pruned messages, and finished runs' `data/` folders (kept only so that an
-interrupted run can resume) are removed. Expired sign-in sessions are removed as well.
+its messages, their ratings, corrections, flags, side-by-side picks and judgements. So does
+every conversation its owner deleted (hidden at once everywhere, kept until this runs so that
+Undo works). Then the training data copies go too: the replay files of past runs
+(`runs/<id>/sft-train.jsonl`) lose the examples of pruned messages, and finished runs' `data/`
+folders (kept only so that an interrupted run can resume) are removed. An adapter cannot
+forget what it learnt, so each run whose files held erased examples says so in its manifest
+(`erased_examples`, `erased_at`): the admin sees which adapters were trained on them.
+Expired sign-in sessions are removed as well.
 
 Deletes run in batches of conversations, each its own short transaction, so a server writing
 at the same time waits milliseconds, not minutes.
@@ -27,19 +31,32 @@ BATCH = 200  # conversations per transaction
 
 def prune_conversations(db: sqlite_utils.Database, keep_days: float,
                         batch: int = BATCH) -> Counter:
-    """Delete conversations last active more than `keep_days` ago, and all that hangs off
-    them; returns how many rows of each table went."""
+    """Delete conversations last active more than `keep_days` ago and those their owners
+    deleted, and all that hangs off them; returns how many rows of each table went."""
     if keep_days < 0:
         raise ValueError(f"--keep-days must be 0 or more, not {keep_days}")
     cutoff = utc_now(plus_hours=-24 * keep_days)
     gone = Counter()
+    old = ("SELECT id FROM conversations WHERE updated_at < ? ORDER BY updated_at LIMIT ?",
+           [cutoff, batch])
+    deleted = ("SELECT id FROM conversations WHERE deleted_at IS NOT NULL LIMIT ?", [batch])
+    for query, args in (old, deleted):
+        gone += _erase_all(db, query, args)
+    with transaction(db):
+        db.execute("DELETE FROM thumbs_daily WHERE answers <= 0")
+        gone["sessions"] += db.execute("DELETE FROM sessions WHERE expires_at < ?",
+                                       [utc_now()]).rowcount
+    return gone
+
+
+def _erase_all(db: sqlite_utils.Database, query: str, args: list) -> Counter:
+    """Erase the conversations `query` picks, a batch per transaction, until none is left."""
+    gone = Counter()
     while True:
         with transaction(db):
-            ids = [r[0] for r in db.execute(
-                "SELECT id FROM conversations WHERE updated_at < ? ORDER BY updated_at LIMIT ?",
-                [cutoff, batch])]
+            ids = [r[0] for r in db.execute(query, args)]
             if not ids:
-                break
+                return gone
             marks = ", ".join("?" * len(ids))
             messages = f"SELECT id FROM messages WHERE conversation_id IN ({marks})"
             # Judgements first: their own triggers keep the daily counts right, and the
@@ -52,11 +69,6 @@ def prune_conversations(db: sqlite_utils.Database, keep_days: float,
                                  ("messages", f"conversation_id IN ({marks})"),
                                  ("conversations", f"id IN ({marks})")):
                 gone[table] += db.execute(f"DELETE FROM {table} WHERE {where}", ids).rowcount
-    with transaction(db):
-        db.execute("DELETE FROM thumbs_daily WHERE answers <= 0")
-        gone["sessions"] += db.execute("DELETE FROM sessions WHERE expires_at < ?",
-                                       [utc_now()]).rowcount
-    return gone
 
 
 def prune_run_files(db: sqlite_utils.Database, home: Home) -> Counter:
@@ -69,9 +81,25 @@ def prune_run_files(db: sqlite_utils.Database, home: Home) -> Counter:
         if run.name in finished and (run / "data").is_dir():
             shutil.rmtree(run / "data")
             gone["run data folders"] += 1
-        for path in run.glob("*.jsonl"):
-            gone["replay examples"] += _drop_missing(db, path)
+        erased = sum(_drop_missing(db, path) for path in run.glob("*.jsonl"))
+        if erased:
+            gone["replay examples"] += erased
+            gone["runs trained on erased examples"] += _mark_erased(db, run.name, erased)
     return gone
+
+
+def _mark_erased(db: sqlite_utils.Database, run_id: str, erased: int) -> int:
+    """Add to a run's manifest how many of its examples were erased after it trained."""
+    row = db.execute("SELECT manifest FROM training_runs WHERE id = ?", [run_id]).fetchone()
+    if row is None:
+        return 0
+    manifest = json.loads(row[0] or "{}")
+    manifest["erased_examples"] = manifest.get("erased_examples", 0) + erased
+    manifest["erased_at"] = utc_now()
+    with transaction(db):
+        db.execute("UPDATE training_runs SET manifest = ? WHERE id = ?",
+                   [json.dumps(manifest), run_id])
+    return 1
 
 
 def _drop_missing(db: sqlite_utils.Database, path: Path) -> int:

@@ -56,6 +56,7 @@ def _filters(rating: str, adapter: str, since: str | None, reviewed: str
 def _rank_page(where: list[str], keyset: bool) -> str:
     """One rank's slice of the queue, newest first, after a keyset when given."""
     terms = where + (["(j.created_at, j.message_id) < (:at, :id)"] if keyset else [])
+    terms.append("c.deleted_at IS NULL")  # a deleted conversation is gone from the queue too
     return (_ANSWER + " WHERE " + " AND ".join(terms)
             + " ORDER BY j.created_at DESC, j.message_id DESC LIMIT :limit")
 
@@ -94,7 +95,8 @@ def explain_queue(db: sqlite_utils.Database, rating: str = "any", adapter: str =
 
 def answer_review(db: sqlite_utils.Database, message_id: str) -> dict | None:
     """One answer as the queue shows it: the rating that counts, score, correction, flags."""
-    rows = db.execute_returning_dicts(_ANSWER + " WHERE j.message_id = ?", [message_id])
+    rows = db.execute_returning_dicts(
+        _ANSWER + " WHERE j.message_id = ? AND c.deleted_at IS NULL", [message_id])
     return _decode(rows[0]) if rows else None
 
 

@@ -139,16 +139,24 @@ def set_disabled(db: sqlite_utils.Database, name: str, disabled: bool = True) ->
             db.execute("DELETE FROM sessions WHERE user_id = ?", [user["id"]])
 
 
+class AccountDisabled(PermissionError):
+    """The name and password are right, but an admin disabled the account."""
+
+
 def check_password(db: sqlite_utils.Database, name: str, password: str) -> dict | None:
-    """The enabled user with this name and password, or None (same answer for every miss)."""
+    """The enabled user with this name and password, or None (same answer for every miss).
+    Raises AccountDisabled only to someone who knows the password: telling a guesser that
+    an account exists and is disabled would help them."""
     user = get_user(db, name)
-    if user is None or user["disabled"] or not user["password_hash"]:
+    if user is None or not user["password_hash"]:
         _hasher.hash(password)  # spend the same time as a real check
         return None
     try:
         _hasher.verify(user["password_hash"], password)
     except (VerificationError, InvalidHashError):
         return None
+    if user["disabled"]:
+        raise AccountDisabled(f"{name} is disabled; ask an admin to enable it")
     return user
 
 

@@ -131,6 +131,7 @@ def test_chat_streams_regenerates_switches_siblings_rates_and_stops(browser, loc
     # Rate the selected (first) answer with a reason and a comment.
     page.get_by_text("Rate or edit the selected message").click()
     page.locator("#thumb").get_by_text("👎").click()
+    expect(page.locator("#reasons")).not_to_contain_text("accurate")  # the 👎 reasons only
     page.locator("#reasons").get_by_text("too long").click()
     page.fill("#comment textarea", "Shorter, please.")
     page.click("#save-rating")
@@ -217,7 +218,7 @@ def test_an_admin_promotes_and_rolls_back(browser, team_server):
     expect(page.locator("#serving")).to_contain_text(adapter_id)
     page.screenshot(path=OUTPUT / "browser-admin.png", full_page=True)
     page.click("#rollback")
-    expect(page.locator("#admin-status")).to_contain_text("the base model is now active")
+    expect(page.locator("#admin-status")).to_contain_text("Rolled back: the base model is active")
     wait_for(lambda: httpx.get(f"{url}/healthz").json()["adapter"] is None, 120,
              "the swap back")
     page.close()

@@ -91,8 +91,10 @@ def test_users_add_list_passwd_disable_enable(home, capsys, monkeypatch):
         assert users.check_password(db, "ann", "a long password") is None
         assert users.has_admin(db)
     assert users_cmd(home, "disable", "ann") == 0
+    with open_db(home) as db, pytest.raises(users.AccountDisabled, match="ann is disabled"):
+        users.check_password(db, "ann", "another password")  # told only with the password
     with open_db(home) as db:
-        assert users.check_password(db, "ann", "another password") is None
+        assert users.check_password(db, "ann", "a long password") is None
     assert users_cmd(home, "enable", "ann") == 0
     capsys.readouterr()
     for args, stdin, message in (

@@ -6,11 +6,12 @@
     KTO {"prompt", "completion", "label"}   thumbs up / down on single answers
 
 The prompt is the whole conversation up to the answer, system prompt first. Left out:
-flagged answers (personal data, unsafe, no consent), conversations of users who did not
-consent, and disabled users' data. When raters disagree on an answer, the latest judgement
-of a curator (or admin, or the local owner) wins over any user's; among equals the latest
-wins (storage keeps that judgement current: `judgements` in storage/db.py). Every example
-names the messages it came from (`message_ids`) and its conversation.
+flagged answers (personal data, unsafe, no consent), deleted conversations, conversations
+of users who did not consent, and disabled users' data. When raters disagree on an answer,
+the latest judgement of a curator (or admin, or the local owner) wins over any user's;
+among equals the latest wins (storage keeps that judgement current: `judgements` in
+storage/db.py). Every example names the messages it came from (`message_ids`) and its
+conversation.
 
 `examples()` is a stream: feedback is read a batch at a time (storage/feedback.py), so
 memory does not grow with the history.

@@ -1,0 +1,271 @@
+"""The page's defects found by hand in chromium, each driven the way a person found it:
+Debian's headless chromium through Playwright, against one real server on the tiny model
+(the answers are noise, which is all these tests need). The tests run in file order: the
+last ones add the first account from the page, which turns sign-in on."""
+
+import json
+
+import pytest
+from playwright.sync_api import expect
+
+from assistant.server import ServeConfig, serve_in_thread
+from storage import Home, init_db, open_db, review, users
+from storage import chat as store
+from storage.retention import prune
+from tests.test_browser import OUTPUT, browser  # noqa: F401  (the module's chromium)
+from tests.test_e2e import wait_for
+from trainer import selection
+
+pytestmark = pytest.mark.integration
+
+PASSWORD = "a long admin password"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, tiny_model_dir):
+    """A fresh local install on the tiny model: no users, the page opens as the local admin."""
+    home = Home.resolve(tmp_path_factory.mktemp("page"))
+    init_db(home)
+    config = ServeConfig(model=str(tiny_model_dir), port=0, poll_interval=0.2)
+    with serve_in_thread(home, config) as (url, srv):
+        yield url, srv, home
+
+
+def open_page(browser, url, width=1280, height=1000):  # noqa: F811
+    page = browser.new_page(viewport={"width": width, "height": height})
+    page.goto(url)
+    page.wait_for_selector("#message textarea", timeout=60_000)
+    return page
+
+
+def answers(home) -> list[dict]:
+    with open_db(home) as db:
+        return list(db["messages"].rows_where("role = 'assistant'", order_by="rowid"))
+
+
+def ratings(home) -> list[dict]:
+    with open_db(home) as db:
+        return list(db["ratings"].rows_where(order_by="id"))
+
+
+def send(page, home, text: str) -> dict:
+    before = len(answers(home))
+    page.fill("#message textarea", text)
+    page.click("#send")
+    answer = wait_for(lambda: len(answers(home)) > before and answers(home)[-1], 60,
+                      "the answer to be stored")
+    expect(page.locator("#send")).to_be_enabled()  # the page has shown the stored answer
+    return answer
+
+
+def no_error_badges(page) -> None:
+    """Nothing on the page wears Gradio's red "Error" badge (it covers what it sits on)."""
+    assert page.locator(".error", has_text="Error").filter(visible=True).count() == 0
+
+
+def test_a_rating_form_never_carries_over_to_another_answer(browser, server):  # noqa: F811
+    url, _, home = server
+    page = open_page(browser, url)
+    first = send(page, home, "first question")
+    page.get_by_text("Rate or edit the selected message").click()
+    page.locator("#thumb").get_by_text("👎").click()
+    expect(page.locator("#reasons")).not_to_contain_text("accurate")  # the 👎 reasons only
+    page.locator("#reasons").get_by_text("wrong", exact=True).click()
+    page.fill("#comment textarea", "not what I asked")
+
+    # A new chat and a new answer: the form is empty again, and saving it refuses.
+    page.click("#new-chat")
+    expect(page.locator("#comment textarea")).to_have_value("")
+    second = send(page, home, "second question")
+    expect(page.locator("#thumb input:checked")).to_have_count(0)
+    expect(page.locator("#reasons input:checked")).to_have_count(0)
+    expect(page.locator("#comment textarea")).to_have_value("")
+    page.click("#save-rating")
+    expect(page.locator("#rating-status")).to_contain_text("Choose 👍 or 👎 first")
+    assert ratings(home) == []
+
+    # What the person does give lands on the answer in view, and shows on the message.
+    page.locator("#thumb").get_by_text("👍").click()
+    page.click("#save-rating")
+    expect(page.locator("#rating-status")).to_contain_text("Saved")
+    [rating] = ratings(home)
+    assert (rating["message_id"], rating["rating"], rating["comment"]) == (second["id"], "up",
+                                                                          None)
+    assert first["id"] != second["id"]
+    expect(page.locator("#chatbot button[aria-label='Liked']")).to_have_count(1)
+    expect(page.locator("#chatbot button[aria-label='Clear']")).to_be_hidden()  # did nothing
+
+    # Reload: the open conversation comes back.
+    page.reload()
+    page.wait_for_selector("#message textarea")
+    expect(page.locator("#chatbot [data-testid='user']").last).to_contain_text("second question")
+    page.screenshot(path=OUTPUT / "page-chat-rated.png", full_page=True)
+    page.close()
+
+
+def test_an_empty_queue_empties_the_review_form(browser, server):  # noqa: F811
+    url, _, home = server
+    page = open_page(browser, url)
+    page.get_by_role("tab", name="Curate").click()
+    page.locator("#filter-reviewed input").click()
+    page.get_by_role("option", name="any").click()
+    page.click("#load-queue")
+    page.locator("#queue [data-testid='cell-0-5']").click()
+    expect(page.locator("#save-review")).to_be_enabled()
+    page.locator("#score").get_by_text("2", exact=True).click()
+    page.fill("#correction textarea", "a correction for the old answer")
+
+    page.fill("#filter-since input, #filter-since textarea", "2999-01-01")
+    page.click("#load-queue")
+    expect(page.locator("#queue-count")).to_contain_text("0 answers")
+    expect(page.locator("#correction textarea")).to_have_value("")
+    expect(page.locator("#score input:checked")).to_have_count(0)
+    expect(page.locator("#save-review")).to_be_disabled()
+    with open_db(home) as db:
+        assert db["corrections"].count == 0
+        assert db.execute("SELECT COUNT(*) FROM ratings WHERE score IS NOT NULL").fetchone()[0] == 0
+    page.close()
+
+
+def test_errors_show_beside_their_cause_and_nothing_freezes(browser, server):  # noqa: F811
+    url, _, _ = server
+    page = open_page(browser, url)
+    page.click("#new-chat")
+    expect(page.locator("#regenerate")).to_be_disabled()  # nothing to regenerate yet
+    expect(page.locator("#rename")).to_be_disabled()
+    page.locator("#message textarea").press("Enter")
+    expect(page.locator("#chat-notice")).to_contain_text("Type a message first")
+    no_error_badges(page)
+    page.fill("#message textarea", "still typeable")
+    expect(page.locator("#message textarea")).to_have_value("still typeable")
+
+    page.locator("#conversations label").first.click()
+    expect(page.locator("#rename")).to_be_enabled()
+    page.click("#rename")  # with an empty title
+    expect(page.locator("#title-note")).to_contain_text("Write the new title first")
+    no_error_badges(page)
+
+    page.get_by_role("tab", name="Curate").click()
+    page.fill("#filter-since input, #filter-since textarea", "yesterday")
+    page.click("#load-queue")
+    expect(page.locator("#queue-count")).to_contain_text("YYYY-MM-DD")
+    no_error_badges(page)
+    page.screenshot(path=OUTPUT / "page-errors-inline.png", full_page=True)
+    page.close()
+
+
+def test_a_deleted_chat_is_gone_from_the_queue_and_training_and_can_be_undone(
+        browser, server):  # noqa: F811
+    url, _, home = server
+    page = open_page(browser, url)
+    page.click("#new-chat")
+    answer = send(page, home, "something private")
+    page.get_by_text("Rate or edit the selected message").click()
+    page.locator("#thumb").get_by_text("👎").click()
+    page.click("#save-rating")
+    expect(page.locator("#rating-status")).to_contain_text("Saved")
+
+    def in_queue_and_training() -> tuple[bool, bool]:
+        with open_db(home) as db:
+            queued = {r["id"] for r in review.review_queue(db, limit=1000).rows}
+            trained = {i for _, ex in selection.examples(db) for i in ex["message_ids"]}
+        return answer["id"] in queued, answer["id"] in trained
+    assert in_queue_and_training() == (True, True)
+
+    page.click("#delete-chat")
+    expect(page.locator("#chat-notice")).to_contain_text("Conversation deleted")
+    expect(page.locator("#conversations")).not_to_contain_text("something private")
+    assert in_queue_and_training() == (False, False)
+    page.click("#undo-delete")
+    expect(page.locator("#conversations")).to_contain_text("something private")
+    assert in_queue_and_training() == (True, True)
+
+    # Deleted again, the nightly prune erases it for good, and past runs that trained on it
+    # say so in their manifests.
+    page.click("#delete-chat")
+    expect(page.locator("#chat-notice")).to_contain_text("Conversation deleted")
+    run_id = "run-trained-on-it"
+    (home.runs_dir / run_id).mkdir(parents=True)
+    (home.runs_dir / run_id / "sft-train.jsonl").write_text(json.dumps(
+        {"message_ids": [answer["id"]], "conversation_id": answer["conversation_id"]}) + "\n")
+    with open_db(home) as db:
+        db["training_runs"].insert({"id": run_id, "status": "succeeded", "base_model": "tiny",
+                                    "method": "sft"})
+        gone = prune(db, home, keep_days=365)
+        assert gone["conversations"] == 1 and gone["replay examples"] == 1
+        assert store.get_message(db, answer["id"]) is None
+        manifest = json.loads(db["training_runs"].get(run_id)["manifest"])
+    assert manifest["erased_examples"] == 1
+    page.close()
+
+
+def test_the_first_account_made_in_the_page_is_an_admin_and_sign_in_starts(
+        browser, server):  # noqa: F811
+    url, _, home = server
+    page = open_page(browser, url)
+    page.get_by_role("tab", name="Admin").click()
+    page.get_by_role("tab", name="Users").click()
+    expect(page.locator("#users-intro")).to_contain_text("The first account you add must be "
+                                                         "an admin")
+    page.fill("#user-name textarea", "erin")
+    page.fill("#user-password input", PASSWORD)
+    page.click("#add-user")  # the role is still "user"
+    expect(page.locator("#user-status")).to_contain_text("The first account must be an admin")
+    no_error_badges(page)
+    with open_db(home) as db:
+        assert not users.auth_enabled(db)
+
+    page.locator("#user-role input").click()
+    page.get_by_role("option", name="admin").click()
+    page.click("#add-user")
+    expect(page.locator("#user-status")).to_contain_text("Sign-in is on now")
+    expect(page.locator("#user-password input")).to_have_value("")
+    no_error_badges(page)
+    link = page.locator("#user-status a", has_text="sign in as erin")
+    assert link.get_attribute("href").endswith("/login")
+    page.goto(f"{url}/")  # the page itself now asks for a sign-in
+    expect(page).to_have_url(f"{url}/login")
+    page.fill("input[name=username]", "erin")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    expect(page.locator("#who")).to_contain_text("erin")
+    page.close()
+
+
+def test_no_password_reaches_the_browsers_storage(browser, server):  # noqa: F811
+    url, _, home = server
+    with open_db(home) as db:
+        if not users.auth_enabled(db):  # when run alone
+            users.add_user(db, "erin", "admin", password=PASSWORD)
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(f"{url}/login")
+    page.fill("input[name=username]", "erin")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#message textarea")
+    page.get_by_role("tab", name="Admin").click()
+    page.get_by_role("tab", name="Users").click()
+    page.fill("#user-name textarea", "carol")
+    page.fill("#user-password input", "carol-pass-123")
+    page.click("#add-user")
+    expect(page.locator("#user-status")).to_contain_text("Added carol")
+    expect(page.locator("#users")).to_contain_text("carol")
+    stored = page.evaluate("() => JSON.stringify({...localStorage}) + "
+                           "JSON.stringify({...sessionStorage})")
+    assert "carol-pass-123" not in stored
+    assert page.locator("footer").filter(visible=True).count() == 0  # no Runs, no API page
+    expect(page.locator("#user-password input")).to_have_value("")
+
+    # A disabled account hears that it is disabled (only with the right password).
+    with open_db(home) as db:
+        users.set_disabled(db, "carol", True)
+    page.goto(f"{url}/login")
+    page.fill("input[name=username]", "carol")
+    page.fill("input[name=password]", "carol-pass-123")
+    page.click("button[type=submit]")
+    expect(page.locator("body")).to_contain_text("This account is disabled; ask an admin")
+    page.fill("input[name=username]", "carol")
+    page.fill("input[name=password]", "a wrong guess")
+    page.click("button[type=submit]")
+    expect(page.locator("body")).to_contain_text("Wrong name or password")
+    page.close()
