@@ -7,6 +7,10 @@ The page's API: /review_queue (the first 200 answers), /review_queue_next (the n
 the queue loaded last in the same session), /show_answer, /save_review, /compare, /pick.
 """
 
+import queue
+import secrets
+import threading
+
 import gradio as gr
 
 from assistant.engine import GenerationParams, RequestError
@@ -100,9 +104,9 @@ def build(page, demo: gr.Blocks) -> None:
                 gr.Dropdown(choices=names, value=names[0]),
                 gr.Dropdown(choices=names, value=names[1] if len(names) > 1 else names[0]))
 
-    def compare(prompt: str, model_a: str, model_b: str, request: gr.Request) -> dict:
-        """Both versions answer the same prompt (greedy), in a conversation of the curator's.
-        Returns both texts and the ids that `pick` takes."""
+    def start_both(prompt: str, model_a: str, model_b: str, request: gr.Request):
+        """Both versions start answering the same prompt (greedy, batched together), in a
+        conversation of the curator's."""
         user = page.user(request, "curator")
         prompt = (prompt or "").strip()
         if not prompt or model_a == model_b:
@@ -115,12 +119,19 @@ def build(page, demo: gr.Blocks) -> None:
                                              user_id=user["id"])
         except (RequestError, KeyError) as exc:
             raise gr.Error(f"Cannot compare: {exc}") from None
+        return first, second
+
+    def compare(prompt: str, model_a: str, model_b: str, request: gr.Request) -> dict:
+        """Both versions answer the same prompt (greedy), in a conversation of the curator's.
+        Returns both texts and the ids that `pick` takes."""
+        first, second = start_both(prompt, model_a, model_b, request)
         return {"prompt_id": first.user_message_id, "answer_a": first.id,
                 "answer_b": second.id, "text_a": "".join(first), "text_b": "".join(second)}
 
     def pick(prompt_id: str, answer_a: str, answer_b: str, winner: str,
-             request: gr.Request) -> str:
-        """Store which answer to `prompt_id` is better ('a', 'b' or 'tie'): a preference pair."""
+             request: gr.Request, reason: str = "", shown_first: str = "") -> str:
+        """Store which answer to `prompt_id` is better: 'a' or 'b' (a preference pair), 'tie'
+        or 'both_bad', with an optional reason."""
         user = page.user(request, "curator")
         with open_db(page.home) as db:
             for answer in (answer_a, answer_b):
@@ -129,11 +140,12 @@ def build(page, demo: gr.Blocks) -> None:
                     raise gr.Error("Both answers must answer that prompt.")
             try:
                 review.record_comparison(db, prompt_id, answer_a, answer_b, winner,
-                                         curator_id=user["id"])
+                                         curator_id=user["id"], reason=reason,
+                                         shown_first=shown_first or None)
             except ValueError as exc:
                 raise gr.Error(str(exc)) from None
         return {"a": "Saved: A is better.", "b": "Saved: B is better.",
-                "tie": "Saved: a tie."}[winner]
+                "tie": "Saved: a tie.", "both_bad": "Saved: both are bad."}[winner]
 
     # ---- layout and events ----------------------------------------------------------------
     ids, picked, pair, cursor = gr.State([]), gr.State(""), gr.State({}), gr.State({})
@@ -168,18 +180,25 @@ def build(page, demo: gr.Blocks) -> None:
                                      interactive=False)
                     saved = gr.Markdown(elem_id="review-status")
         with gr.Tab("Side by side"):
+            gr.Markdown("Pick two versions to compare. Their answers come back as **1** and "
+                        "**2** in a random order; which version wrote which is shown only "
+                        "after your pick, so the names cannot sway it.")
             prompt = gr.Textbox(label="Prompt", elem_id="compare-prompt")
             with gr.Row():
-                model_a = gr.Dropdown(label="Version A", elem_id="version-a")
-                model_b = gr.Dropdown(label="Version B", elem_id="version-b")
+                model_a = gr.Dropdown(label="A version", elem_id="version-a")
+                model_b = gr.Dropdown(label="Another version", elem_id="version-b")
                 go = gr.Button("Answer with both", variant="primary", elem_id="compare")
             with gr.Row():
-                answer_a = gr.Textbox(label="A", lines=8, interactive=False, elem_id="answer-a")
-                answer_b = gr.Textbox(label="B", lines=8, interactive=False, elem_id="answer-b")
+                answer_1 = gr.Textbox(label="Answer 1", lines=8, interactive=False,
+                                      elem_id="answer-1")
+                answer_2 = gr.Textbox(label="Answer 2", lines=8, interactive=False,
+                                      elem_id="answer-2")
+            why = gr.Textbox(label="Why (optional)", elem_id="pick-reason")
             with gr.Row():
-                pick_a = gr.Button("A is better", elem_id="pick-a")
-                pick_tie = gr.Button("Tie", elem_id="pick-tie")
-                pick_b = gr.Button("B is better", elem_id="pick-b")
+                pick_1 = gr.Button("1 is better", elem_id="pick-1", interactive=False)
+                pick_tie = gr.Button("Tie", elem_id="pick-tie", interactive=False)
+                pick_bad = gr.Button("Both bad", elem_id="pick-both-bad", interactive=False)
+                pick_2 = gr.Button("2 is better", elem_id="pick-2", interactive=False)
             picked_note = gr.Markdown(elem_id="pick-status")
 
     # ---- the page's own events: they return {component: value}. Loading a queue empties
@@ -241,23 +260,82 @@ def build(page, demo: gr.Blocks) -> None:
     gr.api(compare, api_name="compare")
     gr.api(pick, api_name="pick")
 
-    def answer_both(prompt: str, model_a: str, model_b: str, request: gr.Request):
-        both = compare(prompt, model_a, model_b, request)
-        return both["text_a"], both["text_b"], both, ""
-    go.click(answer_both, [prompt, model_a, model_b], [answer_a, answer_b, pair, picked_note],
-             api_visibility="private")
+    picks = [pick_1, pick_tie, pick_bad, pick_2]
 
-    def picker(winner: str):
-        def choose(pair: dict, request: gr.Request) -> str:
-            if not pair:
-                raise gr.Error("Answer with both versions first.")
-            return pick(pair["prompt_id"], pair["answer_a"], pair["answer_b"], winner, request)
+    def answer_both(prompt: str, model_a: str, model_b: str, request: gr.Request):
+        """Blind, as arenas do: the two answers stream side by side as 1 and 2, in a random
+        order; `pair` remembers which is which until the pick reveals it."""
+        try:
+            first, second = start_both(prompt, model_a, model_b, request)
+        except gr.Error as exc:
+            yield {picked_note: f"⚠️ {exc.message}"}
+            return
+        swap = secrets.randbelow(2) == 1  # which version is shown as 1
+        shown = [(second, model_b), (first, model_a)] if swap else [(first, model_a),
+                                                                    (second, model_b)]
+        hidden = {"prompt_id": first.user_message_id, "answer_a": first.id,
+                  "answer_b": second.id, "shown_first": "b" if swap else "a",
+                  "names": [name for _, name in shown]}
+        off = {button: gr.Button(interactive=False) for button in picks}
+        yield {answer_1: "", answer_2: "", pair: {}, picked_note: "", why: "", **off}
+        texts = ["", ""]
+        for index, piece in _interleave(shown[0][0], shown[1][0]):
+            texts[index] += piece
+            yield {answer_1: texts[0], answer_2: texts[1]}
+        yield {pair: hidden, **{button: gr.Button(interactive=True) for button in picks}}
+
+    def picker(choice: str):
+        def choose(hidden: dict, reason: str, request: gr.Request):
+            if not hidden:
+                return {picked_note: "Answer with both versions first."}
+            # choice is "1", "2", "tie" or "both_bad"; 1 is answer a unless the order swapped
+            winner = choice
+            if choice in ("1", "2"):
+                winner = "a" if (choice == "1") == (hidden["shown_first"] == "a") else "b"
+            try:
+                note = pick(hidden["prompt_id"], hidden["answer_a"], hidden["answer_b"],
+                            winner, request, reason=reason, shown_first=hidden["shown_first"])
+            except gr.Error as exc:
+                return {picked_note: f"⚠️ {exc.message}"}
+            one, two = hidden["names"]
+            verdict = {"1": "1 is better", "2": "2 is better", "tie": "a tie",
+                       "both_bad": "both bad"}[choice]
+            return {picked_note: f"{note.split(':')[0]}: {verdict}. Answer 1 was **{one}**, "
+                                 f"answer 2 was **{two}**.", pair: {},
+                    **{button: gr.Button(interactive=False) for button in picks}}
         return choose
-    for button, winner in ((pick_a, "a"), (pick_b, "b"), (pick_tie, "tie")):
-        button.click(picker(winner), [pair], [picked_note], api_visibility="private")
+    go.click(answer_both, [prompt, model_a, model_b],
+             [answer_1, answer_2, pair, picked_note, why, *picks], api_visibility="private",
+             show_progress="hidden")
+    for button, choice in ((pick_1, "1"), (pick_2, "2"), (pick_tie, "tie"),
+                           (pick_bad, "both_bad")):
+        button.click(picker(choice), [pair, why], [picked_note, pair, *picks],
+                     api_visibility="private")
 
     def on_load(request: gr.Request):
         if page.auth.user_named(getattr(request, "username", None))["role"] == "user":
             return gr.Dropdown(), gr.Dropdown(), gr.Dropdown()
         return versions(request)
     demo.load(on_load, None, [adapter, model_a, model_b], api_visibility="private")
+
+
+def _interleave(*turns):
+    """(index, piece) from several streaming answers as each piece arrives: both answers grow
+    on the page together. A thread per answer, since each stream blocks until its next piece."""
+    pieces: queue.Queue = queue.Queue()
+
+    def drain(index, turn):
+        try:
+            for piece in turn:
+                pieces.put((index, piece))
+        finally:
+            pieces.put((index, None))
+    for index, turn in enumerate(turns):
+        threading.Thread(target=drain, args=(index, turn), daemon=True).start()
+    running = len(turns)
+    while running:
+        index, piece = pieces.get()
+        if piece is None:
+            running -= 1
+        else:
+            yield index, piece

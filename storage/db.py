@@ -354,6 +354,29 @@ MIGRATIONS: list[str] = [
         updated_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
     );
     """,
+    # 7: blind side-by-side picks: "both bad" kept apart from a tie, the curator's reason, and
+    # which answer was shown first (to see a position bias). SQLite cannot change a CHECK in
+    # place, so the table is rebuilt, as its documentation describes.
+    """
+    CREATE TABLE comparisons_new (
+        id INTEGER PRIMARY KEY,
+        prompt_id TEXT NOT NULL REFERENCES messages(id),
+        answer_a TEXT NOT NULL REFERENCES messages(id),
+        answer_b TEXT NOT NULL REFERENCES messages(id),
+        winner TEXT NOT NULL CHECK (winner IN ('a', 'b', 'tie', 'both_bad')),
+        reason TEXT,
+        shown_first TEXT CHECK (shown_first IN ('a', 'b')),
+        curator_id INTEGER REFERENCES users(id),
+        created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))
+    );
+    INSERT INTO comparisons_new (id, prompt_id, answer_a, answer_b, winner, curator_id,
+                                 created_at)
+        SELECT id, prompt_id, answer_a, answer_b, winner, curator_id, created_at
+        FROM comparisons;
+    DROP TABLE comparisons;
+    ALTER TABLE comparisons_new RENAME TO comparisons;
+    CREATE INDEX comparisons_prompt ON comparisons(prompt_id);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -79,8 +79,8 @@ def disagreeing_siblings(db: sqlite_utils.Database, batch: int = BATCH
 
 
 def side_by_side_picks(db: sqlite_utils.Database, batch: int = BATCH) -> Iterator[dict]:
-    """Curators' picks with a winner (not ties) whose two answers may both be trained on:
-    `{"id", "won": answer row, "lost": answer row}`, in the order they were made."""
+    """Curators' picks with a winner (not ties, not "both bad") whose two answers may both
+    be trained on: `{"id", "won": answer row, "lost": answer row}`, in the order made."""
     after = 0
     answer = f"""SELECT m.id, m.conversation_id, m.parent_id, m.content FROM messages m
                  JOIN judgements j ON j.message_id = m.id
@@ -89,7 +89,7 @@ def side_by_side_picks(db: sqlite_utils.Database, batch: int = BATCH) -> Iterato
                  WHERE m.id = ? AND j.flags IS NULL AND {_MAY_TRAIN}"""
     while True:
         picks = db.execute_returning_dicts(
-            "SELECT * FROM comparisons WHERE winner != 'tie' AND id > ? ORDER BY id LIMIT ?",
+            "SELECT * FROM comparisons WHERE winner IN ('a', 'b') AND id > ? ORDER BY id LIMIT ?",
             [after, batch])
         for pick in picks:
             won, lost = ((pick["answer_a"], pick["answer_b"]) if pick["winner"] == "a"

@@ -106,13 +106,23 @@ def _decode(row: dict) -> dict:
     return row
 
 
+WINNERS = ("a", "b", "tie", "both_bad")
+
+
 def record_comparison(db: sqlite_utils.Database, prompt_id: str, answer_a: str, answer_b: str,
-                      winner: str, curator_id: int | None = None) -> int:
-    """A curator's pick between two answers to one prompt: a preference pair for training."""
-    if winner not in ("a", "b", "tie"):
-        raise ValueError(f"winner must be a, b or tie, not {winner!r}")
+                      winner: str, curator_id: int | None = None, reason: str | None = None,
+                      shown_first: str | None = None) -> int:
+    """A curator's pick between two answers to one prompt: 'a' or 'b' is a preference pair
+    for training; a tie and 'both_bad' are kept (apart) but train nothing. `shown_first`:
+    which answer the page showed as the first of the two, when it hid their names."""
+    if winner not in WINNERS:
+        raise ValueError(f"winner must be one of {', '.join(WINNERS)}, not {winner!r}")
+    if shown_first not in (None, "a", "b"):
+        raise ValueError(f"shown_first must be a or b, not {shown_first!r}")
     return db["comparisons"].insert({"prompt_id": prompt_id, "answer_a": answer_a,
                                      "answer_b": answer_b, "winner": winner,
+                                     "reason": (reason or "").strip() or None,
+                                     "shown_first": shown_first,
                                      "curator_id": curator_id}).last_pk
 
 

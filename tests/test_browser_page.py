@@ -199,6 +199,36 @@ def test_a_deleted_chat_is_gone_from_the_queue_and_training_and_can_be_undone(
     page.close()
 
 
+def test_side_by_side_is_blind_until_the_pick_and_keeps_both_bad_apart(
+        browser, server):  # noqa: F811
+    url, srv, home = server
+    page = open_page(browser, url)
+    page.get_by_role("tab", name="Curate").click()
+    page.get_by_role("tab", name="Side by side").click()
+    versions = srv.service.model_names()[:2]
+    for choice in ("both_bad", "1"):
+        page.fill("#compare-prompt textarea", f"compare me ({choice})")
+        page.click("#compare")
+        expect(page.locator("#pick-1")).to_be_enabled(timeout=60_000)
+        for box in ("#answer-1 textarea", "#answer-2 textarea"):
+            assert page.locator(box).input_value()
+        expect(page.locator("#pick-status")).not_to_contain_text(versions[0])
+        page.fill("#pick-reason textarea", "clearer" if choice == "1" else "")
+        page.click("#pick-both-bad" if choice == "both_bad" else "#pick-1")
+        expect(page.locator("#pick-status")).to_contain_text("Answer 1 was")
+        expect(page.locator("#pick-1")).to_be_disabled()
+    with open_db(home) as db:
+        rows = list(db["comparisons"].rows_where(order_by="id"))
+        named = {r["id"]: (store.get_message(db, r["answer_a"])["model"]) for r in rows}
+    assert [r["winner"] in ("a", "b") for r in rows] == [False, True]
+    assert rows[0]["winner"] == "both_bad" and rows[0]["reason"] is None
+    # "1 is better" stored as the version that was shown as 1, whichever it was.
+    assert rows[1]["winner"] == rows[1]["shown_first"] and rows[1]["reason"] == "clearer"
+    assert all(named.values())
+    page.screenshot(path=OUTPUT / "page-side-by-side.png", full_page=True)
+    page.close()
+
+
 def test_the_first_account_made_in_the_page_is_an_admin_and_sign_in_starts(
         browser, server):  # noqa: F811
     url, _, home = server
