@@ -24,6 +24,12 @@ from storage import chat as store
 CSS = "#chatbot button[aria-label='Clear'] { display: none; }"
 
 
+def head() -> str:
+    """What goes into the page's <head>: the review flow's keys (assistant/review_keys.js)."""
+    from assistant.ui_curate import KEYS_JS
+    return f"<script>{KEYS_JS}</script>"
+
+
 class Page:
     """What every tab's handlers share: the chat service, the data folder, who is calling."""
 

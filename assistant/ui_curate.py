@@ -7,9 +7,13 @@ The page's API: /review_queue (the first 200 answers), /review_queue_next (the n
 the queue loaded last in the same session), /show_answer, /save_review, /compare, /pick.
 """
 
+import difflib
+import html
 import queue
 import secrets
 import threading
+import time
+from pathlib import Path
 
 import gradio as gr
 
@@ -23,7 +27,60 @@ FLAG_LABELS = [("contains personal data", "pii"), ("unsafe", "unsafe"),
                ("no consent", "no_consent")]
 
 
+CLAIM_MINUTES = 5  # how long an answer opened for review is skipped on other pages
+# The keys of the review flow (a script in the page's <head>: Gradio has no key bindings).
+KEYS_JS = (Path(__file__).parent / "review_keys.js").read_text()
+
+
+class Claims:
+    """Which curator has which answer open, for a few minutes: a short claim, so that two
+    curators working down one queue do not review the same answer. In the server's memory:
+    a claim only has to outlive a review, not a restart."""
+
+    def __init__(self, minutes: float = CLAIM_MINUTES):
+        self.seconds = minutes * 60
+        self.held: dict[str, tuple[str, float]] = {}
+        self.lock = threading.Lock()
+
+    def holder(self, message_id: str) -> str | None:
+        with self.lock:
+            name, until = self.held.get(message_id, (None, 0.0))
+            return name if until > time.monotonic() else None
+
+    def take(self, message_id: str, name: str) -> str:
+        """Claim the answer for `name` unless someone else holds it; returns the holder."""
+        with self.lock:
+            now = time.monotonic()
+            held, until = self.held.get(message_id, (None, 0.0))
+            if held not in (None, name) and until > now:
+                return held
+            self.held = {k: v for k, v in self.held.items() if v[1] > now}  # forget old ones
+            self.held[message_id] = (name, now + self.seconds)
+            return name
+
+    def release(self, message_id: str) -> None:
+        with self.lock:
+            self.held.pop(message_id, None)
+
+
+def diff_html(original: str, corrected: str) -> str:
+    """What a correction changed, word by word: removed words struck through, new ones marked."""
+    if not corrected or corrected.strip() == original.strip():
+        return ""
+    old, new = original.split(), corrected.split()
+    parts = []
+    for op, a1, a2, b1, b2 in difflib.SequenceMatcher(a=old, b=new).get_opcodes():
+        if op in ("delete", "replace"):
+            parts.append(f"<del>{html.escape(' '.join(old[a1:a2]))}</del>")
+        if op in ("insert", "replace"):
+            parts.append(f"<ins>{html.escape(' '.join(new[b1:b2]))}</ins>")
+        if op == "equal":
+            parts.append(html.escape(" ".join(old[a1:a2])))
+    return "<p><b>Changes:</b> " + " ".join(parts) + "</p>"
+
+
 def build(page, demo: gr.Blocks) -> None:
+    claims = Claims()
     def queue(rating: str, adapter: str, since: str, reviewed: str, request: gr.Request):
         """The first page of answers to review, thumbs-down first by default."""
         return queue_page(rating, adapter, since, reviewed, None, 0, request)
@@ -88,7 +145,9 @@ def build(page, demo: gr.Blocks) -> None:
                     raise KeyError("No such answer.")
                 if score:
                     store.rate(db, message_id, None, rater_id=user["id"], score=int(score))
-                if correction and correction != current["correction"]:
+                # The editor starts from the original: unchanged text is no correction.
+                if (correction and correction != current["correction"]
+                        and correction != current["content"].strip()):
                     store.add_correction(db, message_id, correction, author_id=user["id"])
                 store.set_flags(db, message_id, flags or [], author_id=user["id"])
         except (KeyError, ValueError) as exc:
@@ -149,6 +208,7 @@ def build(page, demo: gr.Blocks) -> None:
 
     # ---- layout and events ----------------------------------------------------------------
     ids, picked, pair, cursor = gr.State([]), gr.State(""), gr.State({}), gr.State({})
+    row = gr.State(-1)  # the row of the answer open for review
     with gr.Tabs():
         with gr.Tab("Review queue"):
             with gr.Row():
@@ -163,6 +223,13 @@ def build(page, demo: gr.Blocks) -> None:
             with gr.Row():
                 count = gr.Markdown(elem_id="queue-count")
                 more = gr.Button(f"Next {PAGE}", interactive=False, elem_id="queue-next")
+            with gr.Row():
+                previous_btn = gr.Button("◂ Previous answer (k)", size="sm",
+                                         elem_id="review-previous")
+                next_btn = gr.Button("Next answer (j) ▸", size="sm", elem_id="review-next")
+                gr.Markdown("Keys: **j** / **k** next / previous · **1**-**5** score · **e** "
+                            "edit the correction (Esc leaves it) · **s** save and open the next",
+                            elem_id="review-keys")
             table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True,
                                  column_widths=["9%", "7%", "9%", "15%", "15%", "45%"],
                                  elem_id="queue")
@@ -172,8 +239,10 @@ def build(page, demo: gr.Blocks) -> None:
                 with gr.Column():
                     about = gr.Markdown()
                     score = gr.Radio([1, 2, 3, 4, 5], label="Score", elem_id="score")
-                    correction = gr.Textbox(label="Correction (kept beside the original)",
+                    correction = gr.Textbox(label="Correction (kept beside the original; "
+                                                  "it starts as the answer: edit it)",
                                             lines=4, elem_id="correction")
+                    changes = gr.HTML(elem_id="correction-diff")
                     flags = gr.CheckboxGroup(FLAG_LABELS, label="Keep out of training",
                                              elem_id="flags")
                     save = gr.Button("Save review", variant="primary", elem_id="save-review",
@@ -204,23 +273,77 @@ def build(page, demo: gr.Blocks) -> None:
     # ---- the page's own events: they return {component: value}. Loading a queue empties
     # the review form (it belonged to the answer shown before, and must never be saved onto
     # it by mistake); a mistake is a line beside the filters, not "Error" over the table.
-    form = [conversation, picked, score, correction, flags, about, saved, save]
+    form = [conversation, picked, score, correction, flags, about, saved, save, changes, row]
 
     def empty_form() -> dict:
         return {conversation: [], picked: "", score: None, correction: "", flags: [],
-                about: "", saved: "", save: gr.Button(interactive=False)}
+                about: "", saved: "", save: gr.Button(interactive=False), changes: ""}
 
     def open_answer(message_id: str, request: gr.Request) -> dict:
-        shown = show_answer(message_id, request)
-        return {**dict(zip(form[:6], shown)), saved: "", save: gr.Button(interactive=True)}
+        """Show an answer for review, and claim it: for a few minutes, Next and Save skip it
+        on other curators' pages."""
+        user = page.user(request, "curator")
+        shown = dict(zip(form[:6], show_answer(message_id, request)))
+        original = shown[conversation][-1]["content"]
+        with open_db(page.home) as db:
+            asked = review.asker_feedback(db, message_id)
+        thumbs = {"up": "👍", "down": "👎"}.get(asked.get("rating"), "no thumbs")
+        said = ", ".join(asked.get("reasons") or [])
+        comment = f' "{asked["comment"]}"' if asked.get("comment") else ""
+        shown[about] = (f"{shown[about]} · asked by **{asked.get('asker', '?')}**: {thumbs}"
+                        f"{' (' + said + ')' if said else ''}{comment}")
+        holder = claims.take(message_id, user["name"])
+        if holder != user["name"]:
+            shown[about] += f" · ⚠️ **{holder}** is reviewing this one now"
+        shown[correction] = shown[correction] or original  # edit the answer, not a blank box
+        return {**shown, saved: "", save: gr.Button(interactive=True),
+                changes: diff_html(original, shown[correction])}
+
+    def next_free(answer_ids: list[str], after: int, user: dict) -> int | None:
+        """The first answer after position `after` that no other curator has claimed."""
+        for at in range(after + 1, len(answer_ids)):
+            if claims.holder(answer_ids[at]) in (None, user["name"]):
+                return at
+        return None
+
+    def step(answer_ids: list[str], at: float | None, by: int, request: gr.Request):
+        """Open the next (by=1) or previous (by=-1) answer of the loaded page."""
+        user = page.user(request, "curator")
+        here = -1 if at is None else int(at)
+        if by > 0:
+            target = next_free(answer_ids, here, user)
+        else:
+            target = here - 1 if here > 0 else None
+        if target is None or target >= len(answer_ids):
+            return {saved: "No more answers on this page." if by > 0 else "This is the first."}
+        return {**open_answer(answer_ids[target], request), row: target}
+
+    def next_answer(answer_ids: list[str], at: float | None, request: gr.Request):
+        return step(answer_ids, at, 1, request)
+
+    def previous_answer(answer_ids: list[str], at: float | None, request: gr.Request):
+        return step(answer_ids, at, -1, request)
+
+    def show_changes(message_id: str, text: str, request: gr.Request):
+        page.user(request, "curator")
+        if not message_id:
+            return ""
+        with open_db(page.home) as db:
+            answer = store.get_message(db, message_id)
+        return diff_html(answer["content"] if answer else "", text)
 
     def queue_in_page(result) -> dict:
         try:
             table_rows, answer_ids, counted, at = result()
         except gr.Error as exc:
             return {count: f"⚠️ {exc.message}", **empty_form()}
-        return {table: table_rows, ids: answer_ids, count: counted, cursor: at,
-                more: gr.Button(interactive=bool(at.get("next"))), **empty_form()}
+        with open_db(page.home) as db:
+            states = review.queue_counts(db)
+        summary = (f"{states['down']} 👎 · {states['unrated']} unrated · {states['up']} 👍 · "
+                   f"{states['reviewed']} reviewed")
+        return {table: table_rows, ids: answer_ids, count: f"{counted} · in all: {summary}",
+                row: -1,
+                cursor: at, more: gr.Button(interactive=bool(at.get("next"))), **empty_form()}
 
     def load_in_page(rating, adapter, since, reviewed, request: gr.Request):
         return queue_in_page(lambda: queue(rating, adapter, since, reviewed, request))
@@ -230,7 +353,7 @@ def build(page, demo: gr.Blocks) -> None:
 
     def select_in_page(answer_ids: list[str], event: gr.SelectData, request: gr.Request):
         index = event.index[0] if isinstance(event.index, (list, tuple)) else event.index
-        return open_answer(answer_ids[index], request)
+        return {**open_answer(answer_ids[index], request), row: index}
 
     def save_in_page(message_id, chosen_score, text, chosen_flags, answer_ids, request: gr.Request):
         """Save, then open the next answer of the loaded page (the review flow moves on)."""
@@ -238,10 +361,14 @@ def build(page, demo: gr.Blocks) -> None:
             save_review(message_id, chosen_score, text, chosen_flags, request)
         except gr.Error as exc:
             return {saved: f"⚠️ {exc.message}"}
-        at = answer_ids.index(message_id) + 1 if message_id in answer_ids else len(answer_ids)
-        if at >= len(answer_ids):
+        claims.release(message_id)
+        user = page.user(request, "curator")
+        here = answer_ids.index(message_id) if message_id in answer_ids else len(answer_ids)
+        at = next_free(answer_ids, here, user)
+        if at is None:
             return {**empty_form(), saved: "Saved. That was the last answer of this page."}
-        return {**open_answer(answer_ids[at], request), saved: "Saved; here is the next one."}
+        return {**open_answer(answer_ids[at], request), saved: "Saved; here is the next one.",
+                row: at}
 
     filters = [rating, adapter, since, reviewed]
     paged = [table, ids, count, cursor, more, *form]
@@ -250,6 +377,10 @@ def build(page, demo: gr.Blocks) -> None:
     table.select(select_in_page, [ids], form, api_visibility="private")
     save.click(save_in_page, [picked, score, correction, flags, ids], form,
                api_visibility="private")
+    next_btn.click(next_answer, [ids, row], form, api_visibility="private")
+    previous_btn.click(previous_answer, [ids, row], form, api_visibility="private")
+    correction.blur(show_changes, [picked, correction], [changes], api_visibility="private",
+                    show_progress="hidden")
     # The API keeps its own outputs, and errors are errors there.
     api_load, api_next = gr.Button(visible=False), gr.Button(visible=False)
     api_load.click(queue, filters, [table, ids, count, cursor], api_name="review_queue")

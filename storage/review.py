@@ -100,6 +100,35 @@ def answer_review(db: sqlite_utils.Database, message_id: str) -> dict | None:
     return _decode(rows[0]) if rows else None
 
 
+def queue_counts(db: sqlite_utils.Database) -> dict[str, int]:
+    """How many answers are in each state of the queue: down / unrated / up, and how many of
+    all are reviewed (one pass over the queue index, no table rows read)."""
+    counts = {"down": 0, "unrated": 0, "up": 0, "reviewed": 0}
+    names = {rank: name for name, rank in RANKS.items()}
+    for rank, reviewed, n in db.execute(
+            "SELECT rank, reviewed, COUNT(*) FROM judgements GROUP BY rank, reviewed"):
+        counts[names[rank]] += n
+        counts["reviewed"] += n if reviewed else 0
+    return counts
+
+
+def asker_feedback(db: sqlite_utils.Database, message_id: str) -> dict:
+    """Who asked the question an answer answers, and their own latest thumbs, reasons and
+    comment on it (what a curator reads before judging)."""
+    rows = db.execute_returning_dicts(
+        """SELECT u.name, r.rating, r.reasons, r.comment FROM messages m
+           JOIN conversations c ON c.id = m.conversation_id
+           LEFT JOIN users u ON u.id = c.user_id
+           LEFT JOIN ratings r ON r.id = (SELECT MAX(id) FROM ratings WHERE message_id = m.id
+                                          AND rater_id IS c.user_id AND rating IS NOT NULL)
+           WHERE m.id = ?""", [message_id])
+    if not rows:
+        return {}
+    row = rows[0]
+    return {"asker": row["name"] or "local", "rating": row["rating"],
+            "reasons": json.loads(row["reasons"] or "[]"), "comment": row["comment"]}
+
+
 def _decode(row: dict) -> dict:
     row["reviewed"] = bool(row["reviewed"])
     row["reasons"] = json.loads(row["reasons"] or "[]")

@@ -4,10 +4,12 @@ Debian's headless chromium through Playwright, against one real server on the ti
 last ones add the first account from the page, which turns sign-in on."""
 
 import json
+import time
 
 import pytest
 from playwright.sync_api import expect
 
+from assistant.engine import GenerationParams
 from assistant.server import ServeConfig, serve_in_thread
 from storage import Home, init_db, open_db, review, users
 from storage import chat as store
@@ -129,9 +131,8 @@ def test_an_empty_queue_empties_the_review_form(browser, server):  # noqa: F811
 
 def test_errors_show_beside_their_cause_and_nothing_freezes(browser, server):  # noqa: F811
     url, _, _ = server
-    page = open_page(browser, url)
-    page.click("#new-chat")
-    expect(page.locator("#regenerate")).to_be_disabled()  # nothing to regenerate yet
+    page = open_page(browser, url)  # a new chat: nothing to regenerate or rename yet
+    expect(page.locator("#regenerate")).to_be_disabled()
     expect(page.locator("#rename")).to_be_disabled()
     page.locator("#message textarea").press("Enter")
     expect(page.locator("#chat-notice")).to_contain_text("Type a message first")
@@ -196,6 +197,52 @@ def test_a_deleted_chat_is_gone_from_the_queue_and_training_and_can_be_undone(
         assert store.get_message(db, answer["id"]) is None
         manifest = json.loads(db["training_runs"].get(run_id)["manifest"])
     assert manifest["erased_examples"] == 1
+    page.close()
+
+
+def answered(srv, text: str, user_id=None) -> str:
+    """An answer stored through the chat service (as the page or the API would)."""
+    turn = srv.service.reply(None, None, text, GenerationParams(max_tokens=24),
+                             user_id=user_id)
+    "".join(turn)
+    return turn.id
+
+
+def test_a_curator_reviews_with_the_keyboard_alone(browser, server):  # noqa: F811
+    url, srv, home = server
+    for n in range(3):
+        answered(srv, f"question for review {n}")
+    page = open_page(browser, url)
+    page.get_by_role("tab", name="Curate").click()
+    page.click("#load-queue")
+    expect(page.locator("#queue-count")).to_contain_text("reviewed")
+    started = time.perf_counter()
+    page.keyboard.press("j")  # the first answer of the page
+    expect(page.locator("#save-review")).to_be_enabled()
+    original = page.locator("#correction textarea").input_value()
+    assert original  # the editor starts from the answer itself
+    page.keyboard.press("4")
+    page.keyboard.press("e")
+    page.keyboard.press("End")
+    page.keyboard.type(" Fixed.")
+    page.keyboard.press("Escape")
+    expect(page.locator("#correction-diff ins")).to_contain_text("Fixed.")
+    page.keyboard.press("s")
+    expect(page.locator("#review-status")).to_contain_text("Saved; here is the next one")
+    elapsed = time.perf_counter() - started
+    (OUTPUT / "curate-keyboard.json").write_text(json.dumps(
+        {"keys": "j 4 e End ' Fixed.' Esc s", "seconds": round(elapsed, 2)}))
+    with open_db(home) as db:
+        [fixed] = [c for c in store.corrections(db) if c["correction"].endswith("Fixed.")]
+        scored = db.execute("SELECT score FROM ratings WHERE message_id = ? AND score IS NOT "
+                            "NULL", [fixed["id"]]).fetchone()
+    assert scored == (4,)
+    assert fixed["correction"] == (original + " Fixed.").strip()
+    # The next answer is open, with its own text in the editor; k goes back.
+    expect(page.locator("#correction textarea")).not_to_have_value(original)
+    page.keyboard.press("k")
+    expect(page.locator("#correction textarea")).to_have_value(fixed["correction"])
+    page.screenshot(path=OUTPUT / "page-curate-keyboard.png", full_page=True)
     page.close()
 
 
@@ -299,3 +346,32 @@ def test_no_password_reaches_the_browsers_storage(browser, server):  # noqa: F81
     page.click("button[type=submit]")
     expect(page.locator("body")).to_contain_text("Wrong name or password")
     page.close()
+
+
+def test_two_curators_are_never_given_the_same_answer(browser, server):  # noqa: F811
+    url, srv, home = server
+    with open_db(home) as db:
+        for name in ("erin", "frank"):
+            if users.get_user(db, name) is None:
+                users.add_user(db, name, "admin" if name == "erin" else "curator",
+                               password=PASSWORD)
+    for n in range(2):
+        answered(srv, f"question for two curators {n}")
+    pages = []
+    for name in ("erin", "frank"):
+        page = browser.new_page(viewport={"width": 1280, "height": 1000})
+        page.goto(f"{url}/login")
+        page.fill("input[name=username]", name)
+        page.fill("input[name=password]", PASSWORD)
+        page.click("button[type=submit]")
+        page.wait_for_selector("#message textarea")
+        page.get_by_role("tab", name="Curate").click()
+        page.click("#load-queue")
+        expect(page.locator("#queue-count")).to_contain_text("reviewed")
+        page.click("#review-next")
+        expect(page.locator("#save-review")).to_be_enabled()
+        pages.append(page)
+    first, second = (p.locator("#correction textarea").input_value() for p in pages)
+    assert first != second  # frank's Next skipped the answer erin has open
+    for page in pages:
+        page.close()

@@ -1,0 +1,35 @@
+// Curate > Review queue with the keyboard alone (the help line under the queue lists them):
+//   j / k   the next / previous answer        1 - 5   score it
+//   e       edit the correction (Esc leaves)  s       save, and open the next answer
+// Each key presses the button or option it names, so the keys do exactly what clicks do.
+document.addEventListener("keydown", (event) => {
+  const queue = document.querySelector("#queue");
+  if (!queue || !queue.offsetParent) return;  // the review queue is not on screen
+  const typing = "textarea, select, [contenteditable], " +
+                 "input:not([type=radio]):not([type=checkbox]):not([type=button])";
+  if (event.target.closest(typing)) {
+    if (event.key === "Escape") event.target.blur();
+    return;
+  }
+  if (event.ctrlKey || event.metaKey || event.altKey) return;
+  const press = (selector) => {
+    const element = document.querySelector(selector);
+    if (element && !element.disabled) element.click();
+    return Boolean(element);
+  };
+  let done = false;
+  if (event.key === "j") done = press("#review-next");
+  else if (event.key === "k") done = press("#review-previous");
+  else if (event.key === "s") done = press("#save-review");
+  else if (event.key === "e") {
+    const box = document.querySelector("#correction textarea");
+    if (box) { box.focus(); done = true; }
+  } else if (/^[1-5]$/.test(event.key)) {
+    const options = document.querySelectorAll("#score label");
+    if (options.length >= Number(event.key)) {
+      options[Number(event.key) - 1].click();
+      done = true;
+    }
+  }
+  if (done) event.preventDefault();
+});
