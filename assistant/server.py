@@ -20,7 +20,7 @@ from assistant.guard import Guard
 from assistant.journal import Journal
 from assistant.swap import AdapterWatcher
 from assistant.throttle import Throttle, ThrottleConfig
-from assistant.ui import CSS, build_ui, head
+from assistant.ui import CSS, build_ui, head, theme
 from storage import Home, init_db, open_db
 from storage import partials, users
 from storage.db import Checkpointer
@@ -109,7 +109,8 @@ def build(home: Home, config: ServeConfig) -> Server:
     # (API, Runs, Settings) are for developers; the page's API is in the README.
     app = gr.mount_gradio_app(app, build_ui(service, auth, config.model), path="/",
                               auth_dependency=auth.gradio_user, run_history=False,
-                              footer_links=[], css=CSS, head=head())
+                              footer_links=[], css=CSS, head=head(),
+                              theme=theme())
     app = Guard(app, loopback=auth.loopback, allowed_hosts=config.allowed_hosts,
                 max_body_bytes=config.max_body_bytes)
     checkpointer = Checkpointer(home).start()  # writers never wait for a checkpoint's sync

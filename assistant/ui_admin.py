@@ -103,8 +103,11 @@ def build(page, demo: gr.Blocks) -> None:
         line = f"Serving now: **{serving or 'the base model'}**"
         if wanted != serving:  # the server swaps within a poll interval of a promotion
             line += f" (switching to **{wanted or 'the base model'}**, within a second or two)"
-        return (table, gr.Dropdown(choices=[a["id"] for a in listed.rows]), thumbs, curves,
-                line, ab_table(request),
+        arms = ab_table(request)
+        # An empty table is hidden: on a phone it is a scrolling box the keys cannot reach.
+        return (gr.Dataframe(value=table, visible=bool(table)),
+                gr.Dropdown(choices=[a["id"] for a in listed.rows]), thumbs, curves, line,
+                gr.Dataframe(value=arms, visible=bool(arms)),
                 {"next": listed.next}, gr.Button(interactive=bool(listed.next)))
 
     def older_adapters(cursor: dict, request: gr.Request):
@@ -290,7 +293,7 @@ def build(page, demo: gr.Blocks) -> None:
         with gr.Tab("Adapters"):
             serving = gr.Markdown(elem_id="serving")
             table = gr.Dataframe(headers=ADAPTER_COLUMNS, interactive=False,
-                                 elem_id="adapters")
+                                 elem_id="adapters", visible=False)
             with gr.Row():
                 pick = gr.Dropdown(label="Adapter", choices=[], elem_id="adapter-pick")
                 promote_btn = gr.Button("Promote", variant="primary", elem_id="promote")
@@ -303,7 +306,7 @@ def build(page, demo: gr.Blocks) -> None:
             with gr.Row():
                 gate_report = gr.Markdown(elem_id="gate-report")
                 loss_png = gr.Image(label="Loss curves of its run", type="filepath",
-                                    interactive=False, elem_id="loss-png")
+                                    interactive=False, elem_id="loss-png", visible=False)
             with gr.Row():
                 share = gr.Slider(0.05, 0.5, value=0.2, step=0.05,
                                   label="A/B: share of new conversations for the candidate",
@@ -311,7 +314,7 @@ def build(page, demo: gr.Blocks) -> None:
                 ab_btn = gr.Button("Start A/B", elem_id="start-ab")
                 ab_stop_btn = gr.Button("Stop A/B", elem_id="stop-ab")
             ab_view = gr.Dataframe(headers=AB_COLUMNS, interactive=False, elem_id="ab-table",
-                                   label="A/B split since it started")
+                                   label="A/B split since it started", visible=False)
             with gr.Row():
                 train_btn = gr.Button("Train now", elem_id="train-now")
             train_log = gr.Textbox(label="Training progress", lines=8, interactive=False,
@@ -353,7 +356,8 @@ def build(page, demo: gr.Blocks) -> None:
     # The page's own events pass the Dropdown's value (which Gradio checks against its
     # choices); the API takes any id and lets the handler answer, as /promote does.
     def report_from_page(adapter_id: str, request: gr.Request):
-        return adapter_report(adapter_id, request)
+        report, png = adapter_report(adapter_id, request)
+        return report, gr.Image(value=png, visible=png is not None)  # no empty box before
 
     def start_ab_from_page(adapter_id: str, share: float, request: gr.Request) -> str:
         return start_ab(adapter_id, share, request)

@@ -431,7 +431,7 @@ def build(page, demo: gr.Blocks) -> None:
     deleted = gr.State(None)      # the conversation Undo brings back
     open_id = gr.BrowserState(None, storage_key="flywheel-open-conversation")
     with gr.Row():
-        with gr.Column(scale=1, min_width=220):
+        with gr.Column(scale=1, min_width=220, elem_id="sidebar"):
             new_btn = gr.Button("+ New chat", elem_id="new-chat")
             conversations = gr.Radio(label="Your conversations", choices=[],
                                      elem_id="conversations")
@@ -442,7 +442,7 @@ def build(page, demo: gr.Blocks) -> None:
                 rename_btn = gr.Button("Rename", size="sm", elem_id="rename", interactive=False)
                 delete_btn = gr.Button("Delete", size="sm", variant="stop", elem_id="delete-chat",
                                        interactive=False)
-        with gr.Column(scale=4):
+        with gr.Column(scale=4, elem_id="chat-column"):
             with gr.Accordion("System prompt", open=False):
                 system = gr.Textbox(placeholder="e.g. You are a concise assistant.",
                                     label="System prompt", lines=2, elem_id="system-prompt")

@@ -230,7 +230,7 @@ def build(page, demo: gr.Blocks) -> None:
                 gr.Markdown("Keys: **j** / **k** next / previous · **1**-**5** score · **e** "
                             "edit the correction (Esc leaves it) · **s** save and open the next",
                             elem_id="review-keys")
-            table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True,
+            table = gr.Dataframe(headers=COLUMNS, interactive=False, wrap=True, visible=False,
                                  column_widths=["9%", "7%", "9%", "15%", "15%", "45%"],
                                  elem_id="queue")
             with gr.Row():
@@ -341,7 +341,8 @@ def build(page, demo: gr.Blocks) -> None:
             states = review.queue_counts(db)
         summary = (f"{states['down']} 👎 · {states['unrated']} unrated · {states['up']} 👍 · "
                    f"{states['reviewed']} reviewed")
-        return {table: table_rows, ids: answer_ids, count: f"{counted} · in all: {summary}",
+        return {table: gr.Dataframe(value=table_rows, visible=True), ids: answer_ids,
+                count: f"{counted} · in all: {summary}",
                 row: -1,
                 cursor: at, more: gr.Button(interactive=bool(at.get("next"))), **empty_form()}
 

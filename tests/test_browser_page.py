@@ -7,6 +7,7 @@ import json
 import time
 
 import pytest
+from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 
 from assistant.engine import GenerationParams
@@ -273,6 +274,45 @@ def test_side_by_side_is_blind_until_the_pick_and_keeps_both_bad_apart(
     assert rows[1]["winner"] == rows[1]["shown_first"] and rows[1]["reason"] == "clearer"
     assert all(named.values())
     page.screenshot(path=OUTPUT / "page-side-by-side.png", full_page=True)
+    page.close()
+
+
+def test_every_tab_passes_axe_on_desktop_and_phone_in_light_and_dark(
+        browser, server):  # noqa: F811
+    url, _, _ = server
+    counts = {}
+    for scheme in ("light", "dark"):
+        for device, (width, height) in (("desktop", (1280, 800)), ("phone", (390, 844))):
+            page = browser.new_page(viewport={"width": width, "height": height},
+                                    color_scheme=scheme)
+            page.goto(url)
+            page.wait_for_selector("#message textarea", timeout=60_000)
+            assert page.evaluate("() => document.body.classList.contains('dark')") == (
+                scheme == "dark")  # the page follows the system's setting
+            if device == "phone":  # the chat comes before the conversation list
+                chat = page.locator("#chat-column").bounding_box()
+                assert chat["y"] < page.locator("#sidebar").bounding_box()["y"]
+            for tab, shown in (("Chat", "#message"), ("Curate", "#load-queue"),
+                               ("Admin", "#refresh-adapters")):
+                page.get_by_role("tab", name=tab).click()
+                expect(page.locator(shown)).to_be_visible()
+                expect(page.locator("#who")).to_contain_text("Signed in")  # loaded
+                found = Axe().run(page).response["violations"]
+                counts[f"{scheme} {device} {tab}"] = {
+                    **{impact: sum(len(v["nodes"]) for v in found if v["impact"] == impact)
+                       for impact in ("critical", "serious", "moderate", "minor")},
+                    "where": [f"{v['id']}: {n['target']}" for v in found for n in v["nodes"]]}
+                page.screenshot(path=OUTPUT / f"page-{tab.lower()}-{device}-{scheme}.png",
+                                full_page=True)
+            page.close()
+    (OUTPUT / "axe.json").write_text(json.dumps(counts, indent=1))
+    serious = {k: v for k, v in counts.items() if v["critical"] or v["serious"]}
+    assert serious == {}
+    # Controls have names a screen reader can say.
+    page = open_page(browser, url)
+    for role, name in (("textbox", "Message"), ("textbox", "Title of this conversation"),
+                       ("button", "◀ Previous version"), ("button", "Next version ▶")):
+        expect(page.get_by_role(role, name=name)).to_have_count(1)
     page.close()
 
 
