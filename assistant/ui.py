@@ -10,6 +10,7 @@ may not use are hidden as well, but hiding is not what protects them.
 """
 
 import html
+from pathlib import Path
 
 import gradio as gr
 
@@ -47,9 +48,9 @@ def theme() -> gr.themes.Base:
 
 
 def head() -> str:
-    """What goes into the page's <head>: the review flow's keys (assistant/review_keys.js)."""
-    from assistant.ui_curate import KEYS_JS
-    return f"<script>{KEYS_JS}</script>"
+    """What goes into the page's <head>: its keys (assistant/page_keys.js; Gradio has no key
+    bindings): Esc stops an answer, and the review flow's j / k / 1-5 / e / s."""
+    return f"<script>{(Path(__file__).parent / 'page_keys.js').read_text()}</script>"
 
 
 class Page:

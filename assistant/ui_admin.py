@@ -21,7 +21,8 @@ from storage import open_db
 
 ADAPTER_COLUMNS = ["id", "status", "gate", "method", "run", "examples", "train loss",
                    "thumbs up", "thumbs down", "up rate", "created"]
-AB_COLUMNS = ["arm", "adapter", "answers", "thumbs up", "thumbs down", "up rate"]
+AB_COLUMNS = ["arm", "adapter", "answers", "thumbs up", "thumbs down", "up rate",
+              "95% interval", "difference"]
 ADAPTER_PAGE = 50  # adapters per page of the registry (a nightly run adds one a day)
 RUNS_PLOTTED = 10  # the newest runs' loss curves
 USER_PAGE = 200
@@ -139,9 +140,15 @@ def build(page, demo: gr.Blocks) -> None:
             report = ab.report(db)
         if report is None:
             return []
+
+        def interval(arm):
+            low_high = report[arm]["interval"]
+            return "" if low_high is None else f"{low_high[0]:.0%} to {low_high[1]:.0%}"
         return [[arm, report[arm]["adapter"], report[arm]["answers"], report[arm]["up"],
                  report[arm]["down"], "" if report[arm]["up_rate"] is None
-                 else report[arm]["up_rate"]] for arm in ("candidate", "control")]
+                 else report[arm]["up_rate"], interval(arm),
+                 ab.verdict(report) if arm == "candidate" else ""]
+                for arm in ("candidate", "control")]
 
     def start_ab(adapter_id: str, share: float, request: gr.Request) -> str:
         """Send a share of new conversations to a candidate (flywheel adapters ab ID)."""

@@ -483,7 +483,7 @@ def build(page, demo: gr.Blocks) -> None:
                 temperature = gr.Slider(0.0, 1.5, value=defaults.temperature, step=0.05,
                                         label="Temperature")
                 max_tokens = gr.Slider(16, 1024, value=defaults.max_tokens, step=16,
-                                       label="Max new tokens")
+                                       label="Max new tokens", elem_id="max-tokens")
             last = gr.JSON(visible=False, label="Last answer")
             # The API's streaming endpoints keep their own outputs and raise errors (what a
             # program wants); the page's buttons run the page's versions above.

@@ -13,7 +13,6 @@ import queue
 import secrets
 import threading
 import time
-from pathlib import Path
 
 import gradio as gr
 
@@ -28,8 +27,6 @@ FLAG_LABELS = [("contains personal data", "pii"), ("unsafe", "unsafe"),
 
 
 CLAIM_MINUTES = 5  # how long an answer opened for review is skipped on other pages
-# The keys of the review flow (a script in the page's <head>: Gradio has no key bindings).
-KEYS_JS = (Path(__file__).parent / "review_keys.js").read_text()
 
 
 class Claims:

@@ -189,8 +189,11 @@ def cmd_ab(db, args: argparse.Namespace) -> None:
     for arm in ("candidate", "control"):
         a = report[arm]
         rate = "n/a" if a["up_rate"] is None else f"{a['up_rate']:.0%}"
+        if a["interval"]:
+            rate += f" (95% {a['interval'][0]:.0%}-{a['interval'][1]:.0%})"
         print(f"{arm:<9}  {a['adapter']}  answers {a['answers']}  up {a['up']}  "
               f"down {a['down']}  up rate {rate}")
+    print(ab.verdict(report))
 
 
 def cmd_keys(args: argparse.Namespace) -> int:

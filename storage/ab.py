@@ -8,6 +8,7 @@ whole life without storing anything; the answers' `adapter_id` says who answered
 import hashlib
 
 import sqlite_utils
+from scipy import stats
 
 from storage import review
 from storage.db import transaction, utc_now
@@ -66,4 +67,35 @@ def report(db: sqlite_utils.Database, test: dict | None = None) -> dict | None:
     for arm in arms.values():
         rated = arm["up"] + arm["down"]
         arm["up_rate"] = round(arm["up"] / rated, 3) if rated else None
-    return {"test": test, **arms}
+        arm["interval"] = wilson(arm["up"], rated)
+    return {"test": test, **arms, "p_value": difference_p_value(arms["candidate"],
+                                                                 arms["control"])}
+
+
+def wilson(up: int, rated: int, confidence: float = 0.95) -> list[float] | None:
+    """The Wilson score interval of a thumbs-up rate (scipy), [low, high]; None unrated."""
+    if not rated:
+        return None
+    ci = stats.binomtest(up, rated).proportion_ci(confidence_level=confidence,
+                                                  method="wilson")
+    return [round(ci.low, 3), round(ci.high, 3)]
+
+
+def difference_p_value(a: dict, b: dict) -> float | None:
+    """How likely a difference in up rates this large is by chance alone (Fisher's exact
+    test on the 2x2 table of thumbs); None until both arms are rated."""
+    if not (a["up"] + a["down"]) or not (b["up"] + b["down"]):
+        return None
+    return round(float(stats.fisher_exact([[a["up"], a["down"]], [b["up"], b["down"]]])[1]), 4)
+
+
+def verdict(report: dict, alpha: float = 0.05) -> str:
+    """One line on whether the arms' up rates differ beyond chance."""
+    p = report["p_value"]
+    if p is None:
+        return "not enough ratings yet to compare the arms"
+    if p >= alpha:
+        return f"no significant difference yet (p = {p:.3f})"
+    better = ("candidate" if report["candidate"]["up_rate"] > report["control"]["up_rate"]
+              else "control")
+    return f"the {better} is better beyond chance (p = {p:.3f})"

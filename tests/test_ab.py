@@ -52,6 +52,7 @@ def test_a_share_of_new_conversations_goes_to_the_candidate(server, tiny_model_d
     assert main(["adapters", "ab", "--home", str(home.root)]) == 0
     out = capsys.readouterr().out
     assert f"candidate  ad-new  answers {arms.count('ad-new')}" in out and "up rate 100%" in out
+    assert "95% " in out and ("beyond chance" in out or "no significant difference" in out)
     # Promoting the candidate ends the split; everyone gets it.
     assert main(["adapters", "promote", "ad-new", "--home", str(home.root)]) == 0
     with open_db(home) as db:
@@ -72,3 +73,18 @@ def test_only_a_candidate_can_be_split_and_a_rejected_one_needs_force(home, tiny
     assert main(["adapters", "promote", "ad-bad", "--force", "--home", str(home.root)]) == 0
     assert main(["adapters", "ab", "--share", "1.5", "ad-bad", "--home", str(home.root)]) == 2
     assert "between 0 and 1" in capsys.readouterr().err
+
+
+def test_the_ab_report_says_whether_a_difference_is_beyond_chance():
+    assert ab.wilson(8, 10) == [0.49, 0.943]  # the textbook Wilson interval
+    assert ab.wilson(0, 0) is None
+    clear = {"candidate": {"up": 40, "down": 10, "up_rate": 0.8},
+             "control": {"up": 20, "down": 30, "up_rate": 0.4}}
+    clear["p_value"] = ab.difference_p_value(clear["candidate"], clear["control"])
+    assert clear["p_value"] < 0.001
+    assert ab.verdict(clear).startswith("the candidate is better beyond chance")
+    close = {"candidate": {"up": 6, "down": 4, "up_rate": 0.6},
+             "control": {"up": 5, "down": 5, "up_rate": 0.5}}
+    close["p_value"] = ab.difference_p_value(close["candidate"], close["control"])
+    assert ab.verdict(close).startswith("no significant difference yet")
+    assert ab.difference_p_value({"up": 0, "down": 0}, close["control"]) is None

@@ -106,6 +106,24 @@ def test_a_rating_form_never_carries_over_to_another_answer(browser, server):  #
     page.close()
 
 
+def test_esc_stops_a_streaming_answer(browser, server):  # noqa: F811
+    url, _, home = server
+    page = open_page(browser, url)
+    page.get_by_text("Settings").click()
+    page.fill("#max-tokens input[type=number]", "448")  # the tiny model's context is 512
+    page.locator("#max-tokens input[type=number]").press("Tab")
+    before = len(answers(home))
+    page.fill("#message textarea", "a long answer, please")
+    page.click("#send")
+    expect(page.locator("#send")).to_be_disabled()  # streaming
+    page.keyboard.press("Escape")
+    stopped = wait_for(lambda: len(answers(home)) > before and answers(home)[-1], 60,
+                       "the stopped answer")
+    assert stopped["finish_reason"] == "interrupted" and stopped["completion_tokens"] < 448
+    expect(page.locator("#send")).to_be_enabled()
+    page.close()
+
+
 def test_an_empty_queue_empties_the_review_form(browser, server):  # noqa: F811
     url, _, home = server
     page = open_page(browser, url)

@@ -1,7 +1,21 @@
+// The page's keys. Each presses the button or option it names, so a key does exactly what
+// a click does (and the server checks it the same way).
+//
+// Chat: Esc stops the answer that is streaming (Send is off while one streams).
+document.addEventListener("keydown", (event) => {
+  if (event.key !== "Escape") return;
+  const send = document.querySelector("#send");
+  const chat = document.querySelector("#chat-column");
+  if (chat && chat.offsetParent && send && send.disabled) {
+    document.querySelector("#stop")?.click();
+    event.preventDefault();
+    event.stopImmediatePropagation();
+  }
+});
+
 // Curate > Review queue with the keyboard alone (the help line under the queue lists them):
 //   j / k   the next / previous answer        1 - 5   score it
 //   e       edit the correction (Esc leaves)  s       save, and open the next answer
-// Each key presses the button or option it names, so the keys do exactly what clicks do.
 document.addEventListener("keydown", (event) => {
   const queue = document.querySelector("#queue");
   if (!queue || !queue.offsetParent) return;  // the review queue is not on screen
