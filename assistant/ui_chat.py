@@ -80,7 +80,9 @@ def build(page, demo: gr.Blocks) -> None:
                 yield history, session, "", {}
         except Exception as exc:
             log.exception("chat failed")
-            raise gr.Error(f"The model could not answer: {type(exc).__name__}") from None
+            error = gr.Error(f"The model could not answer: {type(exc).__name__}")
+            error.retry = True
+            raise error from None
         finally:
             turn.cancel()  # a no-op when finished; a closed page or Stop stops the model
             running.pop(request.session_hash, None)
@@ -107,7 +109,7 @@ def build(page, demo: gr.Blocks) -> None:
                                       params(temperature, max_tokens), user_id=user["id"],
                                       system_prompt=system_prompt)
         except RequestError as exc:
-            raise gr.Error(str(exc)) from None
+            raise _refusal(exc) from None
         history, _ = _branch(page, session["leaf_id"])
         yield from stream(turn, session, history + [{"role": "user", "content": text}], user,
                           request)
@@ -140,7 +142,7 @@ def build(page, demo: gr.Blocks) -> None:
             turn = page.service.regenerate(question, params(temperature, max_tokens),
                                            user_id=user["id"])
         except RequestError as exc:
-            raise gr.Error(str(exc)) from None
+            raise _refusal(exc) from None
         history, _ = _branch(page, question)
         yield from stream(turn, session, history, user, request)
 
@@ -158,7 +160,7 @@ def build(page, demo: gr.Blocks) -> None:
             turn = page.service.reply(original["conversation_id"], original["parent_id"], text,
                                       params(temperature, max_tokens), user_id=user["id"])
         except RequestError as exc:
-            raise gr.Error(str(exc)) from None
+            raise _refusal(exc) from None
         history, _ = _branch(page, original["parent_id"])
         yield from stream(turn, session, history + [{"role": "user", "content": text}], user,
                           request)
@@ -256,15 +258,18 @@ def build(page, demo: gr.Blocks) -> None:
         """A streaming handler, for the page: Send is off while it streams."""
         first = True
         try:
-            for history, session, box_text, last_answer in answers:
-                update = {chatbot: history, state: session, box: box_text, last: last_answer}
-                if first:
-                    update.update({**form_for({}), notice: "", undo_btn: gr.Button(visible=False),
-                                   send_btn: gr.Button(interactive=False)})
+            for history, session, _, last_answer in answers:
+                update = {chatbot: history, state: session, last: last_answer}
+                if first:  # the box empties once: a draft typed while it streams stays
+                    update.update({**form_for({}), box: "", notice: "",
+                                   undo_btn: gr.Button(visible=False),
+                                   send_btn: gr.Button(interactive=False),
+                                   retry_btn: gr.Button(visible=False)})
                     first = False
                 yield update
-        except gr.Error as exc:
-            yield {notice: f"⚠️ {exc.message}", send_btn: gr.Button(interactive=True)}
+        except gr.Error as exc:  # the draft stays in the box; Retry when a retry can help
+            yield {notice: f"⚠️ {exc.message}", send_btn: gr.Button(interactive=True),
+                   retry_btn: gr.Button(visible=getattr(exc, "retry", False))}
             return
         yield {chatbot: shown(user, history, session), **form_for(session),
                send_btn: gr.Button(interactive=True), open_id: session["conversation_id"],
@@ -282,6 +287,15 @@ def build(page, demo: gr.Blocks) -> None:
     def edit_in_page(text, session, temperature, max_tokens, request: gr.Request):
         yield from page_stream(edit(text, session, temperature, max_tokens, request),
                                page.user(request))
+
+    def retry_in_page(text, session, system_prompt, temperature, max_tokens,
+                      request: gr.Request):
+        """Try again what failed: the message still in the box, else a new answer."""
+        if (text or "").strip():
+            yield from send_in_page(text, session, system_prompt, temperature, max_tokens,
+                                    request)
+        else:
+            yield from regenerate_in_page(session, temperature, max_tokens, request)
 
     def stop_in_page(session: dict, request: gr.Request):
         history, session, last_answer = stop(session, request)
@@ -458,6 +472,7 @@ def build(page, demo: gr.Blocks) -> None:
             with gr.Row():
                 notice = gr.Markdown(elem_id="chat-notice")
                 undo_btn = gr.Button("Undo", size="sm", visible=False, elem_id="undo-delete")
+                retry_btn = gr.Button("Retry", size="sm", visible=False, elem_id="retry")
             with gr.Row():
                 regen_btn = gr.Button("↻ Regenerate", size="sm", elem_id="regenerate",
                                       interactive=False)
@@ -498,12 +513,13 @@ def build(page, demo: gr.Blocks) -> None:
     page_event = dict(api_visibility="private", show_progress_on=[chatbot])
     form = [thumb, reasons, comment, rate_note, form_target, regen_btn, rename_btn, delete_btn,
             rate_btn]
-    viewed = [chatbot, state, box, last, notice, undo_btn, send_btn, open_id, conversations,
-              *form]
+    viewed = [chatbot, state, box, last, notice, undo_btn, send_btn, retry_btn, open_id,
+              conversations, *form]
     send_btn.click(send_in_page, [box, state, system, *knobs], viewed, **page_event)
     box.submit(send_in_page, [box, state, system, *knobs], viewed, **page_event)
     regen_btn.click(regenerate_in_page, [state, *knobs], viewed, **page_event)
     edit_btn.click(edit_in_page, [edit_box, state, *knobs], viewed, **page_event)
+    retry_btn.click(retry_in_page, [box, state, system, *knobs], viewed, **page_event)
     # Not Gradio's `cancels=`: that cancels by session hash alone, and a hash can leak; `stop`
     # checks that the answer is the caller's, then the answer's own stream ends within a token.
     stop_btn.click(stop_in_page, [state], [chatbot, state, last, send_btn, *form], **page_event)
@@ -547,3 +563,11 @@ def _rating_target(session: dict) -> str | None:
     if session.get("selected"):
         return session["selected"]
     return ids[-1] if ids else None
+
+
+def _refusal(exc: RequestError) -> gr.Error:
+    """The engine's or the throttle's refusal as the page's message; busy (503) and rate
+    limited (429) are worth a Retry, a too-long message is not."""
+    error = gr.Error(str(exc))
+    error.retry = exc.status in (429, 503)
+    return error

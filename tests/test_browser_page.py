@@ -12,6 +12,7 @@ from playwright.sync_api import expect
 
 from assistant.engine import GenerationParams
 from assistant.server import ServeConfig, serve_in_thread
+from assistant.throttle import ThrottleConfig
 from storage import Home, init_db, open_db, review, users
 from storage import chat as store
 from storage.retention import prune
@@ -20,6 +21,8 @@ from tests.test_e2e import wait_for
 from trainer import selection
 
 pytestmark = pytest.mark.integration
+# Playwright waits 5 s by default; on two shared cores a server round trip can take longer.
+expect.set_options(timeout=20_000)
 
 PASSWORD = "a long admin password"
 
@@ -29,7 +32,9 @@ def server(tmp_path_factory, tiny_model_dir):
     """A fresh local install on the tiny model: no users, the page opens as the local admin."""
     home = Home.resolve(tmp_path_factory.mktemp("page"))
     init_db(home)
-    config = ServeConfig(model=str(tiny_model_dir), port=0, poll_interval=0.2)
+    # A low rate for signed-in users (the local owner is never limited): the Retry test.
+    config = ServeConfig(model=str(tiny_model_dir), port=0, poll_interval=0.2,
+                         throttle=ThrottleConfig(requests_per_minute=2))
     with serve_in_thread(home, config) as (url, srv):
         yield url, srv, home
 
@@ -116,11 +121,13 @@ def test_esc_stops_a_streaming_answer(browser, server):  # noqa: F811
     page.fill("#message textarea", "a long answer, please")
     page.click("#send")
     expect(page.locator("#send")).to_be_disabled()  # streaming
+    page.fill("#message textarea", "a draft typed while it streams")
     page.keyboard.press("Escape")
     stopped = wait_for(lambda: len(answers(home)) > before and answers(home)[-1], 60,
                        "the stopped answer")
     assert stopped["finish_reason"] == "interrupted" and stopped["completion_tokens"] < 448
     expect(page.locator("#send")).to_be_enabled()
+    expect(page.locator("#message textarea")).to_have_value("a draft typed while it streams")
     page.close()
 
 
@@ -433,3 +440,28 @@ def test_two_curators_are_never_given_the_same_answer(browser, server):  # noqa:
     assert first != second  # frank's Next skipped the answer erin has open
     for page in pages:
         page.close()
+
+
+def test_a_refusal_worth_retrying_offers_retry_and_keeps_the_draft(browser, server):  # noqa: F811
+    url, _, home = server
+    with open_db(home) as db:
+        if users.get_user(db, "gina") is None:
+            users.add_user(db, "gina", "user", password=PASSWORD)
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(f"{url}/login")
+    page.fill("input[name=username]", "gina")
+    page.fill("input[name=password]", PASSWORD)
+    page.click("button[type=submit]")
+    page.wait_for_selector("#message textarea")
+    page.get_by_text("Settings").click()  # short answers: this test is about the refusal
+    page.fill("#max-tokens input[type=number]", "16")
+    page.locator("#max-tokens input[type=number]").press("Tab")
+    for n in range(2):  # the server allows gina 2 a minute
+        send(page, home, f"message {n}")
+    page.fill("#message textarea", "the draft I do not want to lose")
+    page.click("#send")
+    expect(page.locator("#chat-notice")).to_contain_text("requests a minute")
+    expect(page.locator("#retry")).to_be_visible()
+    expect(page.locator("#message textarea")).to_have_value("the draft I do not want to lose")
+    no_error_badges(page)
+    page.close()
