@@ -72,7 +72,9 @@ def build(page, demo: gr.Blocks) -> None:
         """Show the answer as it grows; afterwards the branch ends at the stored answer."""
         session = {**session, "conversation_id": turn.conversation_id, "selected": None}
         history = history + [{"role": "assistant", "content": ""}]
-        entry = running[request.session_hash] = [turn, session, user["id"], None]
+        # [answer, session, user, a thumb given while it streams, its place in the chat]
+        entry = running[request.session_hash] = [turn, session, user["id"], None,
+                                                  len(history) - 1]
         yield history, session, "", {}  # the question shows at once, before the first token
         try:
             for piece in turn:
@@ -80,9 +82,7 @@ def build(page, demo: gr.Blocks) -> None:
                 yield history, session, "", {}
         except Exception as exc:
             log.exception("chat failed")
-            error = gr.Error(f"The model could not answer: {type(exc).__name__}")
-            error.retry = True
-            raise error from None
+            raise gr.Error(f"The model could not answer: {type(exc).__name__}") from None
         finally:
             turn.cancel()  # a no-op when finished; a closed page or Stop stops the model
             running.pop(request.session_hash, None)
@@ -254,8 +254,9 @@ def build(page, demo: gr.Blocks) -> None:
         return gr.Chatbot(value=history,
                           feedback_value=_feedback(page, user, session.get("ids", []), history))
 
-    def page_stream(answers, user: dict):
-        """A streaming handler, for the page: Send is off while it streams."""
+    def page_stream(answers, user: dict, can_retry: bool = False):
+        """A streaming handler, for the page: Send is off while it streams. `can_retry`: a
+        refusal (busy, rate limited) offers Retry, which sends the box's text again."""
         first = True
         try:
             for history, session, _, last_answer in answers:
@@ -269,7 +270,7 @@ def build(page, demo: gr.Blocks) -> None:
                 yield update
         except gr.Error as exc:  # the draft stays in the box; Retry when a retry can help
             yield {notice: f"⚠️ {exc.message}", send_btn: gr.Button(interactive=True),
-                   retry_btn: gr.Button(visible=getattr(exc, "retry", False))}
+                   retry_btn: gr.Button(visible=can_retry and getattr(exc, "retry", False))}
             return
         yield {chatbot: shown(user, history, session), **form_for(session),
                send_btn: gr.Button(interactive=True), open_id: session["conversation_id"],
@@ -278,7 +279,7 @@ def build(page, demo: gr.Blocks) -> None:
     def send_in_page(text, session, system_prompt, temperature, max_tokens,
                      request: gr.Request):
         yield from page_stream(send(text, session, system_prompt, temperature, max_tokens,
-                                    request), page.user(request))
+                                    request), page.user(request), can_retry=True)
 
     def regenerate_in_page(session, temperature, max_tokens, request: gr.Request):
         yield from page_stream(regenerate(session, temperature, max_tokens, request),
@@ -290,12 +291,8 @@ def build(page, demo: gr.Blocks) -> None:
 
     def retry_in_page(text, session, system_prompt, temperature, max_tokens,
                       request: gr.Request):
-        """Try again what failed: the message still in the box, else a new answer."""
-        if (text or "").strip():
-            yield from send_in_page(text, session, system_prompt, temperature, max_tokens,
-                                    request)
-        else:
-            yield from regenerate_in_page(session, temperature, max_tokens, request)
+        """Send again the message a refusal left in the box."""
+        yield from send_in_page(text, session, system_prompt, temperature, max_tokens, request)
 
     def stop_in_page(session: dict, request: gr.Request):
         history, session, last_answer = stop(session, request)
@@ -305,6 +302,8 @@ def build(page, demo: gr.Blocks) -> None:
     def select(session: dict, event: gr.SelectData, request: gr.Request):
         """Clicking a message selects it: for branching, moving between siblings, rating."""
         user = page.user(request)
+        if request.session_hash in running:  # the page's ids are the branch before it
+            return {where: "Wait for the answer to finish, then click a message."}
         index = event.index if isinstance(event.index, int) else event.index[0]
         if not session["ids"] or index >= len(session["ids"]):
             return {}
@@ -363,16 +362,21 @@ def build(page, demo: gr.Blocks) -> None:
         """A thumb on the message itself: saved at once, or when a streaming answer is stored;
         it opens the reasons and comment for that answer."""
         ids = (session or {}).get("ids", [])
-        rating = "up" if data.liked is True else "down"
+        if data.liked not in (True, False):  # a thumb clicked again: Gradio unselects it
+            return {notice: "Your rating stays; choose the other thumb to change it."}
+        rating = "up" if data.liked else "down"
         entry = running.get(request.session_hash)
-        if isinstance(data.index, int) and data.index < len(ids):
-            rate(ids[data.index], rating, request=request)
-            target = ids[data.index]
-        elif entry is not None and entry[2] == page.user(request)["id"]:
+        if entry is not None and entry[2] == page.user(request)["id"]:
+            # While an answer streams, the ids on the page are the branch shown before it (a
+            # regenerated answer sits where its sibling was): only the streaming one is rated.
+            if data.index != entry[4]:
+                return {notice: "Rate it when the answer on screen has finished."}
             entry[3] = rating
             return {rate_note: "Saved when the answer is finished."}
-        else:
+        if not isinstance(data.index, int) or data.index >= len(ids):
             return {notice: "That answer is not stored yet; rate it when it has finished."}
+        rate(ids[data.index], rating, request=request)
+        target = ids[data.index]
         choices = UP_REASONS if rating == "up" else DOWN_REASONS
         return {**form_for({**session, "selected": target}), thumb: rating,
                 panel: gr.Accordion(open=True), reasons: gr.CheckboxGroup(choices, value=[]),
@@ -412,7 +416,10 @@ def build(page, demo: gr.Blocks) -> None:
     def delete_in_page(session: dict, request: gr.Request):
         if not session.get("conversation_id"):
             return {title_note: "Open a conversation first."}
-        delete_conversation(session["conversation_id"], request)
+        try:
+            delete_conversation(session["conversation_id"], request)
+        except gr.Error as exc:  # already deleted (a second click, another tab)
+            return {title_note: f"⚠️ {exc.message}"}
         return {**new_in_page(request), deleted: session["conversation_id"],
                 notice: "Conversation deleted.", undo_btn: gr.Button(visible=True)}
 
@@ -496,7 +503,7 @@ def build(page, demo: gr.Blocks) -> None:
             with gr.Accordion("Settings", open=False):
                 defaults = GenerationParams()  # one place for the defaults: the engine's
                 temperature = gr.Slider(0.0, 1.5, value=defaults.temperature, step=0.05,
-                                        label="Temperature")
+                                        label="Temperature", elem_id="temperature")
                 max_tokens = gr.Slider(16, 1024, value=defaults.max_tokens, step=16,
                                        label="Max new tokens", elem_id="max-tokens")
             last = gr.JSON(visible=False, label="Last answer")
@@ -536,7 +543,8 @@ def build(page, demo: gr.Blocks) -> None:
     conversations.input(open_in_page, [conversations], viewed + [system], **page_event)
     rename_btn.click(rename_in_page, [state, title_box], [conversations, title_box, title_note],
                      **page_event)
-    delete_btn.click(delete_in_page, [state], viewed + [system, deleted], **page_event)
+    delete_btn.click(delete_in_page, [state], viewed + [system, deleted, title_note],
+                     **page_event)
     undo_btn.click(undo_in_page, [deleted], viewed + [system], **page_event)
     system_btn.click(save_system_prompt, [state, system], [system_note],
                      api_visibility="private")
@@ -567,7 +575,7 @@ def _rating_target(session: dict) -> str | None:
 
 def _refusal(exc: RequestError) -> gr.Error:
     """The engine's or the throttle's refusal as the page's message; busy (503) and rate
-    limited (429) are worth a Retry, a too-long message is not."""
+    limited (429) are worth a Retry, a too-long message is not (`retry`: read by the page)."""
     error = gr.Error(str(exc))
     error.retry = exc.status in (429, 503)
     return error

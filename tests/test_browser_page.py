@@ -103,10 +103,14 @@ def test_a_rating_form_never_carries_over_to_another_answer(browser, server):  #
     expect(page.locator("#chatbot button[aria-label='Liked']")).to_have_count(1)
     expect(page.locator("#chatbot button[aria-label='Clear']")).to_be_hidden()  # did nothing
 
-    # Reload: the open conversation comes back.
+    # Reload: the open conversation comes back, with the saved thumb on the message.
     page.reload()
     page.wait_for_selector("#message textarea")
     expect(page.locator("#chatbot [data-testid='user']").last).to_contain_text("second question")
+    # Clicking the lit thumb again unselects it in Gradio: it must not turn into a 👎.
+    page.locator("#chatbot button[aria-label='Liked']").click()
+    expect(page.locator("#chat-notice")).to_contain_text("Your rating stays")
+    assert [r["rating"] for r in ratings(home)] == ["up"]
     page.screenshot(path=OUTPUT / "page-chat-rated.png", full_page=True)
     page.close()
 
@@ -117,6 +121,8 @@ def test_esc_stops_a_streaming_answer(browser, server):  # noqa: F811
     page.get_by_text("Settings").click()
     page.fill("#max-tokens input[type=number]", "448")  # the tiny model's context is 512
     page.locator("#max-tokens input[type=number]").press("Tab")
+    page.fill("#temperature input[type=number]", "0")  # greedy: no early end by chance
+    page.locator("#temperature input[type=number]").press("Tab")
     before = len(answers(home))
     page.fill("#message textarea", "a long answer, please")
     page.click("#send")
