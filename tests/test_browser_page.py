@@ -329,6 +329,14 @@ def test_every_tab_passes_axe_on_desktop_and_phone_in_light_and_dark(
                 expect(page.locator(shown)).to_be_visible()
                 expect(page.locator("#who")).to_contain_text("Signed in")  # loaded
                 found = Axe().run(page).response["violations"]
+                if any(v["impact"] in ("critical", "serious") for v in found):
+                    # Count only what a second look still finds: a colour read in the middle
+                    # of Gradio's theme transition is not the page's colour.
+                    again = {(v["id"], str(n["target"])) for v in Axe().run(page).response[
+                        "violations"] for n in v["nodes"]}
+                    found = [{**v, "nodes": [n for n in v["nodes"]
+                                             if (v["id"], str(n["target"])) in again]}
+                             for v in found]
                 counts[f"{scheme} {device} {tab}"] = {
                     **{impact: sum(len(v["nodes"]) for v in found if v["impact"] == impact)
                        for impact in ("critical", "serious", "moderate", "minor")},
