@@ -87,6 +87,7 @@ def build(page, demo: gr.Blocks) -> None:
             listed, stats = adapters.page(db, limit=ADAPTER_PAGE), review.adapter_ratings(db)
             recent = runs.page(db, limit=RUNS_PLOTTED).rows
             daily = review.thumbs_up_over_time(db)
+            wanted = (adapters.active(db) or {}).get("id")
         table = adapter_rows(listed.rows, stats)
         base = stats.get(None)
         if base:
@@ -99,8 +100,6 @@ def build(page, demo: gr.Blocks) -> None:
         thumbs["time"] = pd.to_datetime(thumbs["time"])
         curves = pd.DataFrame(losses or [], columns=["run", "step", "loss"])
         serving = page.service.engine.active_adapter
-        with open_db(page.home) as db:
-            wanted = (adapters.active(db) or {}).get("id")
         line = f"Serving now: **{serving or 'the base model'}**"
         if wanted != serving:  # the server swaps within a poll interval of a promotion
             line += f" (switching to **{wanted or 'the base model'}**, within a second or two)"

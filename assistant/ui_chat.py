@@ -9,6 +9,7 @@ Moving between siblings is the page's alone: /open_conversation gives a program 
 """
 
 import logging
+from dataclasses import dataclass
 
 import gradio as gr
 
@@ -62,19 +63,26 @@ def _feedback(page, user: dict, ids: list[str], history: list[dict]) -> list[str
     return [marks.get(mine.get(i)) for i, m in zip(ids, history) if m["role"] == "assistant"]
 
 
+@dataclass
+class _Streaming:
+    """An answer streaming to one page (by session hash)."""
+    turn: Turn
+    session: dict
+    user_id: int | None
+    position: int               # its index in the chat on screen
+    thumb: str | None = None    # 'up'/'down' clicked while it streams, saved once stored
+
+
 def build(page, demo: gr.Blocks) -> None:
-    # session hash -> (answer in progress, the page's session, the user it answers, and a
-    # thumb given while it streamed, saved once the answer is stored)
-    running: dict[str, list] = {}
+    running: dict[str, _Streaming] = {}  # session hash -> the answer streaming there
 
     # ---- the page's API (gradio_client); the page's own events wrap these further down --
     def stream(turn: Turn, session: dict, history: list, user: dict, request: gr.Request):
         """Show the answer as it grows; afterwards the branch ends at the stored answer."""
         session = {**session, "conversation_id": turn.conversation_id, "selected": None}
         history = history + [{"role": "assistant", "content": ""}]
-        # [answer, session, user, a thumb given while it streams, its place in the chat]
-        entry = running[request.session_hash] = [turn, session, user["id"], None,
-                                                  len(history) - 1]
+        entry = running[request.session_hash] = _Streaming(turn, session, user["id"],
+                                                           len(history) - 1)
         yield history, session, "", {}  # the question shows at once, before the first token
         try:
             for piece in turn:
@@ -86,8 +94,8 @@ def build(page, demo: gr.Blocks) -> None:
         finally:
             turn.cancel()  # a no-op when finished; a closed page or Stop stops the model
             running.pop(request.session_hash, None)
-        if entry[3]:  # 👍/👎 clicked while it streamed
-            rate(turn.id, entry[3], request=request)
+        if entry.thumb:  # 👍/👎 clicked while it streamed
+            rate(turn.id, entry.thumb, request=request)
         history, ids = _branch(page, turn.id)
         yield history, {**session, "leaf_id": turn.id, "ids": ids}, "", _last(turn)
 
@@ -118,11 +126,11 @@ def build(page, demo: gr.Blocks) -> None:
         """Stop this session's answer within one token; the partial answer is kept."""
         user = page.user(request)
         entry = running.get(request.session_hash)
-        if entry is None or entry[2] != user["id"]:  # only your own answer (a hash can leak)
+        if entry is None or entry.user_id != user["id"]:  # only your own (a hash can leak)
             history, _ = _branch(page, session["leaf_id"])
             return history, session, {}
         running.pop(request.session_hash, None)
-        turn, session = entry[0], entry[1]
+        turn, session = entry.turn, entry.session
         turn.cancel()
         turn.wait(timeout=30)
         history, ids = _branch(page, turn.id)
@@ -366,12 +374,12 @@ def build(page, demo: gr.Blocks) -> None:
             return {notice: "Your rating stays; choose the other thumb to change it."}
         rating = "up" if data.liked else "down"
         entry = running.get(request.session_hash)
-        if entry is not None and entry[2] == page.user(request)["id"]:
+        if entry is not None and entry.user_id == page.user(request)["id"]:
             # While an answer streams, the ids on the page are the branch shown before it (a
             # regenerated answer sits where its sibling was): only the streaming one is rated.
-            if data.index != entry[4]:
+            if data.index != entry.position:
                 return {notice: "Rate it when the answer on screen has finished."}
-            entry[3] = rating
+            entry.thumb = rating
             return {rate_note: "Saved when the answer is finished."}
         if not isinstance(data.index, int) or data.index >= len(ids):
             return {notice: "That answer is not stored yet; rate it when it has finished."}

@@ -46,6 +46,29 @@ def open_page(browser, url, width=1280, height=1000):  # noqa: F811
     return page
 
 
+def submit_sign_in(page, name: str, password: str = PASSWORD) -> None:
+    """Fill and send the /login form the page is on."""
+    page.fill("input[name=username]", name)
+    page.fill("input[name=password]", password)
+    page.click("button[type=submit]")
+
+
+def signed_in_page(browser, url, name: str):  # noqa: F811
+    """A new page, signed in as `name` (whose password is PASSWORD), with the chat loaded."""
+    page = browser.new_page(viewport={"width": 1280, "height": 1000})
+    page.goto(f"{url}/login")
+    submit_sign_in(page, name)
+    page.wait_for_selector("#message textarea")
+    return page
+
+
+def set_slider(page, elem_id: str, value: str) -> None:
+    """Type a value into a Settings slider's number box (the change lands on leaving it)."""
+    box = page.locator(f"#{elem_id} input[type=number]")
+    box.fill(value)
+    box.press("Tab")
+
+
 def answers(home) -> list[dict]:
     with open_db(home) as db:
         return list(db["messages"].rows_where("role = 'assistant'", order_by="rowid"))
@@ -119,10 +142,8 @@ def test_esc_stops_a_streaming_answer(browser, server):  # noqa: F811
     url, _, home = server
     page = open_page(browser, url)
     page.get_by_text("Settings").click()
-    page.fill("#max-tokens input[type=number]", "448")  # the tiny model's context is 512
-    page.locator("#max-tokens input[type=number]").press("Tab")
-    page.fill("#temperature input[type=number]", "0")  # greedy: no early end by chance
-    page.locator("#temperature input[type=number]").press("Tab")
+    set_slider(page, "max-tokens", "448")  # the tiny model's context is 512
+    set_slider(page, "temperature", "0")  # greedy: no early end by chance
     before = len(answers(home))
     page.fill("#message textarea", "a long answer, please")
     page.click("#send")
@@ -381,9 +402,7 @@ def test_the_first_account_made_in_the_page_is_an_admin_and_sign_in_starts(
     assert link.get_attribute("href").endswith("/login")
     page.goto(f"{url}/")  # the page itself now asks for a sign-in
     expect(page).to_have_url(f"{url}/login")
-    page.fill("input[name=username]", "erin")
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
+    submit_sign_in(page, "erin")
     expect(page.locator("#who")).to_contain_text("erin")
     page.close()
 
@@ -393,12 +412,7 @@ def test_no_password_reaches_the_browsers_storage(browser, server):  # noqa: F81
     with open_db(home) as db:
         if not users.auth_enabled(db):  # when run alone
             users.add_user(db, "erin", "admin", password=PASSWORD)
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    page.goto(f"{url}/login")
-    page.fill("input[name=username]", "erin")
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector("#message textarea")
+    page = signed_in_page(browser, url, "erin")
     page.get_by_role("tab", name="Admin").click()
     page.get_by_role("tab", name="Users").click()
     page.fill("#user-name textarea", "carol")
@@ -416,13 +430,9 @@ def test_no_password_reaches_the_browsers_storage(browser, server):  # noqa: F81
     with open_db(home) as db:
         users.set_disabled(db, "carol", True)
     page.goto(f"{url}/login")
-    page.fill("input[name=username]", "carol")
-    page.fill("input[name=password]", "carol-pass-123")
-    page.click("button[type=submit]")
+    submit_sign_in(page, "carol", "carol-pass-123")
     expect(page.locator("body")).to_contain_text("This account is disabled; ask an admin")
-    page.fill("input[name=username]", "carol")
-    page.fill("input[name=password]", "a wrong guess")
-    page.click("button[type=submit]")
+    submit_sign_in(page, "carol", "a wrong guess")
     expect(page.locator("body")).to_contain_text("Wrong name or password")
     page.close()
 
@@ -438,12 +448,7 @@ def test_two_curators_are_never_given_the_same_answer(browser, server):  # noqa:
         answered(srv, f"question for two curators {n}")
     pages = []
     for name in ("erin", "frank"):
-        page = browser.new_page(viewport={"width": 1280, "height": 1000})
-        page.goto(f"{url}/login")
-        page.fill("input[name=username]", name)
-        page.fill("input[name=password]", PASSWORD)
-        page.click("button[type=submit]")
-        page.wait_for_selector("#message textarea")
+        page = signed_in_page(browser, url, name)
         page.get_by_role("tab", name="Curate").click()
         page.click("#load-queue")
         expect(page.locator("#queue-count")).to_contain_text("reviewed")
@@ -461,15 +466,9 @@ def test_a_refusal_worth_retrying_offers_retry_and_keeps_the_draft(browser, serv
     with open_db(home) as db:
         if users.get_user(db, "gina") is None:
             users.add_user(db, "gina", "user", password=PASSWORD)
-    page = browser.new_page(viewport={"width": 1280, "height": 1000})
-    page.goto(f"{url}/login")
-    page.fill("input[name=username]", "gina")
-    page.fill("input[name=password]", PASSWORD)
-    page.click("button[type=submit]")
-    page.wait_for_selector("#message textarea")
+    page = signed_in_page(browser, url, "gina")
     page.get_by_text("Settings").click()  # short answers: this test is about the refusal
-    page.fill("#max-tokens input[type=number]", "16")
-    page.locator("#max-tokens input[type=number]").press("Tab")
+    set_slider(page, "max-tokens", "16")
     for n in range(2):  # the server allows gina 2 a minute
         send(page, home, f"message {n}")
     page.fill("#message textarea", "the draft I do not want to lose")
