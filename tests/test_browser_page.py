@@ -276,7 +276,7 @@ def test_a_curator_reviews_with_the_keyboard_alone(browser, server):  # noqa: F8
     assert original  # the editor starts from the answer itself
     page.keyboard.press("4")
     page.keyboard.press("e")
-    page.keyboard.press("End")
+    page.keyboard.press("Control+End")  # the end of the text (End: of the first line)
     page.keyboard.type(" Fixed.")
     page.keyboard.press("Escape")
     expect(page.locator("#correction-diff ins")).to_contain_text("Fixed.")
@@ -284,7 +284,7 @@ def test_a_curator_reviews_with_the_keyboard_alone(browser, server):  # noqa: F8
     expect(page.locator("#review-status")).to_contain_text("Saved; here is the next one")
     elapsed = time.perf_counter() - started
     (OUTPUT / "curate-keyboard.json").write_text(json.dumps(
-        {"keys": "j 4 e End ' Fixed.' Esc s", "seconds": round(elapsed, 2)}))
+        {"keys": "j 4 e Ctrl+End ' Fixed.' Esc s", "seconds": round(elapsed, 2)}))
     with open_db(home) as db:
         [fixed] = [c for c in store.corrections(db) if c["correction"].endswith("Fixed.")]
         scored = db.execute("SELECT score FROM ratings WHERE message_id = ? AND score IS NOT "
