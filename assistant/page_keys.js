@@ -17,8 +17,10 @@ document.addEventListener("keydown", (event) => {
 //   j / k   the next / previous answer        1 - 5   score it
 //   e       edit the correction (Esc leaves)  s       save, and open the next answer
 document.addEventListener("keydown", (event) => {
-  const queue = document.querySelector("#queue");
-  if (!queue || !queue.offsetParent) return;  // the review queue is not on screen
+  // The queue's Load button says the review tab is on screen. Not the table: Gradio mounts
+  // it only once a queue has loaded, a moment after the count above it shows.
+  const load = document.querySelector("#load-queue");
+  if (!load || !load.offsetParent) return;
   const typing = "textarea, select, [contenteditable], " +
                  "input:not([type=radio]):not([type=checkbox]):not([type=button])";
   if (event.target.closest(typing)) {

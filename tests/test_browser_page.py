@@ -269,6 +269,7 @@ def test_a_curator_reviews_with_the_keyboard_alone(browser, server):  # noqa: F8
     page.get_by_role("tab", name="Curate").click()
     page.click("#load-queue")
     expect(page.locator("#queue-count")).to_contain_text("reviewed")
+    expect(page.locator("#queue")).to_be_visible()
     started = time.perf_counter()
     page.keyboard.press("j")  # the first answer of the page
     expect(page.locator("#save-review")).to_be_enabled()
