@@ -42,6 +42,8 @@ class ServeConfig:
     # ---- limits: a request past one is refused with a message naming the setting ----------
     max_body_bytes: int = 1 << 20     # one request body (a full 2,048-token chat is ~10 KB)
     max_queued: int = 64              # waiting requests; past it, 503 "busy"
+    page_concurrency: int = 32        # each page event (send, save...) run for this many users
+    #                                   at once; Gradio's own default is one at a time
     max_messages: int = 256           # messages in one API request
     max_stop_chars: int = 256         # one stop string (each token is checked against them)
     max_comment_chars: int = 4_000    # a rating's comment or a flag's note
@@ -107,7 +109,9 @@ def build(home: Home, config: ServeConfig) -> Server:
     # No run history: Gradio would keep every event's inputs (a new user's password among
     # them) in the browser's localStorage and list them under "Runs". No footer: its links
     # (API, Runs, Settings) are for developers; the page's API is in the README.
-    app = gr.mount_gradio_app(app, build_ui(service, auth, config.model), path="/",
+    page = build_ui(service, auth, config.model).queue(
+        default_concurrency_limit=config.page_concurrency)
+    app = gr.mount_gradio_app(app, page, path="/",
                               auth_dependency=auth.gradio_user, run_history=False,
                               footer_links=[], css=CSS, head=head(),
                               theme=theme())

@@ -8,6 +8,7 @@ from gradio_client import Client
 from assistant.server import ServeConfig, serve_in_thread
 from storage import open_db
 from storage import chat as store
+from tests.test_e2e import wait_for
 
 
 @pytest.fixture
@@ -49,3 +50,20 @@ def test_too_long_input_is_a_message_in_the_page_and_nothing_is_stored(server):
         client.predict("x" * 600, "", 0.0, 64, api_name="/send")
     with open_db(home) as db:
         assert db["messages"].count == 0 and db["conversations"].count == 0
+
+
+def test_two_people_on_the_page_are_answered_together(server):
+    """Gradio runs each page event for one caller at a time unless told otherwise: the
+    second person's answer would wait for the whole first one. Both must share a batch."""
+    url, srv, _ = server
+    first, second = Client(url, verbose=False), Client(url, verbose=False)
+    before = len(srv.engine.batches_run)
+    # "hello" at temperature 0 runs the full 400 tokens on the tiny model (the Stop test).
+    job = first.submit("hello", "", 0.0, 400, api_name="/send")
+    wait_for(lambda: len(srv.engine.batches_run) > before, 30, "the first answer to start")
+    other = second.submit("hello there", "", 0.0, 16, api_name="/send")
+    wait_for(lambda: other.done() or job.done(), 60, "an answer to finish", every=0.02)
+    assert not job.done()  # the second answer finished while the first was still going
+    assert max(list(srv.engine.batches_run)[before:]) == 2  # decoded in one batch
+    other.result()
+    job.cancel()
