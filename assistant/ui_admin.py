@@ -1,8 +1,9 @@
 """The Admin tab: the adapter registry (status, gate verdict, run, data, metrics, thumbs-up
 rate) with promote and roll back, each adapter's gate report and loss curves, an A/B split
 with its thumbs-up comparison, a training run started now in its own process, the live
-progress of whatever run is going (from the database, so nightly runs show too), plots of
-thumbs-up rate per adapter over time and of each run's loss curve, and users.
+progress of whatever run is going (from the database, so nightly runs show too), the "did it
+help?" figure (thumbs-up per adapter per day with intervals, answers and feedback per day,
+promotions: assistant/plots.py) and each run's loss curve, and users.
 
 The page's API: /adapters (the newest 50), /older_adapters, /adapter_report, /promote,
 /rollback, /start_ab, /stop_ab, /train_now, /training_progress, /add_user, /reset_password,
@@ -14,9 +15,9 @@ import sys
 from pathlib import Path
 
 import gradio as gr
-import pandas as pd
 
-from storage import ab, adapters, lock, review, runs, users
+from assistant.plots import activity_figure, loss_figure
+from storage import ab, activity, adapters, lock, review, runs, users
 from storage import open_db
 
 ADAPTER_COLUMNS = ["id", "status", "gate", "method", "run", "examples", "train loss",
@@ -86,19 +87,14 @@ def build(page, demo: gr.Blocks) -> None:
         with open_db(page.home) as db:
             listed, stats = adapters.page(db, limit=ADAPTER_PAGE), review.adapter_ratings(db)
             recent = runs.page(db, limit=RUNS_PLOTTED).rows
-            daily = review.thumbs_up_over_time(db)
+            figure = activity_figure(activity.over_time(db))
             wanted = (adapters.active(db) or {}).get("id")
         table = adapter_rows(listed.rows, stats)
         base = stats.get(None)
         if base:
             table.append(["(base model)", "", "", "", "", "", "", base["up"], base["down"],
                           base["rate"], ""])
-        losses = [{"run": r["id"], "step": i + 1, "loss": loss} for r in recent
-                  for i, loss in enumerate(r["metrics"].get("loss_curve", []))]
-        thumbs = pd.DataFrame(daily or [], columns=["time", "adapter", "thumbs_up_rate",
-                                                     "ratings"])
-        thumbs["time"] = pd.to_datetime(thumbs["time"])
-        curves = pd.DataFrame(losses or [], columns=["run", "step", "loss"])
+        losses = loss_figure({r["id"]: r["metrics"].get("loss_curve", []) for r in recent})
         serving = page.service.engine.active_adapter
         line = f"Serving now: **{serving or 'the base model'}**"
         if wanted != serving:  # the server swaps within a poll interval of a promotion
@@ -106,7 +102,9 @@ def build(page, demo: gr.Blocks) -> None:
         arms = ab_table(request)
         # An empty table is hidden: on a phone it is a scrolling box the keys cannot reach.
         return (gr.Dataframe(value=table, visible=bool(table)),
-                gr.Dropdown(choices=[a["id"] for a in listed.rows]), thumbs, curves, line,
+                gr.Dropdown(choices=[a["id"] for a in listed.rows]),
+                gr.Plot(value=figure, visible=figure is not None),
+                gr.Plot(value=losses, visible=losses is not None), line,
                 gr.Dataframe(value=arms, visible=bool(arms)),
                 {"next": listed.next}, gr.Button(interactive=bool(listed.next)))
 
@@ -327,12 +325,11 @@ def build(page, demo: gr.Blocks) -> None:
                                    elem_id="train-progress")
             timer = gr.Timer(2.0, active=False)
         with gr.Tab("Plots"):
-            thumbs = gr.LinePlot(x="time", y="thumbs_up_rate", color="adapter",
-                                 title="Thumbs-up rate per adapter and day (or longer periods)",
-                                 y_lim=[0, 1],
-                                 elem_id="thumbs-plot")
-            curves = gr.LinePlot(x="step", y="loss", color="run", title="Training loss per run",
-                                 elem_id="loss-plot")
+            thumbs = gr.Plot(label="Did it help? Thumbs-up, answers and feedback per day, "
+                                   "with each promotion", elem_id="activity-plot",
+                             visible=False)
+            curves = gr.Plot(label="Training loss of the newest runs", elem_id="loss-plot",
+                             visible=False)
         with gr.Tab("Users"):
             people = gr.Dataframe(headers=["name", "role", "state", "password", "created"],
                                   interactive=False, elem_id="users")

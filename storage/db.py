@@ -377,6 +377,46 @@ MIGRATIONS: list[str] = [
     ALTER TABLE comparisons_new RENAME TO comparisons;
     CREATE INDEX comparisons_prompt ON comparisons(prompt_id);
     """,
+    # 8: feedback given per day, of each kind, kept current on write like thumbs_daily: the
+    # admin's plots read a few hundred rows whatever the history. Counts only (no text, no
+    # user), so they stay when a conversation is erased: the day's work was done.
+    """
+    CREATE TABLE feedback_daily (
+        day TEXT NOT NULL,                  -- the day it was given, YYYY-MM-DD (UTC)
+        kind TEXT NOT NULL CHECK (kind IN ('thumbs', 'score', 'correction', 'comparison')),
+        count INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (day, kind)
+    ) WITHOUT ROWID;
+    INSERT INTO feedback_daily (day, kind, count)
+        SELECT substr(created_at, 1, 10), 'thumbs', COUNT(*) FROM ratings
+        WHERE rating IS NOT NULL GROUP BY 1;
+    INSERT INTO feedback_daily (day, kind, count)
+        SELECT substr(created_at, 1, 10), 'score', COUNT(*) FROM ratings
+        WHERE score IS NOT NULL GROUP BY 1;
+    INSERT INTO feedback_daily (day, kind, count)
+        SELECT substr(created_at, 1, 10), 'correction', COUNT(*) FROM corrections GROUP BY 1;
+    INSERT INTO feedback_daily (day, kind, count)
+        SELECT substr(created_at, 1, 10), 'comparison', COUNT(*) FROM comparisons GROUP BY 1;
+    CREATE TRIGGER ratings_daily AFTER INSERT ON ratings BEGIN
+        INSERT INTO feedback_daily (day, kind, count)
+            SELECT substr(NEW.created_at, 1, 10), 'thumbs', 1 WHERE NEW.rating IS NOT NULL
+            ON CONFLICT (day, kind) DO UPDATE SET count = count + 1;
+        INSERT INTO feedback_daily (day, kind, count)
+            SELECT substr(NEW.created_at, 1, 10), 'score', 1 WHERE NEW.score IS NOT NULL
+            ON CONFLICT (day, kind) DO UPDATE SET count = count + 1;
+    END;
+    CREATE TRIGGER corrections_daily AFTER INSERT ON corrections BEGIN
+        INSERT INTO feedback_daily (day, kind, count)
+            VALUES (substr(NEW.created_at, 1, 10), 'correction', 1)
+            ON CONFLICT (day, kind) DO UPDATE SET count = count + 1;
+    END;
+    CREATE TRIGGER comparisons_daily AFTER INSERT ON comparisons BEGIN
+        INSERT INTO feedback_daily (day, kind, count)
+            VALUES (substr(NEW.created_at, 1, 10), 'comparison', 1)
+            ON CONFLICT (day, kind) DO UPDATE SET count = count + 1;
+    END;
+    CREATE INDEX promotions_created ON promotions(created_at);
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

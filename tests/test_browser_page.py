@@ -13,7 +13,7 @@ from playwright.sync_api import expect
 from assistant.engine import GenerationParams
 from assistant.server import ServeConfig, serve_in_thread
 from assistant.throttle import ThrottleConfig
-from storage import Home, init_db, open_db, review, users
+from storage import Home, activity, init_db, open_db, review, users
 from storage import chat as store
 from storage.retention import prune
 from tests.test_browser import OUTPUT, browser  # noqa: F401  (the module's chromium)
@@ -374,6 +374,23 @@ def test_every_tab_passes_axe_on_desktop_and_phone_in_light_and_dark(
     for role, name in (("textbox", "Message"), ("textbox", "Title of this conversation"),
                        ("button", "◀ Previous version"), ("button", "Next version ▶")):
         expect(page.get_by_role(role, name=name)).to_have_count(1)
+    page.close()
+
+
+def test_the_plots_show_rates_answers_feedback_and_each_promotion(browser, server):  # noqa: F811
+    url, srv, home = server
+    with open_db(home) as db:  # a rollback to the base model, as `flywheel adapters` records
+        db["promotions"].insert({"adapter_id": None, "action": "rollback", "reason": "test"})
+        data = activity.over_time(db)
+    assert data.volume and data.promotions  # the earlier tests' answers and this rollback
+    page = open_page(browser, url)
+    page.get_by_role("tab", name="Admin").click()
+    page.get_by_role("tab", name="Plots").click()
+    expect(page.locator("#activity-plot img")).to_be_visible()
+    found = Axe().run(page).response["violations"]
+    assert [(v["id"], [n["target"] for n in v["nodes"]]) for v in found
+            if v["impact"] in ("critical", "serious")] == []
+    page.screenshot(path=OUTPUT / "page-admin-plots-desktop.png", full_page=True)
     page.close()
 
 

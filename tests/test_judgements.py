@@ -12,7 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from storage import Home, adapters, init_db, open_db, paging, review, runs, users
+from assistant.plots import activity_figure
+from storage import Home, activity, adapters, init_db, open_db, paging, review, runs, users
 from storage import ab
 from storage import chat as store
 from storage.db import MIGRATIONS, SCHEMA_VERSION, _statements, transaction
@@ -141,6 +142,8 @@ def test_a_version_4_database_is_migrated_with_every_judgement_filled_in(tmp_pat
         assert stored(db)["a"]["rating"] == "down"  # the curator's
         assert daily_stored(db) == {("", "2026-01-01"): (1, 0, 1), ("", "2026-01-02"): (1, 1, 0)}
         assert store.list_conversations(db, 1).rows[0]["updated_at"] == "2026-01-02T10:00:01.000Z"
+        given = {(r["kind"], r["count"]) for r in db["feedback_daily"].rows}
+        assert given == {("thumbs", 3), ("score", 1), ("correction", 1)}  # counted on upgrade
 
 
 # ---- the review queue ------------------------------------------------------------------------
@@ -280,6 +283,41 @@ def test_thumbs_per_adapter_plot_and_ab_window_are_aggregated_right(tmp_path):
         assert report["candidate"]["answers"] == len(candidate)
         assert report["control"]["answers"] == len(inside) - len(candidate)
         assert report["candidate"]["up"] == sum(ref[m["id"]]["rating"] == "up" for m in candidate)
+
+
+def test_the_activity_figure_counts_each_answer_and_feedback_once_and_marks_promotions(
+        tmp_path):
+    home, ids = busy_home(tmp_path)
+    with open_db(home) as db:
+        review.record_comparison(db, "q0", ids[0], ids[1], "both_bad")
+        adapters.promote(db, "ad-1")
+        data = activity.over_time(db, max_points=1000)
+        ratings = list(db["ratings"].rows)
+        ref = reference(db)
+        corrections = db["corrections"].count
+    counts = {kind: sum(r[kind] for r in data.volume)
+              for kind in ("answers", "thumbs", "score", "correction", "comparison")}
+    assert counts == {"answers": len(ids), "thumbs": sum(bool(r["rating"]) for r in ratings),
+                      "score": sum(bool(r["score"]) for r in ratings),
+                      "correction": corrections, "comparison": 1}
+    counted = [j["rating"] for j in ref.values() if j["rating"]]
+    assert sum(p["up"] for p in data.thumbs) == counted.count("up")
+    assert sum(p["down"] for p in data.thumbs) == counted.count("down")
+    assert all(p["low"] <= p["rate"] <= p["high"] for p in data.thumbs)
+    assert [(p["action"], p["adapter"]) for p in data.promotions] == [("promote", "ad-1")]
+
+    # A long history is drawn in longer periods, never more points than asked for.
+    with open_db(home) as db:
+        coarse = activity.over_time(db, max_points=40)
+    assert coarse.period > 1 and len(coarse.thumbs) <= 40 and len(coarse.volume) <= 40
+    assert sum(r["answers"] for r in coarse.volume) == len(ids)
+
+    figure = activity_figure(data)
+    rate, answers, feedback = figure.axes
+    promotion = [line for line in rate.lines if line.get_linestyle() == "--"]
+    assert len(promotion) == 1  # the promotion's line, drawn through each panel
+    assert len(answers.patches) == len(data.volume)  # a bar per day
+    assert activity_figure(activity.Activity()) is None  # nothing answered: no figure
 
 
 # ---- lists that grow -------------------------------------------------------------------------
