@@ -93,15 +93,17 @@ def activity_figure(activity: Activity) -> Figure | None:
     return fig
 
 
-def loss_figure(curves: dict[str, list[float]]) -> Figure | None:
-    """Training loss per step of each run (newest runs), or None when no run logged one."""
+def loss_figure(curves: dict[str, list[float]], steps: list[int] | None = None
+                ) -> Figure | None:
+    """Training loss per step of each run, or None when no run logged one. `steps`: the
+    step of each point when they are not 1, 2, 3... (a running job's thinned curve)."""
     curves = {run: losses for run, losses in curves.items() if losses}
     if not curves:
         return None
     fig = Figure(figsize=(10, 4), layout="constrained")
     ax = fig.subplots()
     for run, losses in curves.items():
-        ax.plot(range(1, len(losses) + 1), losses, label=run, alpha=0.85)
+        ax.plot(steps or range(1, len(losses) + 1), losses, label=run, alpha=0.85)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)

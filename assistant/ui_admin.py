@@ -12,6 +12,7 @@ The page's API: /adapters (the newest 50), /older_adapters, /adapter_report, /pr
 
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import gradio as gr
@@ -43,25 +44,68 @@ def gate_markdown(adapter: dict) -> str:
     return "\n".join(lines)
 
 
+PHASES = ["data", "training", "evaluating", "publishing", "done"]  # a run's, in order
+
+
+def time_left(started: str | None, done: int, total: int | None, first: int = 0) -> str:
+    """'about 4 min left' from the rate so far (steps or answers since `started`)."""
+    if not started or not total or done <= first:
+        return "time left: after the first one"
+    elapsed = (datetime.now(timezone.utc) - datetime.fromisoformat(
+        started.replace("Z", "+00:00"))).total_seconds()
+    seconds = elapsed / (done - first) * (total - done)
+    if seconds < 60:
+        return "less than a minute left"
+    minutes = round(seconds / 60)
+    return f"about {minutes} min left" if minutes < 90 else \
+        f"about {minutes // 60} h {minutes % 60:02d} min left"
+
+
 def run_progress(home, run: dict | None) -> str:
-    """One line about a run: phase, stage, step, losses; 'interrupted' if its process died."""
+    """A run's phases as one line each done (✓), going (▶) or to come (·), with the count and
+    the time left of the one going; the last line says what the run did."""
     if run is None:
         return "No training run yet."
     p = run["progress"]
     state = run["status"]
     if state == "running" and not lock.training_in_progress(home):
-        state = "interrupted (resume with flywheel train --resume)"
-    parts = [f"{run['id']} ({run['method']}): {state}", f"phase {p.get('phase', '?')}"]
-    if p.get("stage"):
-        parts.append(f"stage {p['stage']}, step {p.get('step', 0)}/{p.get('max_steps', '?')}")
-    for key in ("loss", "eval_loss"):
-        if key in p:
-            parts.append(f"{key.replace('_', ' ')} {p[key]}")
-    if p.get("decision"):
-        parts.append(p["decision"])
+        state = "interrupted (resume with `flywheel train --resume`)"
+    lines = [f"**{run['id']}** ({run['method']}): {state}"]
+    phase = p.get("phase", "data")
+    at = PHASES.index(phase) if phase in PHASES else 0
+    for n, name in enumerate(PHASES[:-1]):
+        if n < at or phase == "done":
+            lines.append(f"- ✓ {name}")
+            continue
+        if n > at:
+            lines.append(f"- · {name}")
+            continue
+        detail = ""
+        if name == "training" and p.get("max_steps"):
+            step, total = p.get("step", 0), p["max_steps"]
+            detail = (f": stage {p.get('stage', '')}, step {step} of {total}, "
+                      f"{time_left(p.get('task_started'), step, total, p.get('first_step', 0))}")
+            detail += "".join(f" · {label} {p[key]}" for key, label in
+                              (("loss", "loss"), ("eval_loss", "validation loss"))
+                              if p.get(key) is not None)
+        elif p.get("task") and p.get("total"):
+            detail = (f": {p['task']}, {p.get('done', 0)} of {p['total']} {p.get('unit', '')}, "
+                      f"{time_left(p.get('task_started'), p.get('done', 0), p['total'])}")
+        lines.append(f"- ▶ **{name}**{detail}")
+    if phase == "done":
+        lines.append(f"\nDone: {p.get('decision', 'finished')}.")
     if run.get("error"):
-        parts.append(f"error: {run['error']}")
-    return " · ".join(parts)
+        lines.append(f"\nFailed: {run['error']}")
+    return "\n".join(lines)
+
+
+def live_losses(run: dict | None):
+    """The running stage's loss curve (a figure), while its run trains; None otherwise."""
+    if not run or run["status"] != "running" or not run["progress"].get("losses"):
+        return None
+    points = run["progress"]["losses"]
+    return loss_figure({f"{run['id']} ({run['progress'].get('stage', '')}), live":
+                        [loss for _, loss in points]}, steps=[step for step, _ in points])
 
 
 def adapter_rows(rows: list[dict], stats: dict) -> list[list]:
@@ -204,19 +248,36 @@ def build(page, demo: gr.Blocks) -> None:
         return "Training started."
 
     def progress(request: gr.Request) -> str:
-        """The newest run's live progress from the database (whoever started it), then the
-        state and the end of the output of a run started from this page."""
+        """The newest run's phases from the database (whoever started it: the nightly
+        schedule too), then how a run started from this page ended, in its last line."""
         page.user(request, "admin")
         with open_db(page.home) as db:
             newest = runs.latest(db)
-        text = f"Latest run: {run_progress(page.home, newest)}"
+        return progress_text(newest)
+
+    def progress_text(newest: dict | None) -> str:
+        text = run_progress(page.home, newest)
         process = training.get("process")
         if process is None:
             return text
-        state = "running" if process.poll() is None else f"finished (exit {process.returncode})"
-        output = training["log"].read_text(errors="replace").replace("\r", "\n")
-        lines = [line for line in output.splitlines() if line.strip()][-12:]
-        return f"{text}\nTraining {state}\n" + "\n".join(lines)
+        log = training["log"]
+        if process.poll() is None:
+            return f"{text}\n\nTraining started here is running (its output: `{log}`)."
+        # The output's last line says why a run ended (or never began: too little data);
+        # the terminal's progress bars (carriage returns) are not lines.
+        output = log.read_text(errors="replace").splitlines()
+        said = next((line.rsplit("\r", 1)[-1].strip() for line in reversed(output)
+                     if line.rsplit("\r", 1)[-1].strip()), "")
+        return (f"{text}\n\nTraining started here finished (exit {process.returncode}): "
+                f"{said} (its output: `{log}`)")
+
+    def progress_in_page(request: gr.Request):
+        """The phases and, while a run trains, its live loss curve."""
+        page.user(request, "admin")
+        with open_db(page.home) as db:
+            newest = runs.latest(db)
+        figure = live_losses(newest)
+        return progress_text(newest), gr.Plot(value=figure, visible=figure is not None)
 
     def user_page(after: str | None = None):
         with open_db(page.home) as db:
@@ -321,8 +382,9 @@ def build(page, demo: gr.Blocks) -> None:
                                    label="A/B split since it started", visible=False)
             with gr.Row():
                 train_btn = gr.Button("Train now", elem_id="train-now")
-            train_log = gr.Textbox(label="Training progress", lines=8, interactive=False,
-                                   elem_id="train-progress")
+            train_log = gr.Markdown(elem_id="train-progress")
+            live_plot = gr.Plot(label="Loss of the run training now", elem_id="live-loss",
+                                visible=False)
             timer = gr.Timer(2.0, active=False)
         with gr.Tab("Plots"):
             thumbs = gr.Plot(label="Did it help? Thumbs-up, answers and feedback per day, "
@@ -380,7 +442,8 @@ def build(page, demo: gr.Blocks) -> None:
         registry, None, shown, api_visibility="private")
     train_btn.click(train_now, None, [status], api_name="train_now").then(
         lambda: gr.Timer(active=True), None, [timer], api_visibility="private")
-    timer.tick(progress, None, [train_log], api_name="training_progress")
+    timer.tick(progress_in_page, None, [train_log, live_plot], api_visibility="private")
+    gr.api(progress, api_name="training_progress")
     user_pages = dict(fn=first_users_cursor, inputs=None, outputs=[user_cursor, more_users_btn],
                       api_visibility="private")
     # The page's versions of these two: a mistake is a line under the form (not "Error"

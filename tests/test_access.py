@@ -183,8 +183,9 @@ def test_an_admin_starts_training_in_its_own_process_and_sees_its_progress(serve
     while "finished" not in progress and time.monotonic() < deadline:
         progress = dave.predict(api_name="/training_progress")
         time.sleep(0.5)
-    assert "Training finished (exit 0)" in progress
+    assert "Training started here finished (exit 0)" in progress
     assert "not enough training data" in progress  # nobody has rated anything yet
+    assert "it/s" not in progress and "{" not in progress  # no raw bars, no dicts
 
 
 def test_an_admin_reads_a_gate_report_and_runs_an_ab_split(server, tiny_model_dir):

@@ -9,16 +9,18 @@ import time
 import pytest
 from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
+from transformers import TrainerState
 
 from assistant.engine import GenerationParams
 from assistant.server import ServeConfig, serve_in_thread
 from assistant.throttle import ThrottleConfig
-from storage import Home, activity, init_db, open_db, review, users
+from storage import Home, activity, init_db, lock, open_db, review, runs, users
 from storage import chat as store
 from storage.retention import prune
 from tests.test_browser import OUTPUT, browser  # noqa: F401  (the module's chromium)
 from tests.test_e2e import wait_for
 from trainer import selection
+from trainer.progress import ProgressToDatabase
 
 pytestmark = pytest.mark.integration
 # Playwright waits 5 s by default; on two shared cores a server round trip can take longer.
@@ -391,6 +393,39 @@ def test_the_plots_show_rates_answers_feedback_and_each_promotion(browser, serve
     assert [(v["id"], [n["target"] for n in v["nodes"]]) for v in found
             if v["impact"] in ("critical", "serious")] == []
     page.screenshot(path=OUTPUT / "page-admin-plots-desktop.png", full_page=True)
+    page.close()
+
+
+def test_an_admin_watches_a_run_train_live_and_reads_what_it_did(browser, server):  # noqa: F811
+    url, _, home = server
+    with lock.training_lock(home):  # as `flywheel train` holds it (the run is not stale)
+        with open_db(home) as db:
+            run_id = runs.start(db, base_model="tiny", method="sft", config={}, manifest={})
+        callback = ProgressToDatabase(home, run_id, "1/1 sft")  # what the Trainer calls
+        state = TrainerState(global_step=0, max_steps=120)
+        callback.on_train_begin(None, state, None)
+
+        def train_to(last: int) -> None:
+            for step in range(state.global_step + 1, last + 1):
+                state.global_step = step
+                callback.on_log(None, state, None, logs={"loss": round(3 - step / 100, 2)})
+        train_to(40)
+        page = open_page(browser, url)
+        page.get_by_role("tab", name="Admin").click()
+        shown = page.locator("#train-progress")
+        expect(shown).to_contain_text("step 40 of 120")
+        expect(shown).to_contain_text("left")
+        expect(page.locator("#live-loss img")).to_be_visible()
+        train_to(80)  # the page follows on its own
+        expect(shown).to_contain_text("step 80 of 120")
+        page.screenshot(path=OUTPUT / "page-admin-training-desktop.png", full_page=True)
+        with open_db(home) as db:
+            runs.finish(db, run_id, metrics={}, adapter_id=None)
+            runs.set_progress(db, run_id, phase="done", decision="rejected: the server keeps "
+                                                               "what it serves now")
+    expect(shown).to_contain_text("Done: rejected: the server keeps what it serves now.")
+    expect(page.locator("#live-loss img")).to_be_hidden()
+    assert "{" not in shown.inner_text()  # no Python dicts
     page.close()
 
 

@@ -7,6 +7,7 @@ from collections import Counter
 import pytest
 from safetensors.torch import load_file
 
+from assistant.ui_admin import live_losses, run_progress
 from flywheel.cli import main
 from storage import ab, adapters, lock, open_db, runs
 from storage import chat as store
@@ -123,6 +124,11 @@ def test_a_cycle_trains_gates_publishes_and_promotes(home, tiny_model_dir, capsy
     assert run["manifest"]["count"] == 4 and run["metrics"]["steps"] == 3
     assert len(run["metrics"]["loss_curve"]) == 3
     assert run["progress"]["phase"] == "done" and run["progress"]["step"] == 3
+    assert [step for step, _ in run["progress"]["losses"]] == [1, 2, 3]  # the live curve
+    # The gate's last bar counted through to its end; the page says what the run did.
+    assert run["progress"]["done"] == run["progress"]["total"] > 0
+    shown = run_progress(home, run)
+    assert "- ✓ evaluating" in shown and "Done: promoted: the server swaps it in." in shown
     gate = row["metrics"]["gate"]
     assert gate["verdict"] == "pass" and gate["reference"] == "base model"
     assert set(gate["checks"]) == {"forgetting", "degeneration", "unreadable_feedback"}  # no validation split here
@@ -382,3 +388,32 @@ def test_each_run_mixes_in_earlier_runs_and_the_anchor_set(home, tiny_model_dir)
     sets, manifest = gather(home, base, tiny(tiny_model_dir, "replay_share=1.0"))
     assert manifest["sources"] == {"liked": 4, "replay": 1}
     assert [e["message_id"] for e in sets["sft"]["train"] if e["source"] == "replay"] == [unrated]
+
+
+def test_a_running_stage_shows_its_step_time_left_and_live_loss_curve(home):
+    """What the admin page shows mid-training, from what the trainer's callback wrote (a
+    real TrainerState, as the Trainer hands it over)."""
+    from datetime import datetime, timedelta, timezone
+
+    from transformers import TrainerState
+
+    from trainer.progress import ProgressToDatabase
+    with open_db(home) as db:
+        run_id = runs.start(db, base_model="tiny", method="sft", config={}, manifest={})
+    callback = ProgressToDatabase(home, run_id, "1/1 sft")
+    state = TrainerState(global_step=0, max_steps=120)
+    callback.on_train_begin(None, state, None)
+    for step in range(1, 41):
+        state.global_step = step
+        callback.on_log(None, state, None, logs={"loss": 3.0 - step / 100})
+    with open_db(home) as db:  # as if the 40 steps took two minutes
+        two_minutes_ago = (datetime.now(timezone.utc) - timedelta(minutes=2)).isoformat()
+        runs.set_progress(db, run_id, task_started=two_minutes_ago)
+        run = runs.get(db, run_id)
+    shown = run_progress(home, run)
+    assert "- ✓ data" in shown and "- · evaluating" in shown
+    assert "▶ **training**: stage 1/1 sft, step 40 of 120, about 4 min left · loss 2.6" in shown
+    figure = live_losses(run)
+    [line] = figure.axes[0].lines
+    assert list(line.get_xdata()) == list(range(1, 41))
+    assert line.get_ydata()[-1] == 2.6

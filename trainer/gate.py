@@ -36,9 +36,9 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 
 import torch
-from tqdm import tqdm
 
 from trainer.config import GateConfig
+from trainer.progress import PhaseBar
 
 CHECKS = ("heldout_loss", "preference_accuracy", "forgetting", "degeneration",
           "unreadable_feedback")
@@ -69,7 +69,8 @@ def answer_logprobs(model, tokenizer, rows: list[tuple[list, list]], batch_size:
     """(sum of log-probabilities, token count) of each answer given its prompt."""
     pad = tokenizer.pad_token_id
     out = []
-    for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch", leave=False):
+    bar = PhaseBar(total=len(rows), desc=desc, unit="answers", leave=False)
+    for start in range(0, len(rows), batch_size):
         encoded = [_encode(tokenizer, p, a) for p, a in rows[start:start + batch_size]]
         width = max(len(ids) for ids, _ in encoded)
         ids = torch.full((len(encoded), width), pad, dtype=torch.long)
@@ -83,6 +84,8 @@ def answer_logprobs(model, tokenizer, rows: list[tuple[list, list]], batch_size:
         for i, (row, n_prompt) in enumerate(encoded):
             answer = picked[i, n_prompt - 1:len(row) - 1]
             out.append((float(answer.sum()), answer.numel()))
+        bar.update(len(encoded))
+    bar.close()
     return out
 
 
@@ -106,7 +109,8 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
                                       if isinstance(model.generation_config.eos_token_id, int)
                                       else model.generation_config.eos_token_id or [])}
     out = []
-    for start in tqdm(range(0, len(prompts), batch_size), desc=desc, unit="batch", leave=False):
+    bar = PhaseBar(total=len(prompts), desc=desc, unit="answers", leave=False)
+    for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
         encoded = [tokenizer.apply_chat_template(p, add_generation_prompt=True,
                                                  return_dict=True)["input_ids"] for p in chunk]
@@ -121,6 +125,8 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
             ended = any(t in stop for t in tokens)
             text = tokenizer.decode(row, skip_special_tokens=True).strip()
             out.append({"text": text, "ended": ended})
+        bar.update(len(chunk))
+    bar.close()
     return out
 
 

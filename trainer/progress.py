@@ -3,12 +3,48 @@ loss curves as a PNG kept with the run."""
 
 import json
 import os
+import time
 from pathlib import Path
 
+from tqdm import tqdm
 from transformers import TrainerCallback
 
 from storage import Home, open_db, write_atomic
 from storage import runs
+from storage.db import utc_now
+
+MAX_LIVE_LOSSES = 500  # points of the running stage's loss kept for the page's live curve
+_REPORT_TO: dict = {}  # the run that this process's phase bars write to (home, run_id)
+
+
+def report_to(home: Home, run_id: str) -> None:
+    """From now on, phase bars in this process write into `run_id`'s progress."""
+    _REPORT_TO.update(home=home, run_id=run_id)
+
+
+class PhaseBar(tqdm):
+    """tqdm's bar in the terminal, and the same count in the running run's progress (at most
+    once a second) so that the admin page shows each phase's count and time left: anchor
+    answers, the gate's scoring. tqdm has no sink for a database; this is the whole of one."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self._started, self._written = utc_now(), 0.0
+        self._report()
+
+    def update(self, n=1):
+        shown = super().update(n)
+        if time.monotonic() - self._written >= 1 or self.n >= (self.total or 0):
+            self._report()
+        return shown
+
+    def _report(self) -> None:
+        if not _REPORT_TO:
+            return
+        self._written = time.monotonic()
+        with open_db(_REPORT_TO["home"]) as db:
+            runs.set_progress(db, _REPORT_TO["run_id"], task=self.desc, done=self.n,
+                              total=self.total, unit=self.unit, task_started=self._started)
 
 
 class ProgressToDatabase(TrainerCallback):
@@ -24,14 +60,22 @@ class ProgressToDatabase(TrainerCallback):
         with open_db(self.home) as db:
             runs.set_progress(db, self.run_id, phase="training", stage=self.stage,
                               step=state.global_step, max_steps=state.max_steps,
-                              epoch=round(state.epoch or 0, 3), **fields)
+                              epoch=round(state.epoch or 0, 3), task=None, **fields)
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self._write(state, loss=None, eval_loss=None)  # not the previous stage's
+        # Not the previous stage's losses; the stage's start time gives the time left.
+        self.losses: list[list[float]] = []
+        self._write(state, loss=None, eval_loss=None, losses=[], task_started=utc_now(),
+                    first_step=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
         fields = {k: round(v, 4) for k, v in logs.items() if k in ("loss", "eval_loss")}
+        if "loss" in fields:  # the live curve: every other point dropped when it is full
+            self.losses.append([state.global_step, fields["loss"]])
+            if len(self.losses) > MAX_LIVE_LOSSES:
+                self.losses = self.losses[::2]
+            fields["losses"] = self.losses
         if fields:
             self._write(state, **fields)
 

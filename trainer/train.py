@@ -33,7 +33,7 @@ from storage.db import transaction
 from trainer import anchor, methods
 from trainer.config import TrainConfig, as_dict, from_dict
 from trainer.methods import NotEnoughData
-from trainer.progress import ProgressToDatabase, plot_losses, save_json
+from trainer.progress import ProgressToDatabase, plot_losses, report_to, save_json
 
 __all__ = ["run_cycle", "NotEnoughData", "NothingToResume", "TrainConfig", "gather"]
 
@@ -71,6 +71,8 @@ def run_cycle(home: Home, config: TrainConfig, resume: bool = False) -> dict | N
             raise plan["error"]
         config = from_dict(plan["config"])
         run_id, row = plan["run_id"], None
+        if main:
+            report_to(home, run_id)  # the gate's bars show on the admin page
         try:
             started = time.perf_counter()
             final, stage_metrics, histories = train(home, plan, config, device)
@@ -176,6 +178,7 @@ def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> dict
         else:
             runs.set_manifest(db, run_id, manifest)
         runs.set_progress(db, run_id, phase="data")
+    report_to(home, run_id)  # the anchor answers' bar shows on the admin page
     workdir = home.runs_dir / run_id
     for fmt, sides in sets.items():
         for side, rows in sides.items():
