@@ -48,11 +48,23 @@ def _last(turn: Turn) -> dict:
             "finish_reason": result.finish_reason if result else None}
 
 
-def _conversations(page, user: dict, selected: str | None = None):
-    """The user's most recently active conversations (a page of them)."""
+def _conversations(page, user: dict, selected: str | None = None, search: str = "",
+                   held: dict | None = None) -> tuple[gr.Radio, dict]:
+    """The user's conversations, newest activity first, whose titles hold `search`: the
+    first page, or the next one after those `held` (the list grows a page at a time). Returns
+    the list and what it holds now (its search, its choices, where the next page starts)."""
+    after = held["next"] if held else None
     with open_db(page.home) as db:
-        rows = store.list_conversations(db, user["id"], limit=CONVERSATIONS_SHOWN).rows
-    return gr.Radio(choices=[(r["title"] or "Untitled", r["id"]) for r in rows], value=selected)
+        listed = store.list_conversations(db, user["id"], limit=CONVERSATIONS_SHOWN,
+                                          after=after, search=search)
+    choices = [*(tuple(c) for c in (held or {}).get("shown", [])),
+               *((r["title"] or "Untitled", r["id"]) for r in listed.rows)]
+    if selected not in [id_ for _, id_ in choices]:
+        selected = None
+    label = ("Your conversations" if choices or not search
+             else "No conversation's title holds those words")
+    return (gr.Radio(choices=choices, value=selected, label=label),
+            {"search": search, "shown": choices, "next": listed.next})
 
 
 def _feedback(page, user: dict, ids: list[str], history: list[dict]) -> list[str | None]:
@@ -195,7 +207,7 @@ def build(page, demo: gr.Blocks) -> None:
 
     def new_conversation(request: gr.Request):
         user = page.user(request)
-        return [], _new_session(), {}, _conversations(page, user), ""
+        return [], _new_session(), {}, _conversations(page, user)[0], ""
 
     def show_conversation(conversation_id: str, request: gr.Request):
         """Show a conversation of yours, at its most recent branch."""
@@ -282,7 +294,7 @@ def build(page, demo: gr.Blocks) -> None:
             return
         yield {chatbot: shown(user, history, session), **form_for(session),
                send_btn: gr.Button(interactive=True), open_id: session["conversation_id"],
-               conversations: _conversations(page, user, session["conversation_id"])}
+               **listing(user, session["conversation_id"])}
 
     def send_in_page(text, session, system_prompt, temperature, max_tokens,
                      request: gr.Request):
@@ -394,8 +406,7 @@ def build(page, demo: gr.Blocks) -> None:
         user = page.user(request)
         session = _new_session()
         return {chatbot: [], state: session, last: {}, system: "", notice: "", open_id: None,
-                undo_btn: gr.Button(visible=False),
-                conversations: _conversations(page, user), **form_for(session)}
+                undo_btn: gr.Button(visible=False), **listing(user), **form_for(session)}
 
     def open_in_page(conversation_id: str, request: gr.Request):
         user = page.user(request)
@@ -403,9 +414,10 @@ def build(page, demo: gr.Blocks) -> None:
             history, session, system_prompt = show_conversation(conversation_id, request)
         except gr.Error:  # deleted meanwhile, or a stale id kept by the browser
             return {**new_in_page(request), open_id: None}
+        # The list stays as it is (a search's results too), with this one marked.
         return {chatbot: shown(user, history, session), state: session, system: system_prompt,
                 notice: "", open_id: session["conversation_id"], **form_for(session),
-                conversations: _conversations(page, user, session["conversation_id"]),
+                conversations: gr.Radio(value=session["conversation_id"]),
                 undo_btn: gr.Button(visible=False)}
 
     def rename_in_page(session: dict, title: str, request: gr.Request):
@@ -418,8 +430,7 @@ def build(page, demo: gr.Blocks) -> None:
         except gr.Error as exc:
             return {title_note: f"⚠️ {exc.message}"}
         user = page.user(request)
-        return {conversations: _conversations(page, user, session["conversation_id"]),
-                title_box: "", title_note: ""}
+        return {**listing(user, session["conversation_id"]), title_box: "", title_note: ""}
 
     def delete_in_page(session: dict, request: gr.Request):
         if not session.get("conversation_id"):
@@ -436,7 +447,8 @@ def build(page, demo: gr.Blocks) -> None:
             restore_conversation(conversation_id, request)
         except gr.Error as exc:
             return {notice: f"⚠️ {exc.message}", undo_btn: gr.Button(visible=False)}
-        return open_in_page(conversation_id, request)
+        return {**open_in_page(conversation_id, request),
+                **listing(page.user(request), conversation_id)}
 
     def save_system_prompt(session: dict, system_prompt: str, request: gr.Request) -> str:
         user = page.user(request)
@@ -450,20 +462,48 @@ def build(page, demo: gr.Blocks) -> None:
 
     def on_load(conversation_id: str | None, request: gr.Request):
         """The list of conversations, and the one open before a reload (kept by the browser)."""
+        user = page.user(request)
         if conversation_id:
-            return open_in_page(conversation_id, request)
-        return {conversations: _conversations(page, page.user(request))}
+            opened = open_in_page(conversation_id, request)
+            return {**opened, **listing(user, opened[state]["conversation_id"])}
+        return listing(user)
+
+    def listing(user: dict, selected: str | None = None) -> dict:
+        """The list from its first page, unfiltered (a new message reorders it)."""
+        radio, held = _conversations(page, user, selected)
+        return {conversations: radio, held_list: held, find: "",
+                more_btn: gr.Button(visible=bool(held["next"]))}
+
+    def search_in_page(words: str, session: dict, request: gr.Request):
+        radio, held = _conversations(page, page.user(request), session.get("conversation_id"),
+                                     search=words.strip())
+        return {conversations: radio, held_list: held,
+                more_btn: gr.Button(visible=bool(held["next"]))}
+
+    def more_in_page(held: dict, session: dict, request: gr.Request):
+        if not held.get("next"):
+            return gr.Radio(), held, gr.Button(visible=False)
+        radio, held = _conversations(page, page.user(request), session.get("conversation_id"),
+                                     search=held["search"], held=held)
+        return radio, held, gr.Button(visible=bool(held["next"]))
 
     # ---- layout ---------------------------------------------------------------------------
     state = gr.State(_new_session())
     form_target = gr.State(None)  # the answer the rating form is for
     deleted = gr.State(None)      # the conversation Undo brings back
+    held_list = gr.State({})      # what the conversation list holds: search, choices, next page
     open_id = gr.BrowserState(None, storage_key="flywheel-open-conversation")
     with gr.Row():
-        with gr.Column(scale=1, min_width=220, elem_id="sidebar"):
+        with gr.Column(scale=1, min_width=220, elem_id="sidebar"), gr.Accordion(
+                "Your conversations", open=True, elem_id="conversation-fold"):
+            # On a phone the fold starts closed (the js of demo.load below), after the chat.
             new_btn = gr.Button("+ New chat", elem_id="new-chat")
+            find = gr.Textbox(label="Search your conversations", placeholder="Words of a title",
+                              elem_id="find-conversation", max_length=200)
             conversations = gr.Radio(label="Your conversations", choices=[],
                                      elem_id="conversations")
+            more_btn = gr.Button(f"Older conversations ({CONVERSATIONS_SHOWN} more)", size="sm",
+                                 visible=False, elem_id="more-conversations")
             title_box = gr.Textbox(placeholder="New title", label="Title of this conversation",
                                    elem_id="title")
             title_note = gr.Markdown(elem_id="title-note")
@@ -529,7 +569,7 @@ def build(page, demo: gr.Blocks) -> None:
     form = [thumb, reasons, comment, rate_note, form_target, regen_btn, rename_btn, delete_btn,
             rate_btn]
     viewed = [chatbot, state, box, last, notice, undo_btn, send_btn, retry_btn, open_id,
-              conversations, *form]
+              conversations, held_list, find, more_btn, *form]
     send_btn.click(send_in_page, [box, state, system, *knobs], viewed, **page_event)
     box.submit(send_in_page, [box, state, system, *knobs], viewed, **page_event)
     regen_btn.click(regenerate_in_page, [state, *knobs], viewed, **page_event)
@@ -549,14 +589,22 @@ def build(page, demo: gr.Blocks) -> None:
                    [rate_note, chatbot], **page_event)
     new_btn.click(new_in_page, None, viewed + [system], **page_event)
     conversations.input(open_in_page, [conversations], viewed + [system], **page_event)
-    rename_btn.click(rename_in_page, [state, title_box], [conversations, title_box, title_note],
+    rename_btn.click(rename_in_page, [state, title_box],
+                     [conversations, held_list, find, more_btn, title_box, title_note],
                      **page_event)
+    find.change(search_in_page, [find, state], [conversations, held_list, more_btn],
+               trigger_mode="always_last", api_visibility="private", show_progress="hidden")
+    more_btn.click(more_in_page, [held_list, state], [conversations, held_list, more_btn],
+                   **page_event)
     delete_btn.click(delete_in_page, [state], viewed + [system, deleted, title_note],
                      **page_event)
     undo_btn.click(undo_in_page, [deleted], viewed + [system], **page_event)
     system_btn.click(save_system_prompt, [state, system], [system_note],
                      api_visibility="private")
     demo.load(on_load, [open_id], viewed + [system], **page_event)
+    # On a phone the conversation list starts folded behind its button, below the chat.
+    demo.load(None, js="""() => { if (window.matchMedia("(max-width: 640px)").matches)
+                                    document.querySelector("#conversation-fold button")?.click(); }""")
 
     streamed = [chatbot, state, box, last]
     api_send.click(send, [box, state, system, *knobs], streamed, api_name="send")

@@ -35,16 +35,23 @@ def get_conversation(db: sqlite_utils.Database, conversation_id: str) -> dict | 
 
 
 def list_conversations(db: sqlite_utils.Database, user_id: int | None,
-                       limit: int = paging.DEFAULT_PAGE, after: str | None = None) -> Page:
+                       limit: int = paging.DEFAULT_PAGE, after: str | None = None,
+                       search: str = "") -> Page:
     """A page of a user's conversations (None: the local owner's), the most recently active
     first (`updated_at`, the time of its newest message). `after`: the previous page's
-    `next`."""
+    `next`. `search`: only titles holding these words (any case, in any order)."""
     key = paging.decode(after, 2)
+    words = search.split()
+    # LIKE, not full-text search: titles are short and one user's conversations few enough
+    # to read in their index order; % and _ in the words are literal.
+    matches = "".join(" AND title LIKE ? ESCAPE '\\'" for _ in words)
+    patterns = ["%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+                for w in words]
     rows = db.execute_returning_dicts(
-        f"""SELECT * FROM conversations WHERE user_id IS ? AND deleted_at IS NULL
+        f"""SELECT * FROM conversations WHERE user_id IS ? AND deleted_at IS NULL{matches}
             {"AND (updated_at, id) < (?, ?)" if key else ""}
             ORDER BY updated_at DESC, id DESC LIMIT ?""",
-        [user_id, *(key or []), limit + 1])
+        [user_id, *patterns, *(key or []), limit + 1])
     return paging.page_of(rows, limit, lambda r: [r["updated_at"], r["id"]])
 
 

@@ -344,9 +344,12 @@ def test_every_tab_passes_axe_on_desktop_and_phone_in_light_and_dark(
             page.wait_for_selector("#message textarea", timeout=60_000)
             assert page.evaluate("() => document.body.classList.contains('dark')") == (
                 scheme == "dark")  # the page follows the system's setting
-            if device == "phone":  # the chat comes before the conversation list
+            if device == "phone":  # the chat comes first; the list is folded below it
                 chat = page.locator("#chat-column").bounding_box()
                 assert chat["y"] < page.locator("#sidebar").bounding_box()["y"]
+                expect(page.locator("#conversations")).to_be_hidden()
+                page.get_by_role("button", name="Your conversations").click()
+                expect(page.locator("#conversations")).to_be_visible()
             for tab, shown in (("Chat", "#message"), ("Curate", "#load-queue"),
                                ("Admin", "#refresh-adapters")):
                 page.get_by_role("tab", name=tab).click()
@@ -530,4 +533,41 @@ def test_a_refusal_worth_retrying_offers_retry_and_keeps_the_draft(browser, serv
     expect(page.locator("#retry")).to_be_visible()
     expect(page.locator("#message textarea")).to_have_value("the draft I do not want to lose")
     no_error_badges(page)
+    page.close()
+
+
+def test_a_long_history_pages_and_a_search_finds_a_title(browser, server):  # noqa: F811
+    url, _, home = server
+    with open_db(home) as db:
+        if users.get_user(db, "hana") is None:
+            users.add_user(db, "hana", "user", password=PASSWORD)
+        hana = users.get_user(db, "hana")["id"]
+        for n in range(204):  # a long history: more than one page of the list
+            store.store_transcript(db, [{"role": "user", "content": f"old chat number {n}"},
+                                        {"role": "assistant", "content": "an answer"}], hana)
+        store.store_transcript(db, [{"role": "user", "content": "Is 100% of a_b the needle?"},
+                                    {"role": "assistant", "content": "the needle's answer"}],
+                               hana)
+    page = signed_in_page(browser, url, "hana")
+    listed = page.locator("#conversations label")
+    expect(listed).to_have_count(200)
+    expect(listed.first).to_contain_text("needle")  # the newest first
+    page.click("#more-conversations")
+    expect(listed).to_have_count(205)
+    expect(listed.last).to_contain_text("old chat number 0")
+    expect(page.locator("#more-conversations")).to_be_hidden()
+
+    page.fill("#find-conversation textarea", "100% A_B")  # any case; % and _ are themselves
+    expect(listed).to_have_count(1)
+    page.fill("#find-conversation textarea", "chat number 20")
+    expect(listed).to_have_count(6)  # 20, 200-203
+    page.fill("#find-conversation textarea", "needle")
+    expect(listed).to_have_count(1)
+    listed.first.click()
+    expect(page.locator("#chatbot")).to_contain_text("the needle's answer")
+    expect(listed).to_have_count(1)  # opening one keeps the search's results
+    page.fill("#find-conversation textarea", "nothing like this")
+    expect(listed).to_have_count(0)
+    expect(page.locator("#conversations")).to_contain_text("No conversation's title holds")
+    page.screenshot(path=OUTPUT / "page-chat-search-desktop.png", full_page=True)
     page.close()
