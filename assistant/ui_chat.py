@@ -309,6 +309,22 @@ def build(page, demo: gr.Blocks) -> None:
         yield from page_stream(edit(text, session, temperature, max_tokens, request),
                                page.user(request))
 
+    def edit_in_place(session, temperature, max_tokens, event: gr.EditData,
+                      request: gr.Request):
+        """The chat's own edit action on one of your messages: the new text starts a new
+        branch from there, as Send edited message does. Refused, the chat shows the branch
+        as it was (Gradio has already drawn the new text)."""
+        user = page.user(request)
+        index = event.index if isinstance(event.index, int) else event.index[0]
+        if index >= len(session["ids"]):
+            return
+        restored = {chatbot: shown(user, _branch(page, session["leaf_id"])[0], session)}
+        session = {**session, "selected": session["ids"][index]}
+        for update in page_stream(edit(event.value, session, temperature, max_tokens, request),
+                                  user):
+            yield {**restored, **update} if notice in update and chatbot not in update \
+                else update
+
     def retry_in_page(text, session, system_prompt, temperature, max_tokens,
                       request: gr.Request):
         """Send again the message a refusal left in the box."""
@@ -518,7 +534,7 @@ def build(page, demo: gr.Blocks) -> None:
                 system_btn = gr.Button("Save system prompt", size="sm")
                 system_note = gr.Markdown()
             chatbot = gr.Chatbot(label="Chat", height=460, elem_id="chatbot",
-                                 buttons=["copy", "copy_all"])
+                                 buttons=["copy", "copy_all"], editable="user")
             with gr.Row():
                 box = gr.Textbox(placeholder="Message Flywheel…", label="Message", scale=8,
                                  autofocus=True, elem_id="message")
@@ -574,6 +590,7 @@ def build(page, demo: gr.Blocks) -> None:
     box.submit(send_in_page, [box, state, system, *knobs], viewed, **page_event)
     regen_btn.click(regenerate_in_page, [state, *knobs], viewed, **page_event)
     edit_btn.click(edit_in_page, [edit_box, state, *knobs], viewed, **page_event)
+    chatbot.edit(edit_in_place, [state, *knobs], viewed, **page_event)
     retry_btn.click(retry_in_page, [box, state, system, *knobs], viewed, **page_event)
     # Not Gradio's `cancels=`: that cancels by session hash alone, and a hash can leak; `stop`
     # checks that the answer is the caller's, then the answer's own stream ends within a token.

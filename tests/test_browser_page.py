@@ -140,6 +140,31 @@ def test_a_rating_form_never_carries_over_to_another_answer(browser, server):  #
     page.close()
 
 
+def test_a_message_is_edited_in_place_and_starts_a_new_branch(browser, server):  # noqa: F811
+    url, _, home = server
+    page = open_page(browser, url)
+    page.get_by_text("Settings").click()
+    set_slider(page, "max-tokens", "16")
+    first = send(page, home, "the question as first written")
+    chat = page.locator("#chatbot")
+    chat.get_by_text("the question as first written").hover()
+    chat.get_by_role("button", name="Edit").first.click()
+    page.fill("#chatbot textarea.edit-textarea", "the question as rewritten")
+    before = len(answers(home))
+    chat.get_by_role("button", name="Submit").click()
+    second = wait_for(lambda: len(answers(home)) > before and answers(home)[-1], 60,
+                      "the answer to the edited question")
+    expect(page.locator("#send")).to_be_enabled()
+    with open_db(home) as db:
+        asked = [store.get_message(db, a["parent_id"]) for a in (first, second)]
+    assert asked[1]["content"] == "the question as rewritten"
+    assert asked[0]["parent_id"] == asked[1]["parent_id"]  # siblings: a new branch
+    assert second["conversation_id"] == first["conversation_id"]
+    expect(chat).to_contain_text("the question as rewritten")
+    expect(chat).not_to_contain_text("the question as first written")
+    page.close()
+
+
 def test_esc_stops_a_streaming_answer(browser, server):  # noqa: F811
     url, _, home = server
     page = open_page(browser, url)
