@@ -174,13 +174,13 @@ def get_message(db: sqlite_utils.Database, message_id: str) -> dict | None:
 def message_for(db: sqlite_utils.Database, message_id: str | None, user_id: int | None,
                 any_owner: bool = False) -> dict | None:
     """The message, if it is in a conversation of `user_id` (None: the local owner), or in
-    anyone's with `any_owner` (curators and admins); None otherwise, so that another user's
-    message reads as missing rather than forbidden."""
+    anyone's with `any_owner` (curators and admins), and that conversation is not deleted;
+    None otherwise, so that another user's message reads as missing rather than forbidden."""
     if not message_id:
         return None
     rows = db.execute_returning_dicts(
         """SELECT m.* FROM messages m JOIN conversations c ON c.id = m.conversation_id
-           WHERE m.id = :id AND (:any OR c.user_id IS :user)""",
+           WHERE m.id = :id AND (:any OR c.user_id IS :user) AND c.deleted_at IS NULL""",
         {"id": message_id, "any": int(any_owner), "user": user_id})
     return rows[0] if rows else None
 

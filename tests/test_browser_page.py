@@ -257,6 +257,8 @@ def test_a_deleted_chat_is_gone_from_the_queue_and_training_and_can_be_undone(
     expect(page.locator("#chat-notice")).to_contain_text("Conversation deleted")
     expect(page.locator("#conversations")).not_to_contain_text("something private")
     assert in_queue_and_training() == (False, False)
+    with open_db(home) as db:  # nobody rates or reviews it by its id either
+        assert store.message_for(db, answer["id"], None, any_owner=True) is None
     page.click("#undo-delete")
     expect(page.locator("#conversations")).to_contain_text("something private")
     assert in_queue_and_training() == (True, True)
