@@ -49,3 +49,50 @@ document.addEventListener("keydown", (event) => {
   }
   if (done) event.preventDefault();
 });
+
+// The server goes away (a restart, a crash): say so over the page, check /healthz every few
+// seconds, and reload the page once it answers (the open conversation comes back through the
+// browser's storage). What was typed in the message box is kept across the reload.
+const DRAFT = "flywheel-draft";
+document.addEventListener("input", (event) => {
+  if (event.target.closest("#message textarea")) sessionStorage.setItem(DRAFT, event.target.value);
+});
+const restoreDraft = new MutationObserver(() => {
+  const box = document.querySelector("#message textarea");
+  if (!box) return;
+  restoreDraft.disconnect();
+  const draft = sessionStorage.getItem(DRAFT);
+  if (draft && !box.value) {
+    box.value = draft;
+    box.dispatchEvent(new Event("input", {bubbles: true}));  // Gradio reads the box's events
+  }
+});
+restoreDraft.observe(document.documentElement, {childList: true, subtree: true});
+document.addEventListener("click", (event) => {  // a sent message is no longer a draft
+  if (event.target.closest("#send")) sessionStorage.removeItem(DRAFT);
+});
+document.addEventListener("keydown", (event) => {
+  if (event.key === "Enter" && !event.shiftKey && event.target.closest("#message textarea")) {
+    sessionStorage.removeItem(DRAFT);
+  }
+});
+let serverGone = false;
+setInterval(async () => {
+  let up = false;
+  try {
+    up = (await fetch("/healthz", {cache: "no-store"})).ok;
+  } catch (error) { /* no answer: still gone */ }
+  if (!up && !serverGone) {
+    serverGone = true;
+    const banner = document.createElement("div");
+    banner.id = "server-gone";
+    banner.setAttribute("role", "status");
+    banner.textContent = "The server is not answering. This page reconnects by itself " +
+                         "when it is back; what you typed is kept.";
+    banner.style.cssText = "position:fixed;top:0;left:0;right:0;z-index:1000;padding:8px;" +
+                           "text-align:center;background:#7c2d12;color:white;";
+    document.body.appendChild(banner);
+  } else if (up && serverGone) {
+    location.reload();
+  }
+}, 3000);

@@ -508,7 +508,8 @@ def build(page, demo: gr.Blocks) -> None:
     form_target = gr.State(None)  # the answer the rating form is for
     deleted = gr.State(None)      # the conversation Undo brings back
     held_list = gr.State({})      # what the conversation list holds: search, choices, next page
-    open_id = gr.BrowserState(None, storage_key="flywheel-open-conversation")
+    open_id = gr.BrowserState(None, storage_key="flywheel-open-conversation",
+                              secret=page.home.page_secret())
     with gr.Row():
         with gr.Column(scale=1, min_width=220, elem_id="sidebar"), gr.Accordion(
                 "Your conversations", open=True, elem_id="conversation-fold"):

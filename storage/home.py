@@ -5,9 +5,11 @@
     adapters/.staging/   adapters being written; never read by the server
     models/<key>/        base models converted to plain safetensors (e.g. from GGUF)
     runs/<id>/           a training run's scratch space: checkpoints, logs
+    page.secret          the key of what the page keeps in the browser (the open chat)
 """
 
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,17 @@ class Home:
     @property
     def runs_dir(self) -> Path:
         return self.root / "runs"
+
+    def page_secret(self) -> str:
+        """The key Gradio encrypts the page's browser storage with, made once and kept (only
+        the owner may read it): a restarted server still reads what pages stored before."""
+        path = self.root / "page.secret"
+        if not path.is_file():
+            tmp = path.with_name(f".page.secret.tmp-{os.getpid()}")
+            tmp.write_text(secrets.token_urlsafe(32))
+            tmp.chmod(0o600)
+            os.replace(tmp, path)
+        return path.read_text().strip()
 
 
 def write_atomic(path: Path, text: str) -> Path:

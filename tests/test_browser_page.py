@@ -12,7 +12,7 @@ from playwright.sync_api import expect
 from transformers import TrainerState
 
 from assistant.engine import GenerationParams
-from assistant.server import ServeConfig, serve_in_thread
+from assistant.server import ServeConfig, free_port, serve_in_thread
 from assistant.throttle import ThrottleConfig
 from storage import Home, activity, init_db, lock, open_db, review, runs, users
 from storage import chat as store
@@ -598,3 +598,22 @@ def test_a_long_history_pages_and_a_search_finds_a_title(browser, server):  # no
     expect(page.locator("#conversations")).to_contain_text("No conversation's title holds")
     page.screenshot(path=OUTPUT / "page-chat-search-desktop.png", full_page=True)
     page.close()
+
+
+def test_the_page_reconnects_by_itself_after_a_restart_and_keeps_the_draft(
+        browser, tmp_path, tiny_model_dir):  # noqa: F811
+    home = Home.resolve(tmp_path / "restarted")
+    init_db(home)
+    config = ServeConfig(model=str(tiny_model_dir), port=free_port(), poll_interval=0.2)
+    with serve_in_thread(home, config) as (url, _):
+        page = open_page(browser, url)
+        send(page, home, "a question before the restart")
+        page.locator("#message textarea").press_sequentially("a draft I was writing")
+    # The server is gone: the page says so, and keeps what was typed.
+    expect(page.locator("#server-gone")).to_contain_text("reconnects by itself")
+    with serve_in_thread(home, config):
+        expect(page.locator("#server-gone")).to_have_count(0, timeout=30_000)  # reloaded
+        expect(page.locator("#message textarea")).to_have_value("a draft I was writing")
+        expect(page.locator("#chatbot")).to_contain_text("a question before the restart")
+        page.screenshot(path=OUTPUT / "page-chat-reconnected-desktop.png", full_page=True)
+        page.close()
