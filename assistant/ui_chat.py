@@ -271,8 +271,19 @@ def build(page, demo: gr.Blocks) -> None:
                 rate_btn: gr.Button(interactive=target is not None)}
 
     def shown(user: dict, history: list, session: dict) -> gr.Chatbot:
-        return gr.Chatbot(value=history,
-                          feedback_value=_feedback(page, user, session.get("ids", []), history))
+        """The chat with the thumbs you gave, and ‹ 2/3 › on the last answer when it has
+        other versions (Gradio shows a message's options under the last answer alone)."""
+        ids = session.get("ids", [])
+        if history and ids and history[-1]["role"] == "assistant":
+            with open_db(page.home) as db:
+                versions = store.siblings(db, ids[-1])
+            if len(versions) > 1:
+                at = versions.index(ids[-1]) + 1
+                history = [*history[:-1], {**history[-1], "options": [
+                    {"value": "previous", "label": "‹"},
+                    {"value": "here", "label": f"{at}/{len(versions)}"},
+                    {"value": "next", "label": "›"}]}]
+        return gr.Chatbot(value=history, feedback_value=_feedback(page, user, ids, history))
 
     def page_stream(answers, user: dict, can_retry: bool = False):
         """A streaming handler, for the page: Send is off while it streams. `can_retry`: a
@@ -371,6 +382,13 @@ def build(page, demo: gr.Blocks) -> None:
         return {chatbot: shown(user, history, session), state: session,
                 where: _where(target_row),
                 **form_for(session, on_answer=target_row["role"] == "assistant")}
+
+    def version_option(session: dict, event: gr.SelectData, request: gr.Request):
+        """‹ or › on the last answer: its previous or next version."""
+        step = {"previous": -1, "next": 1}.get(event.value)
+        if step is None or not session.get("ids"):
+            return {}
+        return move({**session, "selected": session["ids"][-1]}, step, request)
 
     def previous_sibling(session: dict, request: gr.Request):
         return move(session, -1, request)
@@ -600,6 +618,8 @@ def build(page, demo: gr.Blocks) -> None:
     chatbot.like(on_like, [state], [notice, rate_note, panel, *form], **page_event)
     prev_btn.click(previous_sibling, [state], [chatbot, state, where, *form], **page_event)
     next_btn.click(next_sibling, [state], [chatbot, state, where, *form], **page_event)
+    chatbot.option_select(version_option, [state], [chatbot, state, where, *form],
+                          **page_event)
     thumb.input(lambda t: gr.CheckboxGroup(choices=UP_REASONS if t == "up" else DOWN_REASONS,
                                            value=[]),
                 [thumb], [reasons], api_visibility="private", show_progress="hidden")

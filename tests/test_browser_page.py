@@ -165,6 +165,66 @@ def test_a_message_is_edited_in_place_and_starts_a_new_branch(browser, server): 
     page.close()
 
 
+def test_the_last_answer_shows_its_versions_and_moves_between_them(browser, server):  # noqa: F811
+    url, _, home = server
+    page = open_page(browser, url)
+    page.get_by_text("Settings").click()
+    set_slider(page, "max-tokens", "16")
+    send(page, home, "a question answered twice")
+    before = len(answers(home))
+    page.click("#regenerate")
+    wait_for(lambda: len(answers(home)) > before, 60, "the second answer")
+    chat = page.locator("#chatbot")
+    expect(chat.get_by_role("button", name="2/2")).to_be_visible()  # ‹ 2/2 ›
+    chat.get_by_role("button", name="‹").click()
+    expect(chat.get_by_role("button", name="1/2")).to_be_visible()
+    expect(page.locator("#selected")).to_contain_text("Selected answer 1 of 2")
+    chat.get_by_role("button", name="›").click()
+    expect(chat.get_by_role("button", name="2/2")).to_be_visible()
+    page.screenshot(path=OUTPUT / "page-chat-versions-desktop.png", full_page=True)
+    page.close()
+
+
+def test_shift_enter_is_a_new_line_and_enter_sends_it(browser, server):  # noqa: F811
+    url, _, home = server
+    page = open_page(browser, url)
+    page.get_by_text("Settings").click()
+    set_slider(page, "max-tokens", "16")
+    before = len(answers(home))
+    box = page.locator("#message textarea")
+    box.press_sequentially("line one")
+    box.press("Shift+Enter")
+    box.press_sequentially("line two")
+    expect(box).to_have_value("line one\nline two")
+    assert len(answers(home)) == before  # nothing was sent
+    box.press("Enter")
+    answer = wait_for(lambda: len(answers(home)) > before and answers(home)[-1], 60,
+                      "the answer")
+    with open_db(home) as db:
+        assert store.get_message(db, answer["parent_id"])["content"] == "line one\nline two"
+    page.close()
+
+
+def test_answers_render_code_with_a_copy_button_and_math(browser, server):  # noqa: F811
+    url, _, home = server
+    with open_db(home) as db:  # an answer as a capable model writes one
+        store.store_transcript(db, [
+            {"role": "user", "content": "code and a formula please"},
+            {"role": "assistant", "content": "Here:\n\n```python\nprint(6 * 7)\n```\n\n"
+                                             "and $$e^{i\\pi} + 1 = 0$$"}])
+    page = open_page(browser, url)
+    page.context.grant_permissions(["clipboard-read", "clipboard-write"], origin=url)
+    page.locator("#conversations label", has_text="code and a formula please").click()
+    chat = page.locator("#chatbot")
+    expect(chat.locator("pre code")).to_contain_text("print(6 * 7)")
+    expect(chat.locator(".katex").first).to_be_visible()  # typeset, not "$$...$$"
+    chat.locator("button.copy_code_button").first.click()
+    assert wait_for(lambda: page.evaluate("navigator.clipboard.readText()") == "print(6 * 7)",
+                    10, "the code on the clipboard", every=0.2)
+    page.screenshot(path=OUTPUT / "page-chat-code-math-desktop.png", full_page=True)
+    page.close()
+
+
 def test_esc_stops_a_streaming_answer(browser, server):  # noqa: F811
     url, _, home = server
     page = open_page(browser, url)
