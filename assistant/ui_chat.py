@@ -502,24 +502,26 @@ def build(page, demo: gr.Blocks) -> None:
             return {**opened, **listing(user, opened[state]["conversation_id"])}
         return listing(user)
 
-    def listing(user: dict, selected: str | None = None) -> dict:
-        """The list from its first page, unfiltered (a new message reorders it)."""
-        radio, held = _conversations(page, user, selected)
-        return {conversations: radio, held_list: held, find: "",
-                more_btn: gr.Button(visible=bool(held["next"]))}
-
-    def search_in_page(words: str, session: dict, request: gr.Request):
-        radio, held = _conversations(page, page.user(request), session.get("conversation_id"),
-                                     search=words.strip())
+    def list_view(user: dict, selected: str | None = None, search: str = "",
+                  held: dict | None = None) -> dict:
+        """The list (`_conversations`), what it holds, and Older while there is more."""
+        radio, held = _conversations(page, user, selected, search=search, held=held)
         return {conversations: radio, held_list: held,
                 more_btn: gr.Button(visible=bool(held["next"]))}
 
+    def listing(user: dict, selected: str | None = None) -> dict:
+        """The list from its first page, unfiltered (a new message reorders it)."""
+        return {**list_view(user, selected), find: ""}
+
+    def search_in_page(words: str, session: dict, request: gr.Request):
+        return list_view(page.user(request), session.get("conversation_id"),
+                         search=words.strip())
+
     def more_in_page(held: dict, session: dict, request: gr.Request):
         if not held.get("next"):
-            return gr.Radio(), held, gr.Button(visible=False)
-        radio, held = _conversations(page, page.user(request), session.get("conversation_id"),
-                                     search=held["search"], held=held)
-        return radio, held, gr.Button(visible=bool(held["next"]))
+            return {more_btn: gr.Button(visible=False)}
+        return list_view(page.user(request), session.get("conversation_id"),
+                         search=held["search"], held=held)
 
     # ---- layout ---------------------------------------------------------------------------
     state = gr.State(_new_session())

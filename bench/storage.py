@@ -40,7 +40,7 @@ sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
 from storage import Home, init_db, open_db  # noqa: E402
-from storage import ab, adapters, review, runs, users  # noqa: E402
+from storage import ab, activity, adapters, review, runs, users  # noqa: E402
 from storage import chat as store  # noqa: E402
 from storage.db import Checkpointer, transaction  # noqa: E402
 
@@ -269,8 +269,8 @@ def list_queries(home: Home, repeats: int) -> dict:
             return (adapters.page(db, limit=50), review.adapter_ratings(db),
                     runs.page(db, limit=10))
         out["registry"], _ = timed(registry, repeats)
-        out["thumbs_plot"], points = timed(lambda: review.thumbs_up_over_time(db), repeats)
-        out["thumbs_plot"]["points"] = len(points)
+        out["thumbs_plot"], data = timed(lambda: activity.over_time(db), repeats)
+        out["thumbs_plot"]["points"] = len(data.thumbs)
         out["ab_report_14_days"], report = timed(lambda: ab.report(db, test), repeats)
         out["ab_report_14_days"]["answers"] = report["candidate"]["answers"] + \
             report["control"]["answers"]

@@ -13,8 +13,7 @@ from datetime import date
 import sqlite_utils
 
 from storage.ab import wilson
-
-BASE = "base"  # the series name of the bare base model's answers
+from storage.review import BASE  # the series name of the bare base model's answers
 
 
 @dataclass

@@ -52,19 +52,19 @@ class Home:
         the owner may read it): a restarted server still reads what pages stored before."""
         path = self.root / "page.secret"
         if not path.is_file():
-            tmp = path.with_name(f".page.secret.tmp-{os.getpid()}")
-            tmp.write_text(secrets.token_urlsafe(32))
-            tmp.chmod(0o600)
-            os.replace(tmp, path)
+            write_atomic(path, secrets.token_urlsafe(32), mode=0o600)
         return path.read_text().strip()
 
 
-def write_atomic(path: Path, text: str) -> Path:
+def write_atomic(path: Path, text: str, mode: int | None = None) -> Path:
     """Write `text` to `path` through a temporary file and a rename: a reader (or a crash)
-    sees the old file or the whole new one, never half of it."""
+    sees the old file or the whole new one, never half of it. `mode`: the file's permissions,
+    set before the rename (0o600: a secret no one else may read)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     tmp.write_text(text)
+    if mode is not None:
+        tmp.chmod(mode)
     os.replace(tmp, path)
     return path

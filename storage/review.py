@@ -3,12 +3,11 @@ adapter's answers were rated.
 
 Everything here reads `judgements` (one row per answer, kept current by triggers: see
 storage/db.py) and `thumbs_daily` (answers and thumbs per adapter per day), never every rating:
-a page costs the same with a year of feedback as with a day of it.
+a page costs the same with a year of feedback as with a day of it. The plots' data over time
+is storage/activity.py.
 """
 
 import json
-import math
-from datetime import date
 
 import sqlite_utils
 
@@ -177,24 +176,3 @@ def arm_ratings(db: sqlite_utils.Database, since: str, until: str | None = None
            FROM judgements WHERE created_at >= :since AND (:until IS NULL OR created_at <= :until)
            GROUP BY adapter_id""", {"since": since, "until": until}).fetchall()
     return {adapter: _with_rate(up, down, answers=n) for adapter, n, up, down in rows}
-
-
-def thumbs_up_over_time(db: sqlite_utils.Database, max_points: int = 300) -> list[dict]:
-    """The admin page's plot: each adapter's thumbs-up rate per day, or per period of several
-    days (the shortest that keeps the plot at `max_points` points or fewer), from the daily
-    counts. Each point: the period's first day, the adapter, the rate, how many ratings."""
-    first, last, series = db.execute(
-        """SELECT MIN(day), MAX(day), COUNT(DISTINCT adapter) FROM thumbs_daily
-           WHERE up + down > 0""").fetchone()
-    if first is None:
-        return []
-    span = (date.fromisoformat(last) - date.fromisoformat(first)).days + 1
-    period = max(1, math.ceil(span * series / max_points))
-    rows = db.execute(
-        """SELECT adapter, date(:first, '+' || (CAST((julianday(day) - julianday(:first))
-                                                    / :period AS INTEGER) * :period) || ' days')
-                  AS start, SUM(up), SUM(down)
-           FROM thumbs_daily WHERE up + down > 0 GROUP BY adapter, start
-           ORDER BY start, adapter""", {"first": first, "period": period}).fetchall()
-    return [{"time": start, "adapter": adapter or BASE, "thumbs_up_rate": round(up / (up + down), 3),
-             "ratings": up + down, "days": period} for adapter, start, up, down in rows]

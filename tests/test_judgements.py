@@ -267,13 +267,15 @@ def test_thumbs_per_adapter_plot_and_ab_window_are_aggregated_right(tmp_path):
         assert {a: (v["up"], v["down"]) for a, v in got.items()} == \
             {a: (v["up"], v["down"]) for a, v in per_adapter.items()}
 
-        daily = review.thumbs_up_over_time(db, max_points=1000)
-        assert sum(p["ratings"] for p in daily) == sum(v["up"] + v["down"]
-                                                        for v in per_adapter.values())
-        assert all(p["days"] == 1 for p in daily)
-        coarse = review.thumbs_up_over_time(db, max_points=40)
-        assert len(coarse) <= 40 and coarse[0]["days"] > 1
-        assert sum(p["ratings"] for p in coarse) == sum(p["ratings"] for p in daily)
+        # (the feedback was given today, so the plots' span runs from January to today)
+        daily = activity.over_time(db, max_points=100_000)
+        assert sum(p["up"] + p["down"] for p in daily.thumbs) == sum(
+            v["up"] + v["down"] for v in per_adapter.values())
+        assert daily.period == 1
+        coarse = activity.over_time(db, max_points=40)
+        assert len(coarse.thumbs) <= 40 and coarse.period > 1
+        assert sum(p["up"] + p["down"] for p in coarse.thumbs) == sum(
+            p["up"] + p["down"] for p in daily.thumbs)
 
         window = ("2026-02-01T00:00:00.000Z", "2026-02-10T23:59:59.999Z")
         test = {"candidate_id": "ad-1", "started_at": window[0], "ended_at": window[1]}
