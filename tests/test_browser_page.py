@@ -81,14 +81,24 @@ def ratings(home) -> list[dict]:
         return list(db["ratings"].rows_where(order_by="id"))
 
 
-def send(page, home, text: str) -> dict:
+def answer_to(home, act, what: str = "the answer to be stored") -> dict:
+    """Do `act` (a click, a key) and wait until the answer it asked for is stored."""
     before = len(answers(home))
+    act()
+    return wait_for(lambda: len(answers(home)) > before and answers(home)[-1], 60, what)
+
+
+def send(page, home, text: str) -> dict:
     page.fill("#message textarea", text)
-    page.click("#send")
-    answer = wait_for(lambda: len(answers(home)) > before and answers(home)[-1], 60,
-                      "the answer to be stored")
+    answer = answer_to(home, lambda: page.click("#send"))
     expect(page.locator("#send")).to_be_enabled()  # the page has shown the stored answer
     return answer
+
+
+def short_answers(page) -> None:
+    """Settings: answers of 16 tokens at most (what they say does not matter here)."""
+    page.get_by_text("Settings").click()
+    set_slider(page, "max-tokens", "16")
 
 
 def no_error_badges(page) -> None:
@@ -143,17 +153,14 @@ def test_a_rating_form_never_carries_over_to_another_answer(browser, server):  #
 def test_a_message_is_edited_in_place_and_starts_a_new_branch(browser, server):  # noqa: F811
     url, _, home = server
     page = open_page(browser, url)
-    page.get_by_text("Settings").click()
-    set_slider(page, "max-tokens", "16")
+    short_answers(page)
     first = send(page, home, "the question as first written")
     chat = page.locator("#chatbot")
     chat.get_by_text("the question as first written").hover()
     chat.get_by_role("button", name="Edit").first.click()
     page.fill("#chatbot textarea.edit-textarea", "the question as rewritten")
-    before = len(answers(home))
-    chat.get_by_role("button", name="Submit").click()
-    second = wait_for(lambda: len(answers(home)) > before and answers(home)[-1], 60,
-                      "the answer to the edited question")
+    second = answer_to(home, lambda: chat.get_by_role("button", name="Submit").click(),
+                       "the answer to the edited question")
     expect(page.locator("#send")).to_be_enabled()
     with open_db(home) as db:
         asked = [store.get_message(db, a["parent_id"]) for a in (first, second)]
@@ -168,12 +175,9 @@ def test_a_message_is_edited_in_place_and_starts_a_new_branch(browser, server): 
 def test_the_last_answer_shows_its_versions_and_moves_between_them(browser, server):  # noqa: F811
     url, _, home = server
     page = open_page(browser, url)
-    page.get_by_text("Settings").click()
-    set_slider(page, "max-tokens", "16")
+    short_answers(page)
     send(page, home, "a question answered twice")
-    before = len(answers(home))
-    page.click("#regenerate")
-    wait_for(lambda: len(answers(home)) > before, 60, "the second answer")
+    answer_to(home, lambda: page.click("#regenerate"), "the second answer")
     chat = page.locator("#chatbot")
     expect(chat.get_by_role("button", name="2/2")).to_be_visible()  # ‹ 2/2 ›
     chat.get_by_role("button", name="‹").click()
@@ -188,8 +192,7 @@ def test_the_last_answer_shows_its_versions_and_moves_between_them(browser, serv
 def test_shift_enter_is_a_new_line_and_enter_sends_it(browser, server):  # noqa: F811
     url, _, home = server
     page = open_page(browser, url)
-    page.get_by_text("Settings").click()
-    set_slider(page, "max-tokens", "16")
+    short_answers(page)
     before = len(answers(home))
     box = page.locator("#message textarea")
     box.press_sequentially("line one")
@@ -197,9 +200,7 @@ def test_shift_enter_is_a_new_line_and_enter_sends_it(browser, server):  # noqa:
     box.press_sequentially("line two")
     expect(box).to_have_value("line one\nline two")
     assert len(answers(home)) == before  # nothing was sent
-    box.press("Enter")
-    answer = wait_for(lambda: len(answers(home)) > before and answers(home)[-1], 60,
-                      "the answer")
+    answer = answer_to(home, lambda: box.press("Enter"), "the answer")
     with open_db(home) as db:
         assert store.get_message(db, answer["parent_id"])["content"] == "line one\nline two"
     page.close()
@@ -610,8 +611,7 @@ def test_a_refusal_worth_retrying_offers_retry_and_keeps_the_draft(browser, serv
         if users.get_user(db, "gina") is None:
             users.add_user(db, "gina", "user", password=PASSWORD)
     page = signed_in_page(browser, url, "gina")
-    page.get_by_text("Settings").click()  # short answers: this test is about the refusal
-    set_slider(page, "max-tokens", "16")
+    short_answers(page)  # this test is about the refusal
     for n in range(2):  # the server allows gina 2 a minute
         send(page, home, f"message {n}")
     page.fill("#message textarea", "the draft I do not want to lose")
