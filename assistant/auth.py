@@ -84,11 +84,7 @@ class Auth:
     def install(self, app: FastAPI) -> None:
         """/login, /logout (a POST: a link or an image cannot sign anyone out), a redirect to
         /login for a signed-out visit to the page, and the API schema for signed-in callers."""
-        @app.middleware("http")
-        async def to_login(request: Request, call_next):
-            if request.method == "GET" and request.url.path == "/" and self.caller(request) is None:
-                return RedirectResponse("/login", status_code=303)
-            return await call_next(request)
+        app.add_middleware(_ToLogin, auth=self)
 
         @app.get("/login", response_class=HTMLResponse)
         def login_page(error: str = "") -> str:
@@ -144,6 +140,22 @@ class Auth:
             if self.caller(request) is None:
                 return RedirectResponse("/login", status_code=303)
             return get_swagger_ui_html(openapi_url="/openapi.json", title="Flywheel API")
+
+
+class _ToLogin:
+    """Sends a signed-out visit to the page to /login. Plain ASGI rather than FastAPI's
+    @app.middleware("http"), which wraps every request and response in streams and a task
+    group: that wrapper cost more than a feedback write."""
+
+    def __init__(self, app, auth: Auth):
+        self.app, self.auth = app, auth
+
+    async def __call__(self, scope, receive, send):
+        if (scope["type"] == "http" and scope["method"] == "GET" and scope["path"] == "/"
+                and self.auth.caller(Request(scope)) is None):
+            await RedirectResponse("/login", status_code=303)(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
 
 
 _LOGIN = """<!doctype html><html><head><meta charset="utf-8"><title>Sign in · Flywheel</title>

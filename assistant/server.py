@@ -1,6 +1,7 @@
 """`flywheel serve`: load the model, then serve the chat page at /, the API at /v1 and
 /healthz, with the adapter watcher swapping promoted adapters in."""
 
+import gc
 import logging
 import socket
 import threading
@@ -124,6 +125,10 @@ def build(home: Home, config: ServeConfig) -> Server:
 def serve(home: Home, config: ServeConfig) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     server = build(home, config)
+    # The model, tokenizer and page are a few hundred thousand objects that live as long as
+    # the server; out of the garbage collector's sight, its full collections stop walking them
+    # (bench/load.py --phases feedback: 1,021-1,170 writes/s with this, 677-1,101 without).
+    gc.freeze()
     print(f"Flywheel is serving on http://{config.host}:{config.port} (home: {home.root})",
           flush=True)
     uvicorn.run(server.app, host=config.host, port=config.port, log_level="warning")

@@ -25,6 +25,7 @@ import sqlite3
 from datetime import datetime, timezone
 from pathlib import Path
 
+from storage.db import close_thread_connections
 from storage.home import Home, write_atomic
 from storage.lock import training_in_progress
 
@@ -142,6 +143,7 @@ def restore(home: Home, source: Path, force: bool = False) -> dict:
             shutil.copytree(folder, tmp)
             shutil.rmtree(home.adapters_dir / adapter_id, ignore_errors=True)
             os.rename(tmp, home.adapters_dir / adapter_id)
+        close_thread_connections()  # closing one later would delete the new database's log
         for suffix in ("-wal", "-shm"):  # the old database's log must not replay onto the new
             Path(f"{home.db_path}{suffix}").unlink(missing_ok=True)
         os.replace(staged, home.db_path)

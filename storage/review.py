@@ -101,11 +101,16 @@ def answer_review(db: sqlite_utils.Database, message_id: str) -> dict | None:
 
 def queue_counts(db: sqlite_utils.Database) -> dict[str, int]:
     """How many answers are in each state of the queue: down / unrated / up, and how many of
-    all are reviewed (one pass over the queue index, no table rows read)."""
+    all are reviewed. One pass over the queue index (no table rows read), less the answers
+    of deleted conversations (few: found through their own index)."""
     counts = {"down": 0, "unrated": 0, "up": 0, "reviewed": 0}
     names = {rank: name for name, rank in RANKS.items()}
-    for rank, reviewed, n in db.execute(
-            "SELECT rank, reviewed, COUNT(*) FROM judgements GROUP BY rank, reviewed"):
+    every = db.execute("SELECT rank, reviewed, COUNT(*) FROM judgements GROUP BY rank, reviewed")
+    deleted = db.execute(
+        """SELECT j.rank, j.reviewed, -COUNT(*) FROM conversations c
+           JOIN messages m ON m.conversation_id = c.id JOIN judgements j ON j.message_id = m.id
+           WHERE c.deleted_at IS NOT NULL GROUP BY j.rank, j.reviewed""")
+    for rank, reviewed, n in [*every, *deleted]:
         counts[names[rank]] += n
         counts["reviewed"] += n if reviewed else 0
     return counts

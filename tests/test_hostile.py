@@ -30,7 +30,7 @@ def team(tmp_path_factory, tiny_model_dir):
     keys = {}
     with open_db(home) as db:
         for name, role in (("alice", "user"), ("bob", "user"), ("rita", "user"),
-                           ("sam", "user"), ("victim", "user"), ("dave", "admin")):
+                           ("sam", "user"), ("victim", "user"), ("wendy", "user"), ("dave", "admin")):
             users.add_user(db, name, role, password=PASSWORD)
             keys[name], _ = users.create_key(db, name)
     config = ServeConfig(model=str(tiny_model_dir), port=0, poll_interval=0.1,
@@ -117,6 +117,36 @@ def test_bodies_and_feedback_text_have_limits(team):
     assert "max_comment_chars" in long_comment.json()["error"]["message"]
     with open_db(home) as db:
         assert db["ratings"].count_where("message_id = ?", [answer.id]) == 0
+
+
+def test_feedback_that_must_wait_for_another_writer_lands_and_stalls_nobody(team):
+    """Feedback is written on the server's event loop when the database is free. While
+    another process holds the write lock it waits on a worker thread instead: the server
+    goes on answering, and the feedback lands once the lock is free."""
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+    url, _, home, keys = team
+    auth = {"Authorization": f"Bearer {keys['wendy']}"}
+    answer = api(url, keys["wendy"]).chat.completions.create(
+        model="flywheel", messages=[{"role": "user", "content": "hi"}], max_tokens=4)
+    other = sqlite3.connect(home.db_path, isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # as a trainer's write would
+    try:
+        with ThreadPoolExecutor(1) as pool:
+            sent = pool.submit(httpx.post, f"{url}/v1/feedback", headers=auth, timeout=60,
+                               json={"id": answer.id, "rating": "up", "comment": "waited"})
+            for _ in range(10):  # answered while the feedback waits for the lock
+                assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+            assert not sent.done()
+            other.execute("COMMIT")
+            assert sent.result(timeout=60).status_code == 200
+    finally:
+        if other.in_transaction:
+            other.execute("ROLLBACK")
+        other.close()
+    with open_db(home) as db:
+        assert [r["comment"] for r in db["ratings"].rows_where("message_id = ?", [answer.id])] \
+            == ["waited"]
 
 
 def test_requests_per_minute_and_concurrent_streams_per_user(team):

@@ -16,7 +16,8 @@ from assistant.plots import activity_figure
 from storage import Home, activity, adapters, init_db, open_db, paging, review, runs, users
 from storage import ab
 from storage import chat as store
-from storage.db import MIGRATIONS, SCHEMA_VERSION, _statements, transaction
+from storage.db import (MIGRATIONS, SCHEMA_VERSION, WouldWait, _statements, transaction,
+                        without_waiting)
 
 CURATORS = ("curator", "admin")
 
@@ -185,7 +186,10 @@ def busy_home(tmp_path, answers: int = 600) -> tuple[Home, list[str]]:
 def expected_queue(db, rating, adapter, since, reviewed) -> list[str]:
     ref = reference(db)
     rows = []
+    deleted = {c["id"] for c in db["conversations"].rows_where("deleted_at IS NOT NULL")}
     for m in db["messages"].rows_where("role = 'assistant'"):
+        if m["conversation_id"] in deleted:  # gone from the queue
+            continue
         j = ref[m["id"]]
         done = bool(j["score"] or j["correction"] or j["flags"])
         if rating != "any" and (j["rating"] or "unrated") != rating:
@@ -213,6 +217,19 @@ def test_the_review_queue_pages_through_every_answer_once_in_order(tmp_path, fil
             db, *filters, limit=37, after=after)))
         assert [r["id"] for r in walked] == expected_queue(db, *filters)
         assert len(walked) == len({r["id"] for r in walked})
+
+
+def test_the_queue_counts_match_the_queue_and_leave_deleted_chats_out(tmp_path):
+    home, _ = busy_home(tmp_path)
+    with open_db(home) as db:
+        for n in range(0, 600, 7):
+            store.delete_conversation(db, f"c{n}")
+        counts = review.queue_counts(db)
+        for rating in ("down", "unrated", "up"):
+            assert counts[rating] == len(expected_queue(db, rating, "any", None, "any")) > 0
+        reviewed = len(expected_queue(db, "any", "any", None, "yes"))
+        assert counts["reviewed"] == reviewed > 0
+        assert sum(counts[r] for r in ("down", "unrated", "up")) == 600 - len(range(0, 600, 7))
 
 
 def test_answers_written_while_paging_shift_no_page(tmp_path):
@@ -379,3 +396,36 @@ def test_sixteen_writers_at_once_lose_nothing(home):
     with open_db(home) as db:
         assert db["ratings"].count == 640 and db["corrections"].count == 640
         assert stored(db) == reference(db) and daily_stored(db) == daily_reference(db)
+
+
+def test_a_write_that_would_wait_says_so_at_once_and_changes_nothing(home):
+    """The API writes feedback on its event loop only when no other writer holds the
+    database; otherwise it must hear so at once (and then wait on a worker thread)."""
+    with open_db(home) as db:
+        conv = store.create_conversation(db)
+        answer = store.add_message(db, conv, "assistant", "a", store.add_message(db, conv, "user", "q"))
+    other = sqlite3.connect(home.db_path, isolation_level=None)  # another process, in effect
+    other.execute("BEGIN IMMEDIATE")
+    with open_db(home) as db:
+        with pytest.raises(WouldWait), without_waiting(db):
+            store.record_feedback(db, answer, "up", comment="while locked")
+    other.execute("COMMIT")
+    held, release = threading.Event(), threading.Event()
+
+    def writer_of_this_process():
+        with open_db(home) as db, transaction(db):
+            held.set()
+            release.wait()
+    thread = threading.Thread(target=writer_of_this_process)
+    thread.start()
+    held.wait()
+    with open_db(home) as db:
+        with pytest.raises(WouldWait), without_waiting(db):
+            store.record_feedback(db, answer, "up", comment="while a thread writes")
+    release.set()
+    thread.join()
+    with open_db(home) as db:
+        assert db["ratings"].count == 0
+        with without_waiting(db):
+            store.record_feedback(db, answer, "up", comment="free")
+        assert [r["comment"] for r in db["ratings"].rows] == ["free"]

@@ -196,3 +196,33 @@ def test_each_user_lists_only_their_own_live_conversations(home):
         assert store.get_conversation(db, gone) is None
         with pytest.raises(ValueError):
             store.update_conversation(db, mine, title="  ")
+
+
+def test_each_thread_keeps_its_connection_and_a_replaced_file_is_reopened(tmp_path):
+    """open_db keeps a connection per thread (opening one costs more than a write), never
+    shares one between threads, and notices when the file is replaced (a restore)."""
+    import os
+    import threading
+    home = Home.resolve(tmp_path / "home")
+    init_db(home)
+    with open_db(home) as db:
+        first = db.conn
+        store.create_conversation(db, title="before")
+    with open_db(home) as db:
+        assert db.conn is first
+    other = []
+    thread = threading.Thread(target=lambda: other.append(open_db(home).__enter__().conn))
+    thread.start()
+    thread.join()
+    assert other[0] is not first
+    replacement = Home.resolve(tmp_path / "other")
+    init_db(replacement)
+    with open_db(replacement) as db:
+        store.create_conversation(db, title="after")
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # all of it in the file that moves
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / "home" / f"flywheel.db{suffix}").unlink(missing_ok=True)
+    os.replace(replacement.db_path, home.db_path)
+    with open_db(home) as db:
+        assert db.conn is not first
+        assert [r["title"] for r in db["conversations"].rows] == ["after"]
