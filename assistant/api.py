@@ -181,7 +181,8 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
             service.check_feedback(body.comment, body.correction, reasons)
         except RequestError as exc:
             raise APIError.of(exc) from None
-        with open_db(service.home) as db, (nullcontext(db) if wait else without_waiting(db)):
+        with open_db(service.home, keep=True) as db, \
+                (nullcontext(db) if wait else without_waiting(db)):
             # Curators, admins and the local owner (no auth) rate any answer; a user, their own.
             answer = store.message_for(db, body.id, caller["id"] if caller else None,
                                        any_owner=caller is None or caller["role"] != "user")

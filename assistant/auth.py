@@ -44,7 +44,7 @@ class Auth:
     def caller(self, request) -> dict | None:
         """The user behind a request (session cookie or bearer key), LOCAL when nobody needs
         to sign in, None when the caller is unknown."""
-        with open_db(self.home) as db:
+        with open_db(self.home, keep=True) as db:  # on every request: a kept connection
             if not users.auth_enabled(db):
                 return LOCAL if self.loopback else None
             token = request.cookies.get(COOKIE)

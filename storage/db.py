@@ -551,11 +551,11 @@ def _statements(script: str) -> list[str]:
     return [p for p in parts if p]
 
 
-# Each thread keeps its connections open between uses. Opening one costs about 1 ms of CPU
-# (SQLite parses the whole schema again), while a feedback write on an open connection costs
-# 0.3 ms: with a fresh connection per use, a feedback request through HTTP opened three and
-# the server managed 165 writes a second. Bounded per thread, and dropped when the file was
-# replaced (a restore) or the process forked.
+# The API's hot path (auth and feedback) keeps each thread's connections open between uses.
+# Opening one costs about 1 ms of CPU (SQLite parses the whole schema again), while a feedback
+# write on an open connection costs 0.3 ms: with a fresh connection per use, a feedback
+# request through HTTP opened three and the server managed 165 writes a second. Bounded per
+# thread, and dropped when the file was replaced (a restore) or the process forked.
 _open = threading.local()
 OPEN_PER_THREAD = 4
 
@@ -570,10 +570,19 @@ class _Kept:
 
 
 @contextmanager
-def open_db(home: Home) -> Iterator[sqlite_utils.Database]:
-    """This thread's connection to the database (never share one across threads). A block
-    inside another gets the same connection; whatever the outermost block leaves
-    uncommitted is rolled back when it ends."""
+def open_db(home: Home, keep: bool = False) -> Iterator[sqlite_utils.Database]:
+    """A connection to the database, closed when the block ends; never share one across
+    threads. `keep`: this thread's kept connection instead, for a hot path whose queries
+    are all read to the end (a statement left half-read would hold an old snapshot open for
+    the next block). A kept block inside another gets the same connection; whatever the
+    outermost one leaves uncommitted is rolled back when it ends."""
+    if not keep:
+        db = _connect(home.db_path)
+        try:
+            yield db
+        finally:
+            db.close()
+        return
     kept = _kept_connection(home.db_path)
     kept.blocks += 1
     try:

@@ -199,19 +199,22 @@ def test_each_user_lists_only_their_own_live_conversations(home):
 
 
 def test_each_thread_keeps_its_connection_and_a_replaced_file_is_reopened(tmp_path):
-    """open_db keeps a connection per thread (opening one costs more than a write), never
-    shares one between threads, and notices when the file is replaced (a restore)."""
+    """open_db(keep=True) keeps a connection per thread (opening one costs more than a
+    write), never shares one between threads, and notices when the file is replaced."""
     import os
     import threading
     home = Home.resolve(tmp_path / "home")
     init_db(home)
-    with open_db(home) as db:
+    with open_db(home, keep=True) as db:
         first = db.conn
         store.create_conversation(db, title="before")
-    with open_db(home) as db:
+    with open_db(home, keep=True) as db:
         assert db.conn is first
+    with open_db(home) as db:
+        assert db.conn is not first  # a connection of its own, closed at the end
     other = []
-    thread = threading.Thread(target=lambda: other.append(open_db(home).__enter__().conn))
+    thread = threading.Thread(
+        target=lambda: other.append(open_db(home, keep=True).__enter__().conn))
     thread.start()
     thread.join()
     assert other[0] is not first
@@ -223,6 +226,6 @@ def test_each_thread_keeps_its_connection_and_a_replaced_file_is_reopened(tmp_pa
     for suffix in ("-wal", "-shm"):
         (tmp_path / "home" / f"flywheel.db{suffix}").unlink(missing_ok=True)
     os.replace(replacement.db_path, home.db_path)
-    with open_db(home) as db:
+    with open_db(home, keep=True) as db:
         assert db.conn is not first
         assert [r["title"] for r in db["conversations"].rows] == ["after"]
