@@ -442,7 +442,10 @@ def _connect(path: Path) -> sqlite_utils.Database:
     conn.execute("PRAGMA journal_mode = WAL")
     conn.execute("PRAGMA synchronous = NORMAL")
     conn.execute(f"PRAGMA wal_autocheckpoint = {_autocheckpoint_pages()}")
-    return sqlite_utils.Database(conn)
+    db = sqlite_utils.Database(conn)
+    with _locks_guard:
+        db.writers = _writers.setdefault(str(path), threading.RLock())
+    return db
 
 
 def _autocheckpoint_pages() -> int:
@@ -453,9 +456,16 @@ def _autocheckpoint_pages() -> int:
 # busy handler polls a taken lock with sleeps of 1 ms and more, while a lock hands over the
 # moment the last writer commits (bench/load.py, 16 feedback writers through HTTP: 565-600
 # writes/s with it, 515 without, when every write ran on a worker thread). Other processes
-# (the trainer) still queue on the busy timeout. Reentrant: a thread that writes through a
+# (the trainer) still queue on the busy timeout. One lock per database file: writers of
+# different files never wait for each other. Reentrant: a thread that writes through a
 # second connection inside a transaction waits on SQLite, as before, not on itself.
-_writers = threading.RLock()
+_writers: dict[str, threading.RLock] = {}
+_locks_guard = threading.Lock()
+_unknown_file = threading.RLock()  # a connection not opened here
+
+
+def _writers_of(db: sqlite_utils.Database) -> threading.RLock:
+    return getattr(db, "writers", _unknown_file)
 
 
 @contextmanager
@@ -473,7 +483,7 @@ def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
             raise
         db.execute("RELEASE nested")
         return
-    with _writers:
+    with _writers_of(db):
         db.execute("BEGIN IMMEDIATE")
         try:
             yield db
@@ -493,7 +503,8 @@ def without_waiting(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database
     process, or another process) raises WouldWait at once instead, having changed nothing.
     For a short write on the server's event loop, which must never block: the caller does
     the work there when nobody else is writing, and on a worker thread when it must wait."""
-    if not _writers.acquire(blocking=False):
+    writers = _writers_of(db)
+    if not writers.acquire(blocking=False):
         raise WouldWait
     try:
         db.execute("PRAGMA busy_timeout = 0")
@@ -506,7 +517,7 @@ def without_waiting(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database
         finally:
             db.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
     finally:
-        _writers.release()
+        writers.release()
 
 
 def schema_version(db: sqlite_utils.Database) -> int:
