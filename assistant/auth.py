@@ -9,6 +9,7 @@ since the page's events are also callable through its API.
 
 import html
 import ipaddress
+import json
 
 from fastapi import FastAPI, Form, Request
 from fastapi.openapi.docs import get_swagger_ui_html
@@ -156,6 +157,44 @@ class _ToLogin:
             await RedirectResponse("/login", status_code=303)(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class PageApiForRole:
+    """Gradio's /gradio_api/info, the listing that `gradio_client` and "Use via API" read,
+    names every endpoint of the page; a caller is shown only those their role may call
+    (`roles`: endpoint name -> least role, from `ui.endpoint_roles`). Plain ASGI, as
+    `_ToLogin`: Gradio builds the listing, this takes out what is not the caller's."""
+
+    PATHS = ("/gradio_api/info", "/gradio_api/info/")
+
+    def __init__(self, app, auth: Auth, roles: dict[str, str]):
+        self.app, self.auth, self.roles = app, auth, roles
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] not in self.PATHS:
+            await self.app(scope, receive, send)
+            return
+        start, body = {}, []
+
+        async def keep(message):
+            if message["type"] == "http.response.start":
+                start.update(message)
+            else:
+                body.append(message.get("body", b""))
+
+        await self.app(scope, receive, keep)
+        payload = b"".join(body)
+        user = self.auth.caller(Request(scope))
+        if start["status"] == 200 and user is not None:
+            rank = users.RANK[user["role"]]
+            listing = json.loads(payload)
+            listing["named_endpoints"] = {
+                path: about for path, about in listing.get("named_endpoints", {}).items()
+                if users.RANK[self.roles.get(path.lstrip("/"), "admin")] <= rank}
+            payload = json.dumps(listing).encode()
+        headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
+        await send({**start, "headers": [*headers, (b"content-length", b"%d" % len(payload))]})
+        await send({"type": "http.response.body", "body": payload})
 
 
 _LOGIN = """<!doctype html><html><head><meta charset="utf-8"><title>Sign in · Flywheel</title>

@@ -66,16 +66,18 @@ const restoreDraft = new MutationObserver(() => {
     box.value = draft;
     box.dispatchEvent(new Event("input", {bubbles: true}));  // Gradio reads the box's events
   }
+  setInterval(keepDraft, 500);
 });
 restoreDraft.observe(document.documentElement, {childList: true, subtree: true});
-document.addEventListener("click", (event) => {  // a sent message is no longer a draft
-  if (event.target.closest("#send")) sessionStorage.removeItem(DRAFT);
-});
-document.addEventListener("keydown", (event) => {
-  if (event.key === "Enter" && !event.shiftKey && event.target.closest("#message textarea")) {
-    sessionStorage.removeItem(DRAFT);
-  }
-});
+// The box is the draft: the page empties it once a message is sent and keeps it when a send
+// is refused (busy, rate limited), neither of which fires an input event; so the stored draft
+// follows the box's value rather than the keys that sent it.
+function keepDraft() {
+  const box = document.querySelector("#message textarea");
+  if (!box) return;
+  if (box.value) sessionStorage.setItem(DRAFT, box.value);
+  else sessionStorage.removeItem(DRAFT);
+}
 let serverGone = false;
 setInterval(async () => {
   let up = false;

@@ -14,14 +14,14 @@ import uvicorn
 from fastapi import FastAPI
 
 from assistant import api, models
-from assistant.auth import Auth
+from assistant.auth import Auth, PageApiForRole
 from assistant.chat import ChatService
 from assistant.engine import Engine
 from assistant.guard import Guard
 from assistant.journal import Journal
 from assistant.swap import AdapterWatcher
 from assistant.throttle import Throttle, ThrottleConfig
-from assistant.ui import CSS, build_ui, head, theme
+from assistant.ui import CSS, build_ui, endpoint_roles, head, theme
 from storage import Home, init_db, open_db
 from storage import partials, users
 from storage.db import Checkpointer
@@ -116,6 +116,7 @@ def build(home: Home, config: ServeConfig) -> Server:
                               auth_dependency=auth.gradio_user, run_history=False,
                               footer_links=[], css=CSS, head=head(),
                               theme=theme())
+    app.add_middleware(PageApiForRole, auth=auth, roles=endpoint_roles(page))
     app = Guard(app, loopback=auth.loopback, allowed_hosts=config.allowed_hosts,
                 max_body_bytes=config.max_body_bytes)
     checkpointer = Checkpointer(home).start()  # writers never wait for a checkpoint's sync

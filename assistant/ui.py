@@ -115,3 +115,15 @@ def build_ui(service: ChatService, auth: Auth, model_spec: str | None = None) ->
                     gr.Tab(visible=user["role"] == "admin"))
         demo.load(on_load, None, [who, curate_tab, admin_tab], api_visibility="private")
     return demo
+
+
+TAB_ROLES = {"assistant.ui_chat": "user", "assistant.ui_curate": "curator",
+             "assistant.ui_admin": "admin"}
+
+
+def endpoint_roles(demo: gr.Blocks) -> dict[str, str]:
+    """Each named endpoint of the page's API and the least role that may call it: the role of
+    the tab whose module defines its handler (anything else: admin). For the API's listing
+    (`Auth.list_page_api`); each handler checks the caller itself as well."""
+    return {fn.api_name: TAB_ROLES.get(getattr(fn.fn, "__module__", ""), "admin")
+            for fn in demo.fns.values() if fn.api_name}

@@ -68,6 +68,18 @@ def test_sign_in_gives_a_session_that_times_out_and_ends_on_sign_out(server, hom
     assert httpx.get(url, cookies={"flywheel_session": token}).status_code == 303
 
 
+def test_each_role_is_shown_only_the_page_endpoints_it_may_call(server):
+    url, _, keys = server
+    shown = {name: set(as_user(url, keys[name]).view_api(print_info=False, return_format="dict")
+                       ["named_endpoints"]) for name in ("alice", "carol", "dave")}
+    assert {"/send", "/rate"} <= shown["alice"]
+    assert not shown["alice"] & {"/save_review", "/pick", "/add_user", "/promote"}
+    assert {"/send", "/save_review", "/pick"} <= shown["carol"]
+    assert not shown["carol"] & {"/add_user", "/promote", "/reset_password"}
+    assert {"/send", "/save_review", "/add_user", "/promote"} <= shown["dave"]
+    assert httpx.get(f"{url}/gradio_api/info").status_code == 401  # signed out: nothing
+
+
 def test_users_see_and_rate_only_their_own_conversations(server):
     url, home, keys = server
     alice, bob = as_user(url, keys["alice"]), as_user(url, keys["bob"])

@@ -5,6 +5,7 @@ last ones add the first account from the page, which turns sign-in on."""
 
 import json
 import time
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from axe_playwright_python.sync_playwright import Axe
@@ -69,6 +70,7 @@ def set_slider(page, elem_id: str, value: str) -> None:
     box = page.locator(f"#{elem_id} input[type=number]")
     box.fill(value)
     box.press("Tab")
+    expect(page.locator(f"#{elem_id} input[type=range]")).to_have_value(value)  # it landed
 
 
 def answers(home) -> list[dict]:
@@ -240,7 +242,8 @@ def test_esc_stops_a_streaming_answer(browser, server):  # noqa: F811
     page.keyboard.press("Escape")
     stopped = wait_for(lambda: len(answers(home)) > before and answers(home)[-1], 60,
                        "the stopped answer")
-    assert stopped["finish_reason"] == "interrupted" and stopped["completion_tokens"] < 448
+    assert stopped["finish_reason"] == "interrupted", stopped
+    assert stopped["completion_tokens"] < 448
     expect(page.locator("#send")).to_be_enabled()
     expect(page.locator("#message textarea")).to_have_value("a draft typed while it streams")
     page.close()
@@ -620,6 +623,8 @@ def test_a_refusal_worth_retrying_offers_retry_and_keeps_the_draft(browser, serv
     expect(page.locator("#retry")).to_be_visible()
     expect(page.locator("#message textarea")).to_have_value("the draft I do not want to lose")
     no_error_badges(page)
+    page.reload()  # a refused message is still a draft: a reload keeps it
+    expect(page.locator("#message textarea")).to_have_value("the draft I do not want to lose")
     page.close()
 
 
@@ -629,12 +634,17 @@ def test_a_long_history_pages_and_a_search_finds_a_title(browser, server):  # no
         if users.get_user(db, "hana") is None:
             users.add_user(db, "hana", "user", password=PASSWORD)
         hana = users.get_user(db, "hana")["id"]
-        for n in range(204):  # a long history: more than one page of the list
-            store.store_transcript(db, [{"role": "user", "content": f"old chat number {n}"},
-                                        {"role": "assistant", "content": "an answer"}], hana)
-        store.store_transcript(db, [{"role": "user", "content": "Is 100% of a_b the needle?"},
-                                    {"role": "assistant", "content": "the needle's answer"}],
-                               hana)
+        chats = [f"old chat number {n}" for n in range(204)]  # more than a page of the list
+        for minute, question in enumerate([*chats, "Is 100% of a_b the needle?"]):
+            conversation, _ = store.store_transcript(
+                db, [{"role": "user", "content": question},
+                     {"role": "assistant", "content": "the needle's answer" if "needle" in question
+                      else "an answer"}], hana)
+            # One chat a minute, as a person makes them: stored in one loop, two could share a
+            # millisecond, and the list's order between those two is the ids' (random).
+            made = datetime.now(timezone.utc) - timedelta(minutes=205 - minute)
+            db["conversations"].update(
+                conversation, {"updated_at": made.strftime("%Y-%m-%dT%H:%M:%S.000Z")})
     page = signed_in_page(browser, url, "hana")
     listed = page.locator("#conversations label")
     expect(listed).to_have_count(200)
