@@ -70,12 +70,14 @@ def run_progress(home, run: dict | None) -> str:
     state = run["status"]
     if state == "running" and not lock.training_in_progress(home):
         state = "interrupted (resume with `flywheel train --resume`)"
-    lines = [f"**{run['id']}** ({run['method']}): {state}"]
+    lines = [f"**{run['id']}** ({run['method'] or 'method picked after the data'}): {state}"]
     phase = p.get("phase", "data")
     at = PHASES.index(phase) if phase in PHASES else 0
+    finished = p.get("finished", {})  # what each phase's finished tasks did
     for n, name in enumerate(PHASES[:-1]):
         if n < at or phase == "done":
-            lines.append(f"- ✓ {name}")
+            did = "; ".join(finished.get(name, []))
+            lines.append(f"- ✓ {name}{f' ({did})' if did else ''}")
             continue
         if n > at:
             lines.append(f"- · {name}")
@@ -91,6 +93,8 @@ def run_progress(home, run: dict | None) -> str:
         elif p.get("task") and p.get("total"):
             detail = (f": {p['task']}, {p.get('done', 0)} of {p['total']} {p.get('unit', '')}, "
                       f"{time_left(p.get('task_started'), p.get('done', 0), p['total'])}")
+        if finished.get(name):
+            detail += f" (done: {'; '.join(finished[name])})"
         lines.append(f"- ▶ **{name}**{detail}")
     if phase == "done":
         lines.append(f"\nDone: {p.get('decision', 'finished')}.")

@@ -36,9 +36,29 @@ def set_progress(db: sqlite_utils.Database, run_id: str, **fields) -> None:
     db["training_runs"].update(run_id, {"progress": json.dumps(progress, default=str)})
 
 
-def set_manifest(db: sqlite_utils.Database, run_id: str, manifest: dict) -> None:
-    db["training_runs"].update(run_id, {"manifest": json.dumps(manifest),
-                                        "examples": manifest.get("count")})
+def note_task_done(db: sqlite_utils.Database, run_id: str, line: str) -> None:
+    """Add `line` (what a finished task did: "selecting feedback: 412 examples") to the
+    current phase's list in the run's progress; the admin page shows it under the phase."""
+    current = db.execute("SELECT progress FROM training_runs WHERE id = ?", [run_id]).fetchone()
+    progress = json.loads(current[0] or "{}") if current else {}
+    finished = progress.get("finished", {})
+    finished.setdefault(progress.get("phase", "data"), []).append(line)
+    set_progress(db, run_id, finished=finished)
+
+
+def set_manifest(db: sqlite_utils.Database, run_id: str, manifest: dict,
+                 method: str | None = None) -> None:
+    """The run's data, once built (and the method picked for it, when given)."""
+    changes = {"manifest": json.dumps(manifest), "examples": manifest.get("count")}
+    if method is not None:
+        changes["method"] = method
+    db["training_runs"].update(run_id, changes)
+
+
+def discard(db: sqlite_utils.Database, run_id: str) -> None:
+    """Remove a run that ended in its data phase with nothing to train on: too little data
+    is not a run (the admin page and `flywheel runs` show what trained or failed)."""
+    db["training_runs"].delete_where("id = ?", [run_id])
 
 
 def finish(db: sqlite_utils.Database, run_id: str, *, metrics: dict,

@@ -21,7 +21,7 @@ from storage.retention import prune
 from tests.test_browser import OUTPUT, browser  # noqa: F401  (the module's chromium)
 from tests.test_e2e import wait_for
 from trainer import selection
-from trainer.progress import ProgressToDatabase
+from trainer.progress import PhaseBar, ProgressToDatabase, report_to, stop_reporting
 
 pytestmark = pytest.mark.integration
 # Playwright waits 5 s by default; on two shared cores a server round trip can take longer.
@@ -493,8 +493,23 @@ def test_the_plots_show_rates_answers_feedback_and_each_promotion(browser, serve
 def test_an_admin_watches_a_run_train_live_and_reads_what_it_did(browser, server):  # noqa: F811
     url, _, home = server
     with lock.training_lock(home):  # as `flywheel train` holds it (the run is not stale)
+        with open_db(home) as db:  # the run starts with its data phase, method not yet picked
+            run_id = runs.start(db, base_model="tiny", method="", config={}, manifest={})
+            runs.set_progress(db, run_id, phase="data")
+        page = open_page(browser, url)
+        page.get_by_role("tab", name="Admin").click()
+        shown = page.locator("#train-progress")
+        report_to(home, run_id)  # as the run's data pipeline does
+        try:
+            with PhaseBar(total=500, desc="sft: near duplicates", unit=" examples") as bar:
+                bar.update(500)
+                expect(shown).to_contain_text("data: sft: near duplicates, 500 of 500")
+                expect(shown).to_contain_text("method picked after the data")
+        finally:
+            stop_reporting()
+        expect(shown).to_contain_text("done: sft: near duplicates: 500 examples")
         with open_db(home) as db:
-            run_id = runs.start(db, base_model="tiny", method="sft", config={}, manifest={})
+            runs.set_manifest(db, run_id, {"count": 500}, method="sft")
         callback = ProgressToDatabase(home, run_id, "1/1 sft")  # what the Trainer calls
         state = TrainerState(global_step=0, max_steps=120)
         callback.on_train_begin(None, state, None)
@@ -504,10 +519,8 @@ def test_an_admin_watches_a_run_train_live_and_reads_what_it_did(browser, server
                 state.global_step = step
                 callback.on_log(None, state, None, logs={"loss": round(3 - step / 100, 2)})
         train_to(40)
-        page = open_page(browser, url)
-        page.get_by_role("tab", name="Admin").click()
-        shown = page.locator("#train-progress")
         expect(shown).to_contain_text("step 40 of 120")
+        expect(shown).to_contain_text("✓ data (sft: near duplicates: 500 examples)")
         expect(shown).to_contain_text("left")
         expect(page.locator("#live-loss img")).to_be_visible()
         train_to(80)  # the page follows on its own

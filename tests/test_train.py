@@ -129,6 +129,9 @@ def test_a_cycle_trains_gates_publishes_and_promotes(home, tiny_model_dir, capsy
     assert run["progress"]["done"] == run["progress"]["total"] > 0
     shown = run_progress(home, run)
     assert "- ✓ evaluating" in shown and "Done: promoted: the server swaps it in." in shown
+    # The data phase ran inside the run, so the page showed it and still says what it did.
+    assert "selecting feedback: 8 examples" in run["progress"]["finished"]["data"]
+    assert "- ✓ data (selecting feedback: 8 examples" in shown
     gate = row["metrics"]["gate"]
     assert gate["verdict"] == "pass" and gate["reference"] == "base model"
     assert set(gate["checks"]) == {"forgetting", "degeneration", "unreadable_feedback"}  # no validation split here

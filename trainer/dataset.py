@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Iterator
 
 import sqlite_utils
-from tqdm import tqdm
 
 from trainer import privacy, selection
+from trainer.progress import PhaseBar
 
 FORMATS = ("sft", "dpo", "kto")
 ANSWER_KEYS = {"sft": ("completion",), "dpo": ("chosen", "rejected"), "kto": ("completion",)}
@@ -283,8 +283,8 @@ def _deduplicate(raw: Path, kept: Path, fmt: str, count: int, config: DataConfig
     from trainer.dedup import NearDuplicates
     index = NearDuplicates(config.near_duplicate_threshold, len(ANSWER_KEYS[fmt]),
                            exact_limit=config.exact_search_limit)
-    with open(kept, "w") as out, tqdm(total=count, desc=f"{fmt}: near duplicates",
-                                      unit=" examples", disable=not progress) as bar:
+    with open(kept, "w") as out, PhaseBar(total=count, desc=f"{fmt}: near duplicates",
+                                          unit=" examples", disable=not progress) as bar:
         for chunk in _chunks(raw, config.chunk_size):
             texts = [_prompt_text(e) for e in chunk]
             for key in ANSWER_KEYS[fmt]:
@@ -349,8 +349,8 @@ def _select_and_clean(db, raw: dict[str, Path], config: DataConfig, count_tokens
     seen: dict[str, set[bytes]] = {fmt: set() for fmt in raw}
     counts = Counter()
     try:
-        wanted = tqdm(selection.examples(db, formats=list(raw)), desc="selecting feedback",
-                      unit=" examples", disable=not progress)
+        wanted = PhaseBar(selection.examples(db, formats=list(raw)),
+                          desc="selecting feedback", unit=" examples", disable=not progress)
         for batch in _cleaned(_batched(wanted, 512), count_tokens, config, drops, scrubbed):
             for fmt, example in batch:
                 digest = bytes.fromhex(example["sha256"])
@@ -417,11 +417,11 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def build(db: sqlite_utils.Database, config: DataConfig | None = None, count_tokens=None,
-          embed=None, formats=FORMATS) -> tuple[dict, dict]:
+          embed=None, formats=FORMATS, progress: bool = False) -> tuple[dict, dict]:
     """({format: {"train": [...], "validation": [...]}}, manifest): `build_to` into a
     temporary folder, read back into lists (small data and tests)."""
     with tempfile.TemporaryDirectory(prefix="flywheel-data-") as tmp:
-        manifest = build_to(db, Path(tmp), config, count_tokens, embed, formats)
+        manifest = build_to(db, Path(tmp), config, count_tokens, embed, formats, progress)
         datasets = {fmt: {side: read_jsonl(Path(tmp) / f"{fmt}-{side}.jsonl")
                           for side in ("train", "validation")} for fmt in formats}
     return datasets, manifest

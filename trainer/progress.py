@@ -22,10 +22,16 @@ def report_to(home: Home, run_id: str) -> None:
     _REPORT_TO.update(home=home, run_id=run_id)
 
 
+def stop_reporting() -> None:
+    """Phase bars write to the terminal alone again (the run ended, or never started)."""
+    _REPORT_TO.clear()
+
+
 class PhaseBar(tqdm):
     """tqdm's bar in the terminal, and the same count in the running run's progress (at most
-    once a second) so that the admin page shows each phase's count and time left: anchor
-    answers, the gate's scoring. tqdm has no sink for a database; this is the whole of one."""
+    once a second) so that the admin page shows each phase's count and time left: the
+    feedback selected and deduplicated, anchor answers, the gate's scoring; when it closes,
+    what it did is kept under its phase. tqdm has no sink for a database; this is the whole of one."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
@@ -38,8 +44,15 @@ class PhaseBar(tqdm):
             self._report()
         return shown
 
+    def close(self):
+        if not self.disable and _REPORT_TO and self.n:  # what it did stays on the admin page
+            with open_db(_REPORT_TO["home"]) as db:
+                runs.note_task_done(db, _REPORT_TO["run_id"],
+                                    f"{self.desc}: {self.n:,} {self.unit.strip()}")
+        super().close()
+
     def _report(self) -> None:
-        if not _REPORT_TO:
+        if not _REPORT_TO or self.disable:
             return
         self._written = time.monotonic()
         with open_db(_REPORT_TO["home"]) as db:

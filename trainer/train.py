@@ -33,7 +33,8 @@ from storage.db import transaction
 from trainer import anchor, methods
 from trainer.config import TrainConfig, as_dict, from_dict
 from trainer.methods import NotEnoughData
-from trainer.progress import ProgressToDatabase, plot_losses, report_to, save_json
+from trainer.progress import ProgressToDatabase, plot_losses, report_to, save_json, \
+    stop_reporting
 
 __all__ = ["run_cycle", "NotEnoughData", "NothingToResume", "TrainConfig", "gather"]
 
@@ -65,6 +66,7 @@ def run_cycle(home: Home, config: TrainConfig, resume: bool = False) -> dict | N
                 held.enter_context(lock.training_lock(home))
                 plan = prepare(home, config, resume)
             except Exception as exc:  # every process must hear of it, or the others hang
+                stop_reporting()
                 plan = {"error": exc}
         plan = _from_main(state, plan)
         if "error" in plan:
@@ -91,6 +93,8 @@ def run_cycle(home: Home, config: TrainConfig, resume: bool = False) -> dict | N
             if main:
                 print("\nInterrupted; continue with: flywheel train --resume", flush=True)
             raise
+        finally:
+            stop_reporting()
         state.wait_for_everyone()
     return row
 
@@ -158,27 +162,35 @@ def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> dict
         else:
             start = active
     exclude = _trained_by(home, start["run_id"]) if start and start["run_id"] else set()
-    sets, manifest = gather(home, base, config, exclude=exclude)
-    kto = sets["kto"]["train"] + sets["kto"]["validation"]
-    sizes = {fmt: len(sets[fmt]["train"]) + len(sets[fmt]["validation"])
-             for fmt in ("dpo", "kto")}
-    sizes["sft"] = manifest["sft_feedback"]
-    sizes["kto_down"] = sum(not e["label"] for e in kto)
-    stages, reason = methods.pick(sizes, config)
+    fresh = run_id is None
+    with open_db(home) as db:  # the row first: the admin page follows the data phase too
+        if fresh:
+            run_id = runs.start(db, base_model=base.name, method="", config=as_dict(config),
+                                manifest={}, start_from=start["id"] if start else None)
+        runs.set_progress(db, run_id, phase="data")
+    report_to(home, run_id)  # the data phase's bars and the anchor answers' show there
+    try:
+        sets, manifest = gather(home, base, config, exclude=exclude)
+        kto = sets["kto"]["train"] + sets["kto"]["validation"]
+        sizes = {fmt: len(sets[fmt]["train"]) + len(sets[fmt]["validation"])
+                 for fmt in ("dpo", "kto")}
+        sizes["sft"] = manifest["sft_feedback"]
+        sizes["kto_down"] = sum(not e["label"] for e in kto)
+        stages, reason = methods.pick(sizes, config)
+    except Exception as exc:
+        stop_reporting()
+        with open_db(home) as db:
+            if fresh and isinstance(exc, NotEnoughData):  # not a run: nothing was changed
+                runs.discard(db, run_id)
+            else:
+                runs.fail(db, run_id, f"{type(exc).__name__}: {exc}")
+        raise
     print(f"Method: {'+'.join(stages).upper()}. {reason}", flush=True)
     if start:
         print(f"Starting from the active adapter {start['id']}, on {manifest['sft_feedback']} "
               f"SFT examples it has not seen.", flush=True)
-
     with open_db(home) as db:
-        if run_id is None:
-            run_id = runs.start(db, base_model=base.name, method="+".join(stages),
-                                config=as_dict(config), manifest=manifest,
-                                start_from=start["id"] if start else None)
-        else:
-            runs.set_manifest(db, run_id, manifest)
-        runs.set_progress(db, run_id, phase="data")
-    report_to(home, run_id)  # the anchor answers' bar shows on the admin page
+        runs.set_manifest(db, run_id, manifest, method="+".join(stages))
     workdir = home.runs_dir / run_id
     for fmt, sides in sets.items():
         for side, rows in sides.items():
@@ -233,7 +245,7 @@ def gather(home: Home, base: models.BaseModel, config: TrainConfig,
     try:
         with open_db(home) as db:
             sets, manifest = build(db, data_config, count_tokens=token_counter(base.folder),
-                                   embed=default_embedder(cache))
+                                   embed=default_embedder(cache), progress=True)
     finally:
         cache.close()
     for sides in sets.values():
