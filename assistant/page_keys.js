@@ -78,6 +78,22 @@ function keepDraft() {
   if (box.value) sessionStorage.setItem(DRAFT, box.value);
   else sessionStorage.removeItem(DRAFT);
 }
+// Curators and admins: hovering an answer names the version that wrote it. The page puts the
+// list, one entry per stored answer shown, in its hidden #answer-versions box.
+setInterval(() => {
+  const source = document.querySelector("#answer-versions textarea");
+  if (!source) return;
+  let versions = [];
+  try {
+    versions = JSON.parse(source.value || "[]");
+  } catch (error) {
+    return;
+  }
+  document.querySelectorAll("#chatbot [data-testid='bot']").forEach((answer, i) => {
+    if (versions[i]) answer.setAttribute("title", `Answered by ${versions[i]}`);
+    else answer.removeAttribute("title");
+  });
+}, 500);
 let serverGone = false;
 setInterval(async () => {
   let up = false;

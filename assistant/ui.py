@@ -20,6 +20,7 @@ from storage import open_db
 from storage import chat as store
 
 
+# .page-data: boxes that carry data for the page's script (page_keys.js), never shown.
 # The Chatbot's own trash icon only blanks the view (the conversation stays, and comes back
 # on the next event); Delete in the sidebar is what deletes. On a phone the chat comes first
 # and the conversation list after it.
@@ -31,6 +32,7 @@ CSS = """
 .subdued, .min_value, .max_value, button[role=tab].selected {
     color: var(--body-text-color) !important; }
 @media (max-width: 640px) { #sidebar { order: 2; } }
+.page-data { display: none !important; }
 """
 
 

@@ -8,6 +8,7 @@ the session's open conversation), /new_conversation, /rate, /open_conversation,
 Moving between siblings is the page's alone: /open_conversation gives a program the branch.
 """
 
+import json
 import logging
 from dataclasses import dataclass
 
@@ -494,6 +495,14 @@ def build(page, demo: gr.Blocks) -> None:
                                       system_prompt=system_prompt or "")
         return "Saved: it applies to the next answers."
 
+    def answer_versions(session: dict, request: gr.Request) -> str:
+        """For curators and admins, the version that wrote each answer shown, as JSON: the
+        page's script makes it each answer's hover title. Nothing for other users."""
+        if page.user(request)["role"] not in ("curator", "admin"):
+            return "[]"
+        with open_db(page.home) as db:
+            return json.dumps(store.answer_versions(db, session.get("ids") or []))
+
     def on_load(conversation_id: str | None, request: gr.Request):
         """The list of conversations, and the one open before a reload (kept by the browser)."""
         user = page.user(request)
@@ -592,6 +601,10 @@ def build(page, demo: gr.Blocks) -> None:
                 max_tokens = gr.Slider(16, 1024, value=defaults.max_tokens, step=16,
                                        label="Max new tokens", elem_id="max-tokens")
             last = gr.JSON(visible=False, label="Last answer")
+            # Which version wrote each answer shown (curators and admins), for page_keys.js:
+            # Gradio's Chatbot has no per-message attribute to carry it.
+            versions = gr.Textbox(elem_id="answer-versions", elem_classes=["page-data"],
+                                  show_label=False, container=False)
             # The API's streaming endpoints keep their own outputs and raise errors (what a
             # program wants); the page's buttons run the page's versions above.
             with gr.Row(visible=False):
@@ -639,6 +652,8 @@ def build(page, demo: gr.Blocks) -> None:
     delete_btn.click(delete_in_page, [state], viewed + [system, deleted, title_note],
                      **page_event)
     undo_btn.click(undo_in_page, [deleted], viewed + [system], **page_event)
+    state.change(answer_versions, [state], [versions], trigger_mode="always_last",
+                 api_visibility="private", show_progress="hidden")
     system_btn.click(save_system_prompt, [state, system], [system_note],
                      api_visibility="private")
     demo.load(on_load, [open_id], viewed + [system], **page_event)

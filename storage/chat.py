@@ -85,6 +85,18 @@ def restore_conversation(db: sqlite_utils.Database, conversation_id: str,
                       [conversation_id, user_id]).rowcount == 1
 
 
+def answer_versions(db: sqlite_utils.Database, message_ids: list[str]) -> list[str]:
+    """The version that wrote each answer among these messages, in their order: an adapter
+    id, or "the base model". Questions are left out."""
+    if not message_ids:
+        return []
+    marks = ", ".join("?" * len(message_ids))
+    wrote = dict(db.execute(f"SELECT id, COALESCE(adapter_id, 'the base model') FROM messages "
+                            f"WHERE id IN ({marks}) AND role = 'assistant'",
+                            message_ids).fetchall())
+    return [wrote[i] for i in message_ids if i in wrote]
+
+
 def own_ratings(db: sqlite_utils.Database, message_ids: list[str],
                 rater_id: int | None) -> dict[str, str]:
     """The latest thumbs `rater_id` gave each of these messages: {message id: 'up'/'down'}."""

@@ -15,7 +15,7 @@ from transformers import TrainerState
 from assistant.engine import GenerationParams
 from assistant.server import ServeConfig, free_port, serve_in_thread
 from assistant.throttle import ThrottleConfig
-from storage import Home, activity, init_db, lock, open_db, review, runs, users
+from storage import Home, activity, adapters, init_db, lock, open_db, review, runs, users
 from storage import chat as store
 from storage.retention import prune
 from tests.test_browser import OUTPUT, browser  # noqa: F401  (the module's chromium)
@@ -699,4 +699,36 @@ def test_the_page_reconnects_by_itself_after_a_restart_and_keeps_the_draft(
         expect(page.locator("#message textarea")).to_have_value("a draft I was writing")
         expect(page.locator("#chatbot")).to_contain_text("a question before the restart")
         page.screenshot(path=OUTPUT / "page-chat-reconnected-desktop.png", full_page=True)
+        page.close()
+
+
+def test_curators_and_admins_see_which_version_wrote_each_answer_on_hover(
+        browser, server):  # noqa: F811
+    url, _, home = server
+    adapter_id = adapters.new_adapter_id()
+    (home.staging_dir / adapter_id).mkdir(parents=True)
+    (home.staging_dir / adapter_id / "adapter_config.json").write_text("{}")
+    with open_db(home) as db:
+        adapters.publish(db, home, adapter_id, base_model="tiny", method="sft")
+        for name, role in (("ivan", "curator"), ("jill", "user")):
+            users.add_user(db, name, role, password=PASSWORD)
+            owner = users.get_user(db, name)["id"]
+            conversation = store.create_conversation(db, user_id=owner, title="two versions")
+            question = store.add_message(db, conversation, "user", "first question")
+            answer = store.add_message(db, conversation, "assistant", "from the base", question)
+            question = store.add_message(db, conversation, "user", "second question", answer)
+            store.add_message(db, conversation, "assistant", "from the adapter", question,
+                              adapter_id=adapter_id)
+    for name, titles in (("ivan", ["Answered by the base model", f"Answered by {adapter_id}"]),
+                         ("jill", [None, None])):
+        page = signed_in_page(browser, url, name)
+        page.locator("#conversations label", has_text="two versions").click()
+        shown = page.locator("#chatbot [data-testid='bot']")
+        expect(shown.last).to_contain_text("from the adapter")
+        if titles[0]:
+            for n, title in enumerate(titles):
+                expect(shown.nth(n)).to_have_attribute("title", title)
+        else:  # a plain user's page never receives the versions
+            expect(page.locator("#answer-versions textarea")).to_have_value("[]")
+            assert [shown.nth(n).get_attribute("title") for n in range(2)] == titles
         page.close()
