@@ -78,20 +78,55 @@ function keepDraft() {
   if (box.value) sessionStorage.setItem(DRAFT, box.value);
   else sessionStorage.removeItem(DRAFT);
 }
-// Curators and admins: hovering an answer names the version that wrote it. The page puts the
-// list, one entry per stored answer shown, in its hidden #answer-versions box.
+// What each stored answer shows, from the page's hidden #answer-details box: ‹ 2/3 › on an
+// answer before the last that has other versions (Gradio draws its options on the last answer
+// alone), and for curators and admins the version that wrote it as the hover title. A click
+// on ‹ or › writes "<answer's place>:<step>" into the hidden #answer-move box for the page.
+function askForVersion(event, place, step) {
+  event.stopPropagation();  // not also a click on the message (which selects it)
+  const box = document.querySelector("#answer-move textarea");
+  box.value = `${place}:${step}:${Date.now()}`;  // the time: the same click twice is two asks
+  box.dispatchEvent(new Event("input", {bubbles: true}));
+}
+function versionsBar(place, at, of) {
+  const bar = document.createElement("div");
+  bar.className = "answer-versions-bar";
+  for (const [label, name, step] of [["‹", "Previous version of this answer", -1],
+                                     [`${at}/${of}`, null, 0],
+                                     ["›", "Next version of this answer", 1]]) {
+    const part = document.createElement(step ? "button" : "span");
+    part.textContent = label;
+    if (step) {
+      part.setAttribute("aria-label", name);
+      part.addEventListener("click", (event) => askForVersion(event, place, step));
+    }
+    bar.append(part);
+  }
+  return bar;
+}
 setInterval(() => {
-  const source = document.querySelector("#answer-versions textarea");
+  const source = document.querySelector("#answer-details textarea");
   if (!source) return;
-  let versions = [];
+  let details = [];
   try {
-    versions = JSON.parse(source.value || "[]");
+    details = JSON.parse(source.value || "[]");
   } catch (error) {
     return;
   }
-  document.querySelectorAll("#chatbot [data-testid='bot']").forEach((answer, i) => {
-    if (versions[i]) answer.setAttribute("title", `Answered by ${versions[i]}`);
+  const answers = document.querySelectorAll("#chatbot [data-testid='bot']");
+  answers.forEach((answer, i) => {
+    const detail = details[i] || {};
+    if (detail.version) answer.setAttribute("title", `Answered by ${detail.version}`);
     else answer.removeAttribute("title");
+    const wanted = detail.of > 1 && i < answers.length - 1 ? `${i}:${detail.at}/${detail.of}` : "";
+    const bar = answer.querySelector(":scope > .answer-versions-bar");
+    if ((bar?.dataset.shows || "") === wanted) return;
+    bar?.remove();
+    if (wanted) {
+      const drawn = versionsBar(i, detail.at, detail.of);
+      drawn.dataset.shows = wanted;
+      answer.append(drawn);
+    }
   });
 }, 500);
 let serverGone = false;

@@ -20,7 +20,8 @@ from storage import open_db
 from storage import chat as store
 
 
-# .page-data: boxes that carry data for the page's script (page_keys.js), never shown.
+# .page-data: boxes that carry data for the page's script (page_keys.js), never shown; the
+# ‹ 2/3 › bar it draws on earlier answers takes the body text's colours.
 # The Chatbot's own trash icon only blanks the view (the conversation stays, and comes back
 # on the next event); Delete in the sidebar is what deletes. On a phone the chat comes first
 # and the conversation list after it.
@@ -33,6 +34,11 @@ CSS = """
     color: var(--body-text-color) !important; }
 @media (max-width: 640px) { #sidebar { order: 2; } }
 .page-data { display: none !important; }
+.answer-versions-bar { display: flex; gap: .4rem; align-items: center; margin-top: .5rem;
+    font-size: var(--text-sm); color: var(--body-text-color); }
+.answer-versions-bar button { padding: 0 .55rem; border: 1px solid var(--border-color-primary);
+    border-radius: var(--radius-sm); background: var(--background-fill-secondary);
+    color: var(--body-text-color); cursor: pointer; }
 """
 
 

@@ -495,13 +495,28 @@ def build(page, demo: gr.Blocks) -> None:
                                       system_prompt=system_prompt or "")
         return "Saved: it applies to the next answers."
 
-    def answer_versions(session: dict, request: gr.Request) -> str:
-        """For curators and admins, the version that wrote each answer shown, as JSON: the
-        page's script makes it each answer's hover title. Nothing for other users."""
-        if page.user(request)["role"] not in ("curator", "admin"):
-            return "[]"
+    def answer_details(session: dict, request: gr.Request) -> str:
+        """Each answer shown, as JSON for the page's script (page_keys.js): its place among
+        its versions (`at` of `of`, drawn as ‹ 2/3 › on it) and, for curators and admins,
+        the version that wrote it (its hover title)."""
+        curator = page.user(request)["role"] in ("curator", "admin")
         with open_db(page.home) as db:
-            return json.dumps(store.answer_versions(db, session.get("ids") or []))
+            details = store.answer_details(db, session.get("ids") or [])
+        return json.dumps([{"at": d["at"], "of": d["of"],
+                            **({"version": d["version"]} if curator else {})}
+                           for d in details])
+
+    def move_answer(asked: str, session: dict, request: gr.Request):
+        """‹ or › on an answer before the last (page_keys.js writes "<its place>:<step>")."""
+        try:
+            place, step = (int(part) for part in asked.split(":")[:2])
+        except ValueError:
+            return {}
+        with open_db(page.home) as db:
+            details = store.answer_details(db, session.get("ids") or [])
+        if not 0 <= place < len(details) or step not in (-1, 1):
+            return {}
+        return move({**session, "selected": details[place]["id"]}, step, request)
 
     def on_load(conversation_id: str | None, request: gr.Request):
         """The list of conversations, and the one open before a reload (kept by the browser)."""
@@ -601,9 +616,12 @@ def build(page, demo: gr.Blocks) -> None:
                 max_tokens = gr.Slider(16, 1024, value=defaults.max_tokens, step=16,
                                        label="Max new tokens", elem_id="max-tokens")
             last = gr.JSON(visible=False, label="Last answer")
-            # Which version wrote each answer shown (curators and admins), for page_keys.js:
-            # Gradio's Chatbot has no per-message attribute to carry it.
-            versions = gr.Textbox(elem_id="answer-versions", elem_classes=["page-data"],
+            # For page_keys.js, which draws ‹ 2/3 › on every earlier answer (Gradio draws a
+            # message's options on the last one alone) and the version as a hover title:
+            # what each answer shows, and the box its ‹ › clicks write to.
+            details = gr.Textbox(elem_id="answer-details", elem_classes=["page-data"],
+                                 show_label=False, container=False)
+            move_box = gr.Textbox(elem_id="answer-move", elem_classes=["page-data"],
                                   show_label=False, container=False)
             # The API's streaming endpoints keep their own outputs and raise errors (what a
             # program wants); the page's buttons run the page's versions above.
@@ -652,8 +670,10 @@ def build(page, demo: gr.Blocks) -> None:
     delete_btn.click(delete_in_page, [state], viewed + [system, deleted, title_note],
                      **page_event)
     undo_btn.click(undo_in_page, [deleted], viewed + [system], **page_event)
-    state.change(answer_versions, [state], [versions], trigger_mode="always_last",
+    state.change(answer_details, [state], [details], trigger_mode="always_last",
                  api_visibility="private", show_progress="hidden")
+    move_box.change(move_answer, [move_box, state], [chatbot, state, where, *form],
+                    **page_event)
     system_btn.click(save_system_prompt, [state, system], [system_note],
                      api_visibility="private")
     demo.load(on_load, [open_id], viewed + [system], **page_event)

@@ -85,16 +85,24 @@ def restore_conversation(db: sqlite_utils.Database, conversation_id: str,
                       [conversation_id, user_id]).rowcount == 1
 
 
-def answer_versions(db: sqlite_utils.Database, message_ids: list[str]) -> list[str]:
-    """The version that wrote each answer among these messages, in their order: an adapter
-    id, or "the base model". Questions are left out."""
+def answer_details(db: sqlite_utils.Database, message_ids: list[str]) -> list[dict]:
+    """Each answer among these messages, in their order: its `id`, the `version` that wrote
+    it (an adapter id, or "the base model"), and its place among the answers to the same
+    question (`at` of `of`, in the order of `siblings`). Questions are left out."""
     if not message_ids:
         return []
     marks = ", ".join("?" * len(message_ids))
-    wrote = dict(db.execute(f"SELECT id, COALESCE(adapter_id, 'the base model') FROM messages "
-                            f"WHERE id IN ({marks}) AND role = 'assistant'",
-                            message_ids).fetchall())
-    return [wrote[i] for i in message_ids if i in wrote]
+    rows = db.execute(
+        f"""SELECT m.id, COALESCE(m.adapter_id, 'the base model'),
+                   (SELECT COUNT(*) FROM messages s WHERE s.parent_id IS m.parent_id
+                      AND s.conversation_id = m.conversation_id AND s.role = m.role
+                      AND (s.created_at, s.rowid) <= (m.created_at, m.rowid)),
+                   (SELECT COUNT(*) FROM messages s WHERE s.parent_id IS m.parent_id
+                      AND s.conversation_id = m.conversation_id AND s.role = m.role)
+            FROM messages m WHERE m.id IN ({marks}) AND m.role = 'assistant'""",
+        message_ids).fetchall()
+    found = {r[0]: {"id": r[0], "version": r[1], "at": r[2], "of": r[3]} for r in rows}
+    return [found[i] for i in message_ids if i in found]
 
 
 def own_ratings(db: sqlite_utils.Database, message_ids: list[str],

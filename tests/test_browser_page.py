@@ -191,6 +191,28 @@ def test_the_last_answer_shows_its_versions_and_moves_between_them(browser, serv
     page.close()
 
 
+def test_an_earlier_answer_shows_its_versions_and_moves_between_them(browser,
+                                                                     server):  # noqa: F811
+    url, _, home = server
+    page = open_page(browser, url)
+    short_answers(page)
+    send(page, home, "a first question answered twice")
+    answer_to(home, lambda: page.click("#regenerate"), "its second answer")
+    expect(page.locator("#send")).to_be_enabled()
+    send(page, home, "a follow-up question")
+    chat = page.locator("#chatbot")
+    first = chat.locator("[data-testid='bot']").first
+    expect(first.locator(".answer-versions-bar")).to_contain_text("2/2")  # ‹ 2/2 › on it
+    expect(chat.locator(".answer-versions-bar")).to_have_count(1)  # the last has one version
+    page.screenshot(path=OUTPUT / "page-chat-earlier-versions-desktop.png", full_page=True)
+    first.get_by_role("button", name="Previous version of this answer").click()
+    # The first version's branch, where nothing followed it: it is the last answer now.
+    expect(chat).not_to_contain_text("a follow-up question")
+    expect(chat.get_by_role("button", name="1/2")).to_be_visible()
+    expect(page.locator("#selected")).to_contain_text("Selected answer 1 of 2")
+    page.close()
+
+
 def test_shift_enter_is_a_new_line_and_enter_sends_it(browser, server):  # noqa: F811
     url, _, home = server
     page = open_page(browser, url)
@@ -729,6 +751,7 @@ def test_curators_and_admins_see_which_version_wrote_each_answer_on_hover(
             for n, title in enumerate(titles):
                 expect(shown.nth(n)).to_have_attribute("title", title)
         else:  # a plain user's page never receives the versions
-            expect(page.locator("#answer-versions textarea")).to_have_value("[]")
+            expect(page.locator("#answer-details textarea")).to_have_value(
+                '[{"at": 1, "of": 1}, {"at": 1, "of": 1}]')
             assert [shown.nth(n).get_attribute("title") for n in range(2)] == titles
         page.close()

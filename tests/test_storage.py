@@ -229,3 +229,18 @@ def test_each_thread_keeps_its_connection_and_a_replaced_file_is_reopened(tmp_pa
     with open_db(home, keep=True) as db:
         assert db.conn is not first
         assert [r["title"] for r in db["conversations"].rows] == ["after"]
+
+
+def test_each_answer_shown_knows_its_place_among_its_versions_and_who_wrote_it(home):
+    with open_db(home) as db:
+        conversation = store.create_conversation(db)
+        question = store.add_message(db, conversation, "user", "a question")
+        first = store.add_message(db, conversation, "assistant", "one", question)
+        second = store.add_message(db, conversation, "assistant", "two", question)  # regenerated
+        follow_up = store.add_message(db, conversation, "user", "a follow-up", second)
+        last = store.add_message(db, conversation, "assistant", "three", follow_up)
+        shown = store.answer_details(db, [question, second, follow_up, last])
+        assert [(d["id"], d["at"], d["of"], d["version"]) for d in shown] == [
+            (second, 2, 2, "the base model"), (last, 1, 1, "the base model")]
+        assert store.siblings(db, first) == [first, second]  # the same order as `at`
+        assert store.answer_details(db, [first])[0]["at"] == 1
