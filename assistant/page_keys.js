@@ -129,6 +129,55 @@ setInterval(() => {
     }
   });
 }, 500);
+// Rename in place: double-click a conversation's title in the list (or press F2 on it), type,
+// Enter saves and Esc leaves it as it was. The page renames it through its hidden
+// #rename-request box.
+function renameInPlace(label) {
+  const choice = label.querySelector("input[type=radio]");
+  const title = label.querySelector("span");
+  if (!choice || !title || label.querySelector(".rename-in-place")) return;
+  const editor = document.createElement("input");
+  editor.className = "rename-in-place";
+  editor.value = title.textContent.trim();
+  editor.setAttribute("aria-label", "New title of this conversation");
+  title.hidden = true;
+  label.append(editor);
+  editor.focus();
+  editor.select();
+  let finished = false;
+  const finish = (save) => {
+    if (finished) return;
+    finished = true;
+    const wanted = editor.value.trim();
+    editor.remove();
+    title.hidden = false;
+    if (save && wanted && wanted !== title.textContent.trim()) {
+      const box = document.querySelector("#rename-request textarea");
+      box.value = `${choice.value}\t${Date.now()}\t${wanted}`;
+      box.dispatchEvent(new Event("input", {bubbles: true}));
+    }
+  };
+  editor.addEventListener("keydown", (event) => {
+    event.stopPropagation();  // not the page's own keys (Esc stops an answer)
+    if (event.key === "Enter" || event.key === "Escape") {
+      event.preventDefault();
+      finish(event.key === "Enter");
+    }
+  });
+  editor.addEventListener("click", (event) => event.preventDefault());  // not the radio
+  editor.addEventListener("blur", () => finish(false));
+}
+document.addEventListener("dblclick", (event) => {
+  const label = event.target.closest("#conversations label");
+  if (label) renameInPlace(label);
+});
+document.addEventListener("keydown", (event) => {
+  const label = event.key === "F2" && event.target.closest("#conversations label");
+  if (label) {
+    event.preventDefault();
+    renameInPlace(label);
+  }
+});
 let serverGone = false;
 setInterval(async () => {
   let up = false;

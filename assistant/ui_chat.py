@@ -455,17 +455,29 @@ def build(page, demo: gr.Blocks) -> None:
                 conversations: gr.Radio(value=session["conversation_id"]),
                 undo_btn: gr.Button(visible=False)}
 
-    def rename_in_page(session: dict, title: str, request: gr.Request):
-        if not session.get("conversation_id"):
+    def rename_in_page(session: dict, title: str, request: gr.Request,
+                       conversation_id: str | None = None):
+        """Rename the open conversation (the Rename button), or `conversation_id`."""
+        conversation_id = conversation_id or session.get("conversation_id")
+        if not conversation_id:
             return {title_note: "Open a conversation first."}
         if not (title or "").strip():
             return {title_note: "Write the new title first."}
         try:
-            rename_conversation(session["conversation_id"], title, request)
+            rename_conversation(conversation_id, title, request)
         except gr.Error as exc:
             return {title_note: f"⚠️ {exc.message}"}
         user = page.user(request)
-        return {**listing(user, session["conversation_id"]), title_box: "", title_note: ""}
+        return {**listing(user, session.get("conversation_id")), title_box: "",
+                title_note: ""}
+
+    def rename_listed(asked: str, session: dict, request: gr.Request):
+        """A title edited in place in the list: page_keys.js writes "<id>\t<time>\t<title>"
+        (the time, so that the same title asked twice is two asks)."""
+        conversation_id, _, rest = (asked or "").partition("\t")
+        if not conversation_id:
+            return {}
+        return rename_in_page(session, rest.partition("\t")[2], request, conversation_id)
 
     def delete_in_page(session: dict, request: gr.Request):
         if not session.get("conversation_id"):
@@ -623,6 +635,9 @@ def build(page, demo: gr.Blocks) -> None:
                                  show_label=False, container=False)
             move_box = gr.Textbox(elem_id="answer-move", elem_classes=["page-data"],
                                   show_label=False, container=False)
+            # A title edited in place in the list (page_keys.js) arrives here.
+            rename_box = gr.Textbox(elem_id="rename-request", elem_classes=["page-data"],
+                                    show_label=False, container=False)
             # The API's streaming endpoints keep their own outputs and raise errors (what a
             # program wants); the page's buttons run the page's versions above.
             with gr.Row(visible=False):
@@ -660,9 +675,9 @@ def build(page, demo: gr.Blocks) -> None:
                    [rate_note, chatbot], **page_event)
     new_btn.click(new_in_page, None, viewed + [system], **page_event)
     conversations.input(open_in_page, [conversations], viewed + [system], **page_event)
-    rename_btn.click(rename_in_page, [state, title_box],
-                     [conversations, held_list, find, more_btn, title_box, title_note],
-                     **page_event)
+    renamed = [conversations, held_list, find, more_btn, title_box, title_note]
+    rename_btn.click(rename_in_page, [state, title_box], renamed, **page_event)
+    rename_box.change(rename_listed, [rename_box, state], renamed, **page_event)
     find.change(search_in_page, [find, state], [conversations, held_list, more_btn],
                trigger_mode="always_last", api_visibility="private", show_progress="hidden")
     more_btn.click(more_in_page, [held_list, state], [conversations, held_list, more_btn],

@@ -213,6 +213,33 @@ def test_an_earlier_answer_shows_its_versions_and_moves_between_them(browser,
     page.close()
 
 
+def test_a_title_is_renamed_in_place_in_the_list(browser, server):  # noqa: F811
+    url, _, home = server
+    page = open_page(browser, url)
+    short_answers(page)
+    answer = send(page, home, "a question whose title changes")
+    listed = page.locator("#conversations label")
+    listed.filter(has_text="a question whose title changes").dblclick()
+    editor = page.locator("#conversations input.rename-in-place")
+    expect(editor).to_have_value("a question whose title changes")  # it starts from the title
+    editor.fill("renamed right in the list")
+    editor.press("Enter")
+    expect(listed.filter(has_text="renamed right in the list")).to_have_count(1)
+    with open_db(home) as db:
+        assert store.get_conversation(db, answer["conversation_id"])["title"] == \
+            "renamed right in the list"
+    renamed = listed.filter(has_text="renamed right in the list")
+    renamed.locator("input[type=radio]").press("F2")  # the keyboard's way in
+    editor.fill("not this after all")
+    editor.press("Escape")  # leaves it as it was
+    expect(editor).to_have_count(0)
+    expect(renamed).to_be_visible()
+    with open_db(home) as db:
+        assert store.get_conversation(db, answer["conversation_id"])["title"] == \
+            "renamed right in the list"
+    page.close()
+
+
 def test_shift_enter_is_a_new_line_and_enter_sends_it(browser, server):  # noqa: F811
     url, _, home = server
     page = open_page(browser, url)

@@ -3,17 +3,20 @@ answer is stored, marked `interrupted`, with the text it had; nothing acknowledg
 the database is whole. And a database that cannot be used is one line, exit code 2."""
 
 import resource
+import shutil
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
+from contextlib import contextmanager
 
 import httpx
 import openai
+import pytest
 
 from assistant.server import ServeConfig, free_port, serve_in_thread
-from storage import open_db
+from storage import Home, init_db, open_db
 from tests.test_e2e import health, wait_for
 
 STREAMS = 6
@@ -124,3 +127,68 @@ def test_a_full_disk_is_an_openai_shaped_error_and_nothing_half_written(home, ti
         assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
         after = (db["conversations"].count, db["messages"].count)
     assert after == (before[0] + 1, before[1] + 2)  # only the request answered after it
+
+
+@contextmanager
+def small_disk(path, size="16m"):
+    """A tmpfs of `size` mounted at `path`: a disk that really fills up. None where this
+    process may not mount one (it needs root, as in CI's container)."""
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = shutil.which("mount") and subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+        capture_output=True).returncode == 0
+    try:
+        yield path if mounted else None
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_a_really_full_disk_is_a_507_and_nothing_half_written(tmp_path, tiny_model_dir):
+    with small_disk(tmp_path / "disk") as disk:
+        if disk is None:
+            pytest.skip("cannot mount a small disk here; the RLIMIT_FSIZE test stands in")
+        home = Home.resolve(disk / "home")
+        init_db(home)
+        with serve_in_thread(home, ServeConfig(model=str(tiny_model_dir), port=0)) as (url, _):
+            client = openai.OpenAI(base_url=f"{url}/v1", api_key="local", max_retries=0)
+            ask = dict(model="flywheel", max_tokens=2, messages=[{"role": "user", "content": "hi"}])
+            client.chat.completions.create(**ask)
+            with open_db(home) as db:
+                before = (db["conversations"].count, db["messages"].count)
+                db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # the next write must grow a file
+            with open(disk / "filler", "wb", buffering=0) as filler:
+                with pytest.raises(OSError, match="No space left"):
+                    while True:
+                        filler.write(b"\0" * 65536)
+            answer = httpx.post(f"{url}/v1/chat/completions", timeout=60, json=ask)
+            assert answer.status_code == 507, answer.text
+            assert answer.json()["error"]["type"] == "server_error"
+            assert "disk is full; nothing was stored" in answer.json()["error"]["message"]
+            (disk / "filler").unlink()
+            client.chat.completions.create(**ask)  # room again: it goes on
+            with open_db(home) as db:
+                assert db.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+                after = (db["conversations"].count, db["messages"].count)
+        assert after == (before[0] + 1, before[1] + 2)  # only the request answered after it
+
+
+def test_a_read_only_home_is_one_line_and_exit_code_2(tmp_path):
+    home = tmp_path / "home"
+    init_db(Home.resolve(home))
+    files = sorted(p.name for p in home.iterdir())
+    frozen = [home / "flywheel.db", home]  # immutable: not even root may write (chattr +i)
+    if not shutil.which("chattr") or subprocess.run(["chattr", "+i", *map(str, frozen)],
+                                                    capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available on this filesystem")
+    try:
+        for command in (["serve"], ["users", "add", "bob", "--role", "user"],
+                        ["export", "--format", "sft"]):
+            done = subprocess.run([sys.executable, "-m", "flywheel.cli", *command, "--home",
+                                   str(home)], capture_output=True, text=True, timeout=120,
+                                  stdin=subprocess.DEVNULL)
+            assert done.returncode == 2, (command, done.stderr)
+            assert done.stderr.count("\n") == 1 and "not permitted" in done.stderr, done.stderr
+    finally:
+        subprocess.run(["chattr", "-i", *map(str, frozen)], capture_output=True)
+    assert sorted(p.name for p in home.iterdir()) == files  # nothing else written
