@@ -178,6 +178,72 @@ document.addEventListener("keydown", (event) => {
     renameInPlace(label);
   }
 });
+// A 👍 or 👎 on an answer opens "why?" right under it: the reasons for that thumb as chips,
+// and a comment. The click itself saves the thumb, as before; Save sends the rest through the
+// page's hidden #rating-request box, and the form then shows what the page answered.
+function answerOf(button) {  // the answer these buttons belong to: the last one above them
+  let place = -1;
+  document.querySelectorAll("#chatbot [data-testid='bot']").forEach((answer, i) => {
+    if (answer.compareDocumentPosition(button) & Node.DOCUMENT_POSITION_FOLLOWING) place = i;
+  });
+  return place;
+}
+function askWhy(answer, place, rating) {
+  document.querySelectorAll("#chatbot .answer-why").forEach((form) => form.remove());
+  const form = document.createElement("div");
+  form.className = "answer-why";
+  form.setAttribute("role", "group");
+  form.setAttribute("aria-label", "Why this rating? (optional)");
+  form.addEventListener("click", (event) => event.stopPropagation());  // not the message's
+  form.addEventListener("keydown", (event) => event.stopPropagation());  // not the page's keys
+  form.append("Why?");
+  for (const reason of (window.FLYWHEEL_REASONS || {})[rating] || []) {
+    const chip = document.createElement("label");
+    const box = document.createElement("input");
+    box.type = "checkbox";
+    box.value = reason;
+    chip.append(box, ` ${reason}`);
+    form.append(chip);
+  }
+  const comment = document.createElement("input");
+  comment.type = "text";
+  comment.placeholder = "Comment (optional)";
+  comment.setAttribute("aria-label", "Comment (optional)");
+  const save = document.createElement("button");
+  save.textContent = "Save";
+  save.addEventListener("click", () => {
+    const at = Date.now();
+    const box = document.querySelector("#rating-request textarea");
+    box.value = JSON.stringify({
+      place, rating, comment: comment.value, at,
+      reasons: [...form.querySelectorAll("input:checked")].map((chosen) => chosen.value)});
+    box.dispatchEvent(new Event("input", {bubbles: true}));
+    form.replaceChildren("Saving…");
+    let waited = 0;
+    const answered = setInterval(() => {  // the page's reply to this ask, once it comes
+      const [tag, ...reply] = (document.querySelector("#rating-reply textarea")?.value || "")
+        .split("\t");
+      if (tag === String(at) || ++waited > 100) {
+        clearInterval(answered);
+        form.replaceChildren(tag === String(at) ? reply.join("\t") : "No answer from the page.");
+      }
+    }, 200);
+  });
+  const close = document.createElement("button");
+  close.textContent = "✕";
+  close.setAttribute("aria-label", "Close without reasons");
+  close.addEventListener("click", () => form.remove());
+  form.append(comment, save, close);
+  answer.after(form);
+}
+document.addEventListener("click", (event) => {
+  const thumb = event.target.closest(
+    "#chatbot button[aria-label='Like'], #chatbot button[aria-label='Dislike']");
+  if (!thumb) return;
+  const place = answerOf(thumb);
+  const answer = document.querySelectorAll("#chatbot [data-testid='bot']")[place];
+  if (answer) askWhy(answer, place, thumb.getAttribute("aria-label") === "Like" ? "up" : "down");
+}, true);  // before Gradio's own handler turns "Like" into "Liked"
 let serverGone = false;
 setInterval(async () => {
   let up = false;

@@ -10,6 +10,7 @@ may not use are hidden as well, but hiding is not what protects them.
 """
 
 import html
+import json
 from pathlib import Path
 
 import gradio as gr
@@ -36,7 +37,13 @@ CSS = """
 .page-data { display: none !important; }
 .answer-versions-bar { display: flex; gap: .4rem; align-items: center; margin-top: .5rem;
     font-size: var(--text-sm); color: var(--body-text-color); }
-.answer-versions-bar button { padding: 0 .55rem; border: 1px solid var(--border-color-primary);
+.answer-why { display: flex; flex-wrap: wrap; gap: .35rem .6rem; align-items: center;
+    margin: .3rem 0 .6rem; font-size: var(--text-sm); color: var(--body-text-color); }
+.answer-why input[type=checkbox] { appearance: auto; -webkit-appearance: checkbox; }
+.answer-why input[type=text] { flex: 1 1 12rem; padding: .2rem .4rem; color: inherit;
+    background: var(--input-background-fill); border: 1px solid var(--border-color-primary);
+    border-radius: var(--radius-sm); }
+.answer-why button, .answer-versions-bar button { padding: 0 .55rem; border: 1px solid var(--border-color-primary);
     border-radius: var(--radius-sm); background: var(--background-fill-secondary);
     color: var(--body-text-color); cursor: pointer; }
 """
@@ -56,9 +63,13 @@ def theme() -> gr.themes.Base:
 
 
 def head() -> str:
-    """What goes into the page's <head>: its keys (assistant/page_keys.js; Gradio has no key
-    bindings): Esc stops an answer, and the review flow's j / k / 1-5 / e / s."""
-    return f"<script>{(Path(__file__).parent / 'page_keys.js').read_text()}</script>"
+    """What goes into the page's <head>: its script (assistant/page_keys.js; Gradio has no
+    key bindings and no per-message slots): the keys, the draft, ‹ 2/3 › and the reasons on
+    each answer, renaming in place; and the reasons a thumb may carry."""
+    from assistant.ui_chat import DOWN_REASONS, UP_REASONS
+    reasons = json.dumps({"up": UP_REASONS, "down": DOWN_REASONS})
+    return (f"<script>window.FLYWHEEL_REASONS = {reasons};\n"
+            f"{(Path(__file__).parent / 'page_keys.js').read_text()}</script>")
 
 
 class Page:

@@ -433,8 +433,10 @@ def build(page, demo: gr.Blocks) -> None:
         rate(ids[data.index], rating, request=request)
         target = ids[data.index]
         choices = UP_REASONS if rating == "up" else DOWN_REASONS
+        # The reasons and comment open on the answer itself (page_keys.js); the panel below
+        # holds the same form, for the keyboard and for answers rated earlier.
         return {**form_for({**session, "selected": target}), thumb: rating,
-                panel: gr.Accordion(open=True), reasons: gr.CheckboxGroup(choices, value=[]),
+                reasons: gr.CheckboxGroup(choices, value=[]),
                 rate_note: f"Saved {'👍' if rating == 'up' else '👎'}: add reasons or a comment?"}
 
     def new_in_page(request: gr.Request):
@@ -470,6 +472,26 @@ def build(page, demo: gr.Blocks) -> None:
         user = page.user(request)
         return {**listing(user, session.get("conversation_id")), title_box: "",
                 title_note: ""}
+
+    def rate_inline(asked: str, session: dict, request: gr.Request):
+        """Reasons and a comment given on the answer itself, after its thumb (page_keys.js
+        writes {"place", "rating", "reasons", "comment"} as JSON)."""
+        try:
+            wanted = json.loads(asked)
+            place, rating = int(wanted["place"]), wanted["rating"]
+            picked = [str(reason) for reason in wanted.get("reasons", [])]
+            comment = str(wanted.get("comment", ""))
+        except (ValueError, KeyError, TypeError):
+            return {}
+        with open_db(page.home) as db:
+            details = store.answer_details(db, session.get("ids") or [])
+        if not 0 <= place < len(details) or rating not in ("up", "down"):
+            saved = {rate_note: "That answer is not on screen any more."}
+        else:
+            saved = save_rating(session, details[place]["id"], rating, picked, comment, request)
+        # The form on the answer shows this reply (tagged with its ask, so that the same
+        # reply twice is still news to it).
+        return {**saved, rating_reply: f"{wanted.get('at')}\t{saved[rate_note]}"}
 
     def rename_listed(asked: str, session: dict, request: gr.Request):
         """A title edited in place in the list: page_keys.js writes "<id>\t<time>\t<title>"
@@ -635,6 +657,11 @@ def build(page, demo: gr.Blocks) -> None:
                                  show_label=False, container=False)
             move_box = gr.Textbox(elem_id="answer-move", elem_classes=["page-data"],
                                   show_label=False, container=False)
+            # Reasons and a comment given on an answer (page_keys.js) arrive here.
+            rating_box = gr.Textbox(elem_id="rating-request", elem_classes=["page-data"],
+                                    show_label=False, container=False)
+            rating_reply = gr.Textbox(elem_id="rating-reply", elem_classes=["page-data"],
+                                      show_label=False, container=False)
             # A title edited in place in the list (page_keys.js) arrives here.
             rename_box = gr.Textbox(elem_id="rename-request", elem_classes=["page-data"],
                                     show_label=False, container=False)
@@ -678,6 +705,8 @@ def build(page, demo: gr.Blocks) -> None:
     renamed = [conversations, held_list, find, more_btn, title_box, title_note]
     rename_btn.click(rename_in_page, [state, title_box], renamed, **page_event)
     rename_box.change(rename_listed, [rename_box, state], renamed, **page_event)
+    rating_box.change(rate_inline, [rating_box, state], [rate_note, chatbot, rating_reply],
+                      **page_event)
     find.change(search_in_page, [find, state], [conversations, held_list, more_btn],
                trigger_mode="always_last", api_visibility="private", show_progress="hidden")
     more_btn.click(more_in_page, [held_list, state], [conversations, held_list, more_btn],

@@ -152,6 +152,26 @@ def test_a_rating_form_never_carries_over_to_another_answer(browser, server):  #
     page.close()
 
 
+def test_a_thumb_asks_why_on_the_answer_itself(browser, server):  # noqa: F811
+    url, _, home = server
+    page = open_page(browser, url)
+    short_answers(page)
+    answer = send(page, home, "a question to rate with reasons")
+    page.locator("#chatbot button[aria-label='Dislike']").last.click()
+    why = page.locator("#chatbot .answer-why")
+    expect(why).to_contain_text("wrong")  # the 👎 reasons, right under the answer
+    expect(why).not_to_contain_text("accurate")
+    why.get_by_label("wrong", exact=True).check()
+    why.get_by_label("Comment (optional)").fill("the year is off")
+    page.screenshot(path=OUTPUT / "page-chat-why-desktop.png", full_page=True)
+    why.get_by_role("button", name="Save").click()
+    expect(why).to_contain_text("Saved")
+    latest = [r for r in ratings(home) if r["message_id"] == answer["id"]][-1]
+    assert (latest["rating"], json.loads(latest["reasons"]), latest["comment"]) == (
+        "down", ["wrong"], "the year is off")
+    page.close()
+
+
 def test_a_message_is_edited_in_place_and_starts_a_new_branch(browser, server):  # noqa: F811
     url, _, home = server
     page = open_page(browser, url)
