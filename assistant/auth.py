@@ -185,12 +185,13 @@ class PageApiForRole:
         await self.app(scope, receive, keep)
         payload = b"".join(body)
         user = self.auth.caller(Request(scope))
-        if start["status"] == 200 and user is not None:
+        if start.get("status") == 200 and user is not None and user["role"] != "admin":
             rank = users.RANK[user["role"]]
             listing = json.loads(payload)
             listing["named_endpoints"] = {
                 path: about for path, about in listing.get("named_endpoints", {}).items()
                 if users.RANK[self.roles.get(path.lstrip("/"), "admin")] <= rank}
+            listing["unnamed_endpoints"] = {}  # the page's own events, by number: not an API
             payload = json.dumps(listing).encode()
         headers = [(k, v) for k, v in start["headers"] if k.lower() != b"content-length"]
         await send({**start, "headers": [*headers, (b"content-length", b"%d" % len(payload))]})

@@ -43,9 +43,10 @@ CSS = """
 .answer-why input[type=text] { flex: 1 1 12rem; padding: .2rem .4rem; color: inherit;
     background: var(--input-background-fill); border: 1px solid var(--border-color-primary);
     border-radius: var(--radius-sm); }
-.answer-why button, .answer-versions-bar button { padding: 0 .55rem; border: 1px solid var(--border-color-primary);
-    border-radius: var(--radius-sm); background: var(--background-fill-secondary);
-    color: var(--body-text-color); cursor: pointer; }
+.answer-why button, .answer-versions-bar button { padding: 0 .55rem;
+    border: 1px solid var(--border-color-primary); border-radius: var(--radius-sm);
+    background: var(--background-fill-secondary); color: var(--body-text-color);
+    cursor: pointer; }
 """
 
 
@@ -142,7 +143,7 @@ TAB_ROLES = {"assistant.ui_chat": "user", "assistant.ui_curate": "curator",
 
 def endpoint_roles(demo: gr.Blocks) -> dict[str, str]:
     """Each named endpoint of the page's API and the least role that may call it: the role of
-    the tab whose module defines its handler (anything else: admin). For the API's listing
-    (`Auth.list_page_api`); each handler checks the caller itself as well."""
+    the tab whose module defines its handler (anything else: admin). For the listing that
+    `auth.PageApiForRole` shows each caller; each handler checks the caller itself as well."""
     return {fn.api_name: TAB_ROLES.get(getattr(fn.fn, "__module__", ""), "admin")
             for fn in demo.fns.values() if fn.api_name}

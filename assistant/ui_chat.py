@@ -690,7 +690,11 @@ def build(page, demo: gr.Blocks) -> None:
     # checks that the answer is the caller's, then the answer's own stream ends within a token.
     stop_btn.click(stop_in_page, [state], [chatbot, state, last, send_btn, *form], **page_event)
     chatbot.select(select, [state], [state, where, edit_box, *form], **page_event)
-    chatbot.like(on_like, [state], [notice, rate_note, panel, *form], **page_event)
+    # A thumb and the reasons given after it queue in one lane, one at a time, in the order
+    # they were sent: run side by side, the bare thumb could land last and replace them.
+    rating_lane = dict(concurrency_id="ratings", concurrency_limit=1)
+    chatbot.like(on_like, [state], [notice, rate_note, panel, *form], **page_event,
+                 **rating_lane)
     prev_btn.click(previous_sibling, [state], [chatbot, state, where, *form], **page_event)
     next_btn.click(next_sibling, [state], [chatbot, state, where, *form], **page_event)
     chatbot.option_select(version_option, [state], [chatbot, state, where, *form],
@@ -706,7 +710,7 @@ def build(page, demo: gr.Blocks) -> None:
     rename_btn.click(rename_in_page, [state, title_box], renamed, **page_event)
     rename_box.change(rename_listed, [rename_box, state], renamed, **page_event)
     rating_box.change(rate_inline, [rating_box, state], [rate_note, chatbot, rating_reply],
-                      **page_event)
+                      **page_event, **rating_lane)
     find.change(search_in_page, [find, state], [conversations, held_list, more_btn],
                trigger_mode="always_last", api_visibility="private", show_progress="hidden")
     more_btn.click(more_in_page, [held_list, state], [conversations, held_list, more_btn],

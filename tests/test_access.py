@@ -88,6 +88,11 @@ def test_each_role_is_shown_only_the_page_endpoints_it_may_call(server):
     assert {"/send", "/save_review", "/pick"} <= shown["carol"]
     assert not shown["carol"] & {"/add_user", "/promote", "/reset_password"}
     assert {"/send", "/save_review", "/add_user", "/promote"} <= shown["dave"]
+    everything = httpx.get(f"{url}/gradio_api/info?all_endpoints=true",
+                           headers={"Authorization": f"Bearer {keys['alice']}"}).json()
+    assert "/send" in everything["named_endpoints"]
+    assert not set(everything["named_endpoints"]) & {"/save_review", "/add_user", "/train_now"}
+    assert everything["unnamed_endpoints"] == {}  # the page's private events are not listed
     assert httpx.get(f"{url}/gradio_api/info").status_code == 401  # signed out: nothing
 
 

@@ -66,11 +66,20 @@ def signed_in_page(browser, url, name: str):  # noqa: F811
 
 
 def set_slider(page, elem_id: str, value: str) -> None:
-    """Type a value into a Settings slider's number box (the change lands on leaving it)."""
+    """Type a value into a Settings slider's number box (the change lands on leaving it),
+    until the slider shows it: on a busy machine a value typed while the Settings section is
+    still mounting can be lost."""
     box = page.locator(f"#{elem_id} input[type=number]")
-    box.fill(value)
-    box.press("Tab")
-    expect(page.locator(f"#{elem_id} input[type=range]")).to_have_value(value)  # it landed
+    for attempt in range(5):
+        box.fill(value)
+        box.press("Tab")
+        try:
+            expect(page.locator(f"#{elem_id} input[type=range]")).to_have_value(value,
+                                                                              timeout=4_000)
+            return
+        except AssertionError:
+            if attempt == 4:
+                raise
 
 
 def answers(home) -> list[dict]:
