@@ -50,6 +50,14 @@ document.addEventListener("keydown", (event) => {
   if (done) event.preventDefault();
 });
 
+// The page's hidden boxes are how this script asks the server for something (a rename, a
+// version of an answer, a rating): it writes the ask into the box and fires the input event
+// Gradio listens for, which runs the box's change handler on the server.
+function tellPage(selector, value) {
+  const box = document.querySelector(`${selector} textarea`);
+  box.value = value;
+  box.dispatchEvent(new Event("input", {bubbles: true}));
+}
 // The server goes away (a restart, a crash): say so over the page, check /healthz every few
 // seconds, and reload the page once it answers (the open conversation comes back through the
 // browser's storage). What was typed in the message box is kept across the reload.
@@ -62,10 +70,7 @@ const restoreDraft = new MutationObserver(() => {
   if (!box) return;
   restoreDraft.disconnect();
   const draft = sessionStorage.getItem(DRAFT);
-  if (draft && !box.value) {
-    box.value = draft;
-    box.dispatchEvent(new Event("input", {bubbles: true}));  // Gradio reads the box's events
-  }
+  if (draft && !box.value) tellPage("#message", draft);  // Gradio reads the box's events
   setInterval(keepDraft, 500);
 });
 restoreDraft.observe(document.documentElement, {childList: true, subtree: true});
@@ -84,9 +89,8 @@ function keepDraft() {
 // on ‹ or › writes "<answer's place>:<step>" into the hidden #answer-move box for the page.
 function askForVersion(event, place, step) {
   event.stopPropagation();  // not also a click on the message (which selects it)
-  const box = document.querySelector("#answer-move textarea");
-  box.value = `${place}:${step}:${Date.now()}`;  // the time: the same click twice is two asks
-  box.dispatchEvent(new Event("input", {bubbles: true}));
+  // The time: the same click twice is two asks.
+  tellPage("#answer-move", `${place}:${step}:${Date.now()}`);
 }
 function versionsBar(place, at, of) {
   const bar = document.createElement("div");
@@ -152,9 +156,7 @@ function renameInPlace(label) {
     editor.remove();
     title.hidden = false;
     if (save && wanted && wanted !== title.textContent.trim()) {
-      const box = document.querySelector("#rename-request textarea");
-      box.value = `${choice.value}\t${Date.now()}\t${wanted}`;
-      box.dispatchEvent(new Event("input", {bubbles: true}));
+      tellPage("#rename-request", `${choice.value}\t${Date.now()}\t${wanted}`);
     }
   };
   editor.addEventListener("keydown", (event) => {
@@ -213,11 +215,9 @@ function askWhy(answer, place, rating) {
   save.textContent = "Save";
   save.addEventListener("click", () => {
     const at = Date.now();
-    const box = document.querySelector("#rating-request textarea");
-    box.value = JSON.stringify({
+    tellPage("#rating-request", JSON.stringify({
       place, rating, comment: comment.value, at,
-      reasons: [...form.querySelectorAll("input:checked")].map((chosen) => chosen.value)});
-    box.dispatchEvent(new Event("input", {bubbles: true}));
+      reasons: [...form.querySelectorAll("input:checked")].map((chosen) => chosen.value)}));
     form.replaceChildren("Saving…");
     let waited = 0;
     const answered = setInterval(() => {  // the page's reply to this ask, once it comes

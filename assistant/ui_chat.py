@@ -51,9 +51,10 @@ def _last(turn: Turn) -> dict:
 
 def _conversations(page, user: dict, selected: str | None = None, search: str = "",
                    held: dict | None = None) -> tuple[gr.Radio, dict]:
-    """The user's conversations, newest activity first, whose titles hold `search`: the
-    first page, or the next one after those `held` (the list grows a page at a time). Returns
-    the list and what it holds now (its search, its choices, where the next page starts)."""
+    """The user's conversations, newest activity first, that hold `search` in the title or a
+    message: the first page, or the next one after those `held` (the list grows a page at a
+    time). Returns the list and what it holds now (its search, its choices, where the next
+    page starts)."""
     after = held["next"] if held else None
     with open_db(page.home) as db:
         listed = store.list_conversations(db, user["id"], limit=CONVERSATIONS_SHOWN,
@@ -63,7 +64,7 @@ def _conversations(page, user: dict, selected: str | None = None, search: str = 
     if selected not in [id_ for _, id_ in choices]:
         selected = None
     label = ("Your conversations" if choices or not search
-             else "No conversation's title holds those words")
+             else "No conversation holds those words")
     return (gr.Radio(choices=choices, value=selected, label=label),
             {"search": search, "shown": choices, "next": listed.next})
 
@@ -483,12 +484,11 @@ def build(page, demo: gr.Blocks) -> None:
             comment = str(wanted.get("comment", ""))
         except (ValueError, KeyError, TypeError):
             return {}
-        with open_db(page.home) as db:
-            details = store.answer_details(db, session.get("ids") or [])
-        if not 0 <= place < len(details) or rating not in ("up", "down"):
+        answer = _answer_at(session, place)
+        if answer is None or rating not in ("up", "down"):
             saved = {rate_note: "That answer is not on screen any more."}
         else:
-            saved = save_rating(session, details[place]["id"], rating, picked, comment, request)
+            saved = save_rating(session, answer, rating, picked, comment, request)
         # The form on the answer shows this reply (tagged with its ask, so that the same
         # reply twice is still news to it).
         return {**saved, rating_reply: f"{wanted.get('at')}\t{saved[rate_note]}"}
@@ -529,6 +529,13 @@ def build(page, demo: gr.Blocks) -> None:
                                       system_prompt=system_prompt or "")
         return "Saved: it applies to the next answers."
 
+    def _answer_at(session: dict, place: int) -> str | None:
+        """The id of the answer at `place` among the answers on screen (the page's script
+        names an answer by its place), or None when there is no such answer any more."""
+        with open_db(page.home) as db:
+            details = store.answer_details(db, session.get("ids") or [])
+        return details[place]["id"] if 0 <= place < len(details) else None
+
     def answer_details(session: dict, request: gr.Request) -> str:
         """Each answer shown, as JSON for the page's script (page_keys.js): its place among
         its versions (`at` of `of`, drawn as ‹ 2/3 › on it) and, for curators and admins,
@@ -546,11 +553,10 @@ def build(page, demo: gr.Blocks) -> None:
             place, step = (int(part) for part in asked.split(":")[:2])
         except ValueError:
             return {}
-        with open_db(page.home) as db:
-            details = store.answer_details(db, session.get("ids") or [])
-        if not 0 <= place < len(details) or step not in (-1, 1):
+        answer = _answer_at(session, place)
+        if answer is None or step not in (-1, 1):
             return {}
-        return move({**session, "selected": details[place]["id"]}, step, request)
+        return move({**session, "selected": answer}, step, request)
 
     def on_load(conversation_id: str | None, request: gr.Request):
         """The list of conversations, and the one open before a reload (kept by the browser)."""
@@ -593,7 +599,7 @@ def build(page, demo: gr.Blocks) -> None:
                 "Your conversations", open=True, elem_id="conversation-fold"):
             # On a phone the fold starts closed (the js of demo.load below), after the chat.
             new_btn = gr.Button("+ New chat", elem_id="new-chat")
-            find = gr.Textbox(label="Search your conversations", placeholder="Words of a title",
+            find = gr.Textbox(label="Search your conversations", placeholder="Words of a title or a message",
                               elem_id="find-conversation", max_length=200)
             conversations = gr.Radio(label="Your conversations", choices=[],
                                      elem_id="conversations")

@@ -260,6 +260,23 @@ def list_queries(home: Home, repeats: int) -> dict:
             out[name] = {"first": first}
             if page.next:
                 out[name]["next"], _ = timed(lambda: fetch(page.next), repeats)
+        # The list's search (titles, and every message through the FTS index): a word in
+        # many messages, two words, a word in none (the whole history is looked through),
+        # and the first page without a search, the baseline the ratios are to.
+        out["conversations_owned"] = db.execute(
+            "SELECT COUNT(*) FROM conversations WHERE user_id = ?", [busiest]).fetchone()[0]
+        messages = db.execute("SELECT COUNT(*) FROM messages WHERE conversation_id IN "
+                              "(SELECT id FROM conversations WHERE user_id = ?)",
+                              [busiest]).fetchone()[0]
+        out["messages_owned"] = messages
+        for name, words in {"search_common_word": WORDS[0],
+                            "search_two_words": f"{WORDS[10]} {WORDS[20]}",
+                            "search_absent_word": "zyzzyva"}.items():
+            out[name], found = timed(
+                lambda: store.list_conversations(db, busiest, search=words), repeats)
+            out[name]["found"] = len(found.rows)
+            out[name]["ratio_to_no_search"] = round(
+                out[name]["p50_ms"] / out["conversations"]["first"]["p50_ms"], 1)
         ab_start = db.execute("SELECT datetime(MAX(created_at), '-14 days') FROM judgements"
                               ).fetchone()[0].replace(" ", "T") + ".000Z"
         test = {"id": 0, "candidate_id": "ad-19", "share": 0.2, "started_at": ab_start,
@@ -523,6 +540,9 @@ def table(report: dict) -> str:
         if name in lists:
             line(f"{name}, first / next page",
                  f"{lists[name]['first']['p95_ms']} / {lists[name].get('next', {}).get('p95_ms', '-')}")
+    for name in ("search_common_word", "search_two_words", "search_absent_word"):
+        if name in lists:
+            line(f"{name} ({lists[name]['found']} found)", lists[name]["p95_ms"])
     if "registry" in lists:
         line("registry (adapters, thumbs, runs)", lists["registry"]["p95_ms"],
              o.get("adapter_ratings", {}).get("p95_ms"))

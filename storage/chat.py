@@ -39,19 +39,30 @@ def list_conversations(db: sqlite_utils.Database, user_id: int | None,
                        search: str = "") -> Page:
     """A page of a user's conversations (None: the local owner's), the most recently active
     first (`updated_at`, the time of its newest message). `after`: the previous page's
-    `next`. `search`: only titles holding these words (any case, in any order)."""
+    `next`. `search`: only conversations whose title holds all these words (any case, in
+    any order, % and _ literal), or with a message that holds them all (whole words or
+    their beginnings, any case and accents, through the `messages_fts` index)."""
     key = paging.decode(after, 2)
     words = search.split()
-    # LIKE, not full-text search: titles are short and one user's conversations few enough
-    # to read in their index order; % and _ in the words are literal.
-    matches = "".join(" AND title LIKE ? ESCAPE '\\'" for _ in words)
+    found, query = "", []
+    if words:
+        titled = " AND ".join("title LIKE ? ESCAPE '\\'" for _ in words)
+        # The index answers for this owner's messages only (migration 10), so the subquery
+        # runs once and yields a few rows however common the words are.
+        found = f""" AND (({titled}) OR id IN (
+            SELECT conversation_id FROM messages WHERE rowid IN (
+                SELECT rowid FROM messages_fts WHERE messages_fts MATCH ?)))"""
+        # Each word a quoted prefix ("word"*), so FTS5's query syntax in what people type
+        # is only text.
+        query = [f'owner:"u{"none" if user_id is None else int(user_id)}" AND '
+                 + " AND ".join('content:"' + w.replace('"', '""') + '"*' for w in words)]
     patterns = ["%" + w.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
                 for w in words]
     rows = db.execute_returning_dicts(
-        f"""SELECT * FROM conversations WHERE user_id IS ? AND deleted_at IS NULL{matches}
+        f"""SELECT * FROM conversations WHERE user_id IS ? AND deleted_at IS NULL{found}
             {"AND (updated_at, id) < (?, ?)" if key else ""}
             ORDER BY updated_at DESC, id DESC LIMIT ?""",
-        [user_id, *patterns, *(key or []), limit + 1])
+        [user_id, *patterns, *query, *(key or []), limit + 1])
     return paging.page_of(rows, limit, lambda r: [r["updated_at"], r["id"]])
 
 

@@ -423,6 +423,38 @@ MIGRATIONS: list[str] = [
     """
     CREATE INDEX conversations_deleted ON conversations(deleted_at) WHERE deleted_at IS NOT NULL;
     """,
+    # 10: the words of every message, for the conversation list's search (storage/chat.py
+    # `list_conversations`), tagged with the owner of its conversation ("u17", "unone" for
+    # the local owner), so FTS5 itself intersects a person's messages with the words and a
+    # common word costs what that person wrote, not what everyone did. Contentless: the text
+    # stays in `messages` only; triggers keep the index current in the writer's transaction
+    # (a delete must repeat what was indexed, and messages go before their conversation).
+    # Messages keep their rowids: nothing here VACUUMs, and `flywheel backup` copies pages.
+    """
+    CREATE VIRTUAL TABLE messages_fts USING fts5(
+        content, owner, content='', tokenize='unicode61 remove_diacritics 2');
+    INSERT INTO messages_fts (rowid, content, owner)
+        SELECT m.rowid, m.content, 'u' || COALESCE(c.user_id, 'none')
+        FROM messages m JOIN conversations c ON c.id = m.conversation_id;
+    CREATE TRIGGER messages_fts_insert AFTER INSERT ON messages BEGIN
+        INSERT INTO messages_fts (rowid, content, owner) VALUES (NEW.rowid, NEW.content,
+            (SELECT 'u' || COALESCE(user_id, 'none') FROM conversations
+             WHERE id = NEW.conversation_id));
+    END;
+    CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content, owner) VALUES ('delete',
+            OLD.rowid, OLD.content, (SELECT 'u' || COALESCE(user_id, 'none') FROM conversations
+                                     WHERE id = OLD.conversation_id));
+    END;
+    CREATE TRIGGER messages_fts_update AFTER UPDATE OF content ON messages BEGIN
+        INSERT INTO messages_fts (messages_fts, rowid, content, owner) VALUES ('delete',
+            OLD.rowid, OLD.content, (SELECT 'u' || COALESCE(user_id, 'none') FROM conversations
+                                     WHERE id = OLD.conversation_id));
+        INSERT INTO messages_fts (rowid, content, owner) VALUES (NEW.rowid, NEW.content,
+            (SELECT 'u' || COALESCE(user_id, 'none') FROM conversations
+             WHERE id = NEW.conversation_id));
+    END;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -719,7 +719,7 @@ def test_a_refusal_worth_retrying_offers_retry_and_keeps_the_draft(browser, serv
     page.close()
 
 
-def test_a_long_history_pages_and_a_search_finds_a_title(browser, server):  # noqa: F811
+def test_a_long_history_pages_and_a_search_finds_titles_and_messages(browser, server):  # noqa: F811
     url, _, home = server
     with open_db(home) as db:
         if users.get_user(db, "hana") is None:
@@ -729,8 +729,8 @@ def test_a_long_history_pages_and_a_search_finds_a_title(browser, server):  # no
         for minute, question in enumerate([*chats, "Is 100% of a_b the needle?"]):
             conversation, _ = store.store_transcript(
                 db, [{"role": "user", "content": question},
-                     {"role": "assistant", "content": "the needle's answer" if "needle" in question
-                      else "an answer"}], hana)
+                     {"role": "assistant", "content": "the needle's answer is a zucchini"
+                      if "needle" in question else "an answer"}], hana)
             # One chat a minute, as a person makes them: stored in one loop, two could share a
             # millisecond, and the list's order between those two is the ids' (random).
             made = datetime.now(timezone.utc) - timedelta(minutes=205 - minute)
@@ -749,6 +749,9 @@ def test_a_long_history_pages_and_a_search_finds_a_title(browser, server):  # no
     expect(listed).to_have_count(1)
     page.fill("#find-conversation textarea", "chat number 20")
     expect(listed).to_have_count(6)  # 20, 200-203
+    page.fill("#find-conversation textarea", "ZUCCHIN")  # a word of an answer: messages too
+    expect(listed).to_have_count(1)
+    expect(listed.first).to_contain_text("needle")
     page.fill("#find-conversation textarea", "needle")
     expect(listed).to_have_count(1)
     listed.first.click()
@@ -756,7 +759,7 @@ def test_a_long_history_pages_and_a_search_finds_a_title(browser, server):  # no
     expect(listed).to_have_count(1)  # opening one keeps the search's results
     page.fill("#find-conversation textarea", "nothing like this")
     expect(listed).to_have_count(0)
-    expect(page.locator("#conversations")).to_contain_text("No conversation's title holds")
+    expect(page.locator("#conversations")).to_contain_text("No conversation holds those words")
     page.screenshot(path=OUTPUT / "page-chat-search-desktop.png", full_page=True)
     page.close()
 

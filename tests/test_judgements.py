@@ -143,6 +143,8 @@ def test_a_version_4_database_is_migrated_with_every_judgement_filled_in(tmp_pat
         assert stored(db)["a"]["rating"] == "down"  # the curator's
         assert daily_stored(db) == {("", "2026-01-01"): (1, 0, 1), ("", "2026-01-02"): (1, 1, 0)}
         assert store.list_conversations(db, 1).rows[0]["updated_at"] == "2026-01-02T10:00:01.000Z"
+        assert [c["id"] for c in store.list_conversations(db, 1, search="HEY").rows] == ["c1"]
+        assert store.list_conversations(db, None, search="hey").rows == []  # ann's, not local
         given = {(r["kind"], r["count"]) for r in db["feedback_daily"].rows}
         assert given == {("thumbs", 3), ("score", 1), ("correction", 1)}  # counted on upgrade
 

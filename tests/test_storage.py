@@ -244,3 +244,70 @@ def test_each_answer_shown_knows_its_place_among_its_versions_and_who_wrote_it(h
             (second, 2, 2, "the base model"), (last, 1, 1, "the base model")]
         assert store.siblings(db, first) == [first, second]  # the same order as `at`
         assert store.answer_details(db, [first])[0]["at"] == 1
+
+
+def test_a_search_finds_words_in_any_message_of_ones_own_live_conversations(home):
+    """The list's search: every word in the title (any case, anywhere in it) or every word
+    at the start of a word of one message (any case and accents), only among the person's
+    own conversations that are not deleted; checked against the raw rows, also after a
+    prune has erased some (the index forgets what is erased)."""
+    import random
+    import re
+
+    from storage import users
+    from storage.retention import prune_conversations
+    rng = random.Random(3)
+    vocabulary = ["river", "riverbank", "bread", "Café", "cheese", "lamp", "a_b", "100%",
+                  "don't", '"quoted"', "NEAR", "AND", "owner:u1"]
+    with open_db(home) as db:
+        people = [None, *(users.add_user(db, n)["id"] for n in ("ann", "ben"))]
+        for n in range(120):
+            said = [" ".join(rng.choices(vocabulary, k=rng.randint(1, 6))) for _ in range(3)]
+            conversation, _ = store.store_transcript(
+                db, [{"role": "user", "content": said[0]},
+                     {"role": "assistant", "content": said[1]},
+                     {"role": "user", "content": said[2]}], rng.choice(people))
+            if rng.random() < 0.3:
+                store.update_conversation(db, conversation, title=rng.choice(vocabulary))
+            if rng.random() < 0.1:
+                store.delete_conversation(db, conversation)
+
+        def words_of(text: str) -> list[str]:  # what the index holds: words, no accents
+            return re.findall(r"[a-z0-9]+", text.lower().replace("é", "e"))
+
+        def holds(text: list[str], word: list[str]) -> bool:
+            """A typed word ("a_b" is the words a, b) is a phrase whose last word may go on."""
+            return bool(word) and any(
+                text[i:i + len(word) - 1] == word[:-1]
+                and text[i + len(word) - 1].startswith(word[-1])
+                for i in range(len(text) - len(word) + 1))
+
+        def reference(person, search: str) -> set[str]:
+            found = set()
+            for c in db.execute("SELECT id, title FROM conversations WHERE user_id IS ? "
+                                "AND deleted_at IS NULL", [person]):
+                texts = [r[0] for r in db.execute(
+                    "SELECT content FROM messages WHERE conversation_id = ?", [c[0]])]
+                wanted = search.split()
+                if all(w.lower() in (c[1] or "").lower() for w in wanted) or any(
+                        all(holds(words_of(text), words_of(w)) for w in wanted)
+                        for text in texts):
+                    found.add(c[0])
+            return found
+
+        searches = ["river", "RIVERB", "cafe", "café bread", "cheese lamp", "a_b", "100%",
+                    "don't", '"quoted"', "NEAR", "AND", "owner:u1", "u1", "bread lamp river"]
+        for stage in ("stored", "pruned"):
+            for person in people:
+                for search in searches:
+                    listed = store.list_conversations(db, person, limit=500, search=search)
+                    assert {c["id"] for c in listed.rows} == reference(person, search), (
+                        stage, person, search)
+            assert store.list_conversations(db, people[1], search="river").rows
+            prune_conversations(db, keep_days=10_000)  # erases the deleted ones
+            assert db.execute("SELECT COUNT(*) FROM conversations WHERE deleted_at IS NOT NULL"
+                              ).fetchone()[0] == 0
+        indexed = db.execute("SELECT COUNT(*) FROM messages_fts WHERE messages_fts MATCH "
+                             "'content:river*'").fetchone()[0]
+        assert indexed == db.execute("SELECT COUNT(*) FROM messages WHERE content LIKE "
+                                     "'%river%'").fetchone()[0]
