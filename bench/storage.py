@@ -294,6 +294,41 @@ def list_queries(home: Home, repeats: int) -> dict:
     return out
 
 
+def message_writes(home: Home, turns: int = 2000) -> dict:
+    """What the search index costs each chat turn (a question and an answer): the same
+    inserts with the index's trigger and without it, each in a transaction rolled back, so
+    the database is left as it was."""
+    rng = random.Random(1)
+    with open_db(home) as db:
+        conversations = [r[0] for r in db.execute(
+            "SELECT id FROM conversations ORDER BY random() LIMIT ?", [turns])]
+        trigger = db.execute("SELECT sql FROM sqlite_master WHERE name = "
+                             "'messages_fts_insert'").fetchone()[0]
+
+        def write(drop: bool) -> float:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                if drop:
+                    db.execute("DROP TRIGGER messages_fts_insert")
+                started = time.perf_counter()
+                for n, conversation in enumerate(conversations):
+                    db.execute("INSERT INTO messages (id, conversation_id, role, content) "
+                               "VALUES (?, ?, 'user', ?)", [f"bench-q{n}", conversation,
+                                                            _sentence(rng, 12)])
+                    db.execute("INSERT INTO messages (id, conversation_id, parent_id, role, "
+                               "content) VALUES (?, ?, ?, 'assistant', ?)",
+                               [f"bench-a{n}", conversation, f"bench-q{n}", _sentence(rng, 60)])
+                return (time.perf_counter() - started) * 1000 / len(conversations)
+            finally:
+                db.execute("ROLLBACK")
+        assert trigger
+        indexed = [write(False) for _ in range(3)]
+        bare = [write(True) for _ in range(3)]
+    return {"turns": len(conversations), "ms_per_turn_indexed": round(min(indexed), 3),
+            "ms_per_turn_without_index": round(min(bare), 3),
+            "ratio": round(min(indexed) / min(bare), 2)}
+
+
 def old_queries(home: Home, repeats: int) -> dict:
     """The same questions asked the way Flywheel asked them before (old_storage.py)."""
     with open_db(home) as db:
@@ -551,6 +586,10 @@ def table(report: dict) -> str:
              o.get("thumbs_plot", {}).get("p95_ms"))
         line("A/B report, 14-day window", lists["ab_report_14_days"]["p95_ms"],
              o.get("ab_report_14_days", {}).get("p95_ms"))
+    if "message_writes" in report:
+        w = report["message_writes"]
+        line("a chat turn's 2 messages, search index on / off",
+             f"{w['ms_per_turn_indexed']} / {w['ms_per_turn_without_index']}")
     for name, r in report.get("page", {}).items():
         line(f"page through gradio_client: {name}", r["p95_ms"])
     for name in ("old-select", "select", "build", "build_again_warm_cache", "build_no_dedup",
@@ -575,7 +614,8 @@ def main() -> None:
     parser.add_argument("--keep", action="store_true", help="reuse --home if already seeded")
     parser.add_argument("--repeats", type=int, default=7, help="calls per query")
     parser.add_argument("--old-repeats", type=int, default=2, help="calls per old query")
-    parser.add_argument("--skip", default="", help="comma list of: queue, lists, old, "
+    parser.add_argument("--skip", default="", help="comma list of: queue, lists, "
+                        "message-writes, old, "
                         "old-select, select, build, build-no-dedup, export, export-dedup, page, "
                         "writers, backup")
     parser.add_argument("--only", default="", help="extra parts run only when named: "
@@ -614,6 +654,8 @@ def main() -> None:
         report["queue"] = queue_queries(home, args.repeats)
     if "lists" not in skip:
         report["lists"] = list_queries(home, args.repeats)
+    if "message-writes" not in skip:
+        report["message_writes"] = message_writes(home)
     if "old" not in skip:
         report["old"] = old_queries(home, args.old_repeats)
     cache = args.cache or str(home.root / "cache" / "embeddings.db")  # what export reads too
