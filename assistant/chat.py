@@ -3,8 +3,8 @@
 The web page and the HTTP API both go through `ChatService`, so a turn is stored the same
 way whoever sent it. A request is checked (length, parameters, model) before anything is
 stored. The answer's id is chosen before generation starts, so the API can stream it; the
-engine's worker stores the answer when generation ends, also when the reader stopped it
-(then it is kept, marked `interrupted`).
+answer is stored when generation ends (on a storing thread, not the model's), also when the
+reader stopped it (then it is kept, marked `interrupted`).
 """
 
 from contextlib import contextmanager
@@ -12,7 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from assistant.engine import ACTIVE, Completion, Engine, GenerationParams, RequestError
+from assistant.inference import (ACTIVE, Completion, GenerationParams, InferenceEngine,
+                                 RequestError, Stream)
 from assistant.journal import Journal
 from assistant.throttle import Refused, Throttle, ThrottleConfig
 from storage import Home, open_db
@@ -29,7 +30,7 @@ class Turn:
     conversation_id: str
     user_message_id: str
     prompt_tokens: int
-    stream: object          # engine.Stream
+    stream: Stream
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.stream)
@@ -51,7 +52,7 @@ class Turn:
 
 
 class ChatService:
-    def __init__(self, engine: Engine, home: Home, model_name: str,
+    def __init__(self, engine: InferenceEngine, home: Home, model_name: str,
                  throttle: Throttle | None = None, *, max_comment_chars: int = 4_000,
                  max_correction_chars: int = 16_000, journal: Journal | None = None):
         self.engine = engine
@@ -203,7 +204,7 @@ class ChatService:
                            model=self.model_name, params=params.as_dict(),
                            prompt_tokens=prompt_tokens)
 
-        def save(result: Completion) -> None:  # runs on the engine's worker
+        def save(result: Completion) -> None:  # runs on a storing thread, before the end
             with open_db(self.home) as db, store.transaction(db):
                 store.add_message(
                     db, conversation_id, "assistant", result.text, user_message_id,

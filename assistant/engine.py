@@ -1,4 +1,5 @@
-"""The one owner of the model: generation and adapter swaps run on a single worker thread.
+"""The built-in engine (an `InferenceEngine`, see assistant/inference.py): transformers on
+this process's own model. Generation and adapter swaps run on a single worker thread.
 
 Requests and swaps are jobs in one FIFO queue, so no two threads ever touch the model or
 PEFT's adapter state at once, and a swap can only happen between two batches: a request
@@ -7,114 +8,40 @@ generated together as one left-padded batch (up to `max_batch_size`); one that a
 a batch runs joins it at the next token step (the batch restarts with the newcomer, its rows
 re-reading what they have generated so far), so nobody waits for a long answer to end. Rows
 on different adapters share a batch through PEFT's mixed-adapter inference
-(`adapter_names`). Text streams back to each caller through its own queue, token by token."""
+(`adapter_names`). Text streams back to each caller through its own queue, token by token,
+and a finished answer is stored on a separate thread while the batch goes on."""
 
 import collections
 import concurrent.futures
 import copy
 import logging
-import queue
 import re
 import threading
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from assistant.inference import (ACTIVE, Completion, EngineStatus, GenerationParams,
+                                 RequestError, Stream)
+
 log = logging.getLogger("flywheel.engine")
 
-ACTIVE = "active"  # adapter selector: whatever adapter is active when the request starts
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
+STORING_THREADS = 2  # finished answers are stored on these, never on the model's thread
 
 
-class RequestError(ValueError):
-    """A request the engine will not run (too long, bad parameters); `param` names the field."""
-
-    def __init__(self, message: str, param: str | None = None, code: str | None = None,
-                 status: int = 400, retry_after: int | None = None):
-        super().__init__(message)
-        self.param, self.code, self.status = param, code, status
-        self.retry_after = retry_after  # seconds, for a 429
-
-
-@dataclass
-class GenerationParams:
-    temperature: float = 0.3  # small models ramble when hotter
-    top_p: float = 0.95
-    max_tokens: int = 256
-    stop: list[str] = field(default_factory=list)  # cut the answer before any of these
-    seed: int | None = None                         # same seed, same prompt: same answer
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-    def batch_key(self) -> tuple | None:
-        """Requests with the same key can share one `generate` call; None: run alone."""
-        if self.seed is not None:
-            return None
-        return (True, self.temperature, self.top_p) if self.temperature > 0 else (False,)
-
-
-@dataclass
-class Completion:
-    """What a finished (or stopped) generation produced, for storing beside the text."""
-    text: str
-    adapter_id: str | None
-    prompt_tokens: int
-    completion_tokens: int
-    finish_reason: str  # "stop", "length" or "interrupted"
-    latency_ms: float
-
-
-class Stream:
-    """Iterate for text pieces as they are generated; `result` is set once iteration ends.
-    `adapter_id` is set when generation starts, before the first piece."""
-
-    _END = object()
-
-    def __init__(self, on_end: Callable[["Stream"], None] | None = None) -> None:
-        self._on_end = on_end  # runs once the stream ends, however it ends
-        self._pieces: queue.Queue = queue.Queue()
-        self.cancelled = threading.Event()
-        self.done = threading.Event()
-        self.adapter_id: str | None = None
-        self.partial = ""  # the text streamed so far (the journal reads it)
-        self.result: Completion | None = None
-        self.error: BaseException | None = None
-
-    def __iter__(self) -> Iterator[str]:
-        while True:
-            item = self._pieces.get()
-            if item is Stream._END:
-                if self.error is not None:
-                    raise self.error
-                return
-            yield item
-
-    def cancel(self) -> None:
-        """Ask the worker to stop after the current token; the partial text is kept."""
-        self.cancelled.set()
-
-    def _finish(self, result: Completion | None, error: BaseException | None = None) -> None:
-        self.result, self.error = result, error
-        if self._on_end is not None:
-            self._on_end(self)
-        self.done.set()
-        self._pieces.put(Stream._END)
-
-
-@dataclass
+@dataclass(eq=False)  # compared and hashed by identity: close() keeps a set of them
 class _Request:
     messages: list[dict]
     params: GenerationParams
     adapter: str | None            # ACTIVE, None (the base model) or an adapter id
     adapter_path: Path | None      # where to load a pinned adapter from, if not loaded yet
     stream: Stream
-    on_finish: Callable[[Completion], None] | None
     # filled in by the worker
     adapter_id: str | None = None
     prompt_ids: list[int] = field(default_factory=list)
@@ -163,6 +90,8 @@ class _StepHook(StoppingCriteria):
 
 
 class Engine:
+    """The built-in engine; see the module's docstring."""
+
     def __init__(self, model, tokenizer, base_name: str, *, max_batch_size: int = 8,
                  max_loaded_adapters: int = 2, max_tokens_cap: int = 1024,
                  context_length: int | None = None, max_queued: int = 64,
@@ -191,6 +120,9 @@ class Engine:
         self.swapped_after_batch = 0  # batches_started when the serving adapter last changed
         self._jobs: collections.deque = collections.deque()
         self._wakeup = threading.Condition()
+        self._live: set[_Request] = set()  # requests not yet ended: close() interrupts them
+        self._closed = False
+        self._storer = concurrent.futures.ThreadPoolExecutor(STORING_THREADS, "flywheel-store")
         # Request threads count prompt tokens with their own copy: HF tokenizers are not
         # meant to be shared across threads while one of them pads or truncates.
         self._counter = copy.deepcopy(tokenizer)
@@ -203,6 +135,8 @@ class Engine:
     def check(self, messages: list[dict], params: GenerationParams) -> int:
         """Validate a request before anything is stored; returns its prompt token count.
         Raises RequestError with a message for the user."""
+        if self._closed:
+            raise _closed()
         if not messages or messages[-1]["role"] != "user":
             raise RequestError("the last message must be from the user", "messages")
         if self.queued() >= self.max_queued:
@@ -250,12 +184,17 @@ class Engine:
              on_finish: Callable[[Completion], None] | None = None,
              on_end: Callable[[Stream], None] | None = None) -> Stream:
         """Queue a generation for a chat; returns at once with a Stream to read from.
-        `on_finish` runs on the worker with the result before the stream ends (to store it);
-        `on_end` runs when the stream ends, also when it fails."""
-        stream = Stream(on_end)
+        `on_finish` stores the result before the stream ends, on a storing thread (never the
+        model's); `on_end` runs when the stream ends, also when it fails."""
+        stream = Stream(self._storer, on_finish, on_end)
         request = _Request(messages, params or GenerationParams(), adapter,
-                           Path(adapter_path) if adapter_path else None, stream, on_finish)
-        self._put(request)
+                           Path(adapter_path) if adapter_path else None, stream)
+        with self._wakeup:
+            if self._closed:
+                raise _closed()
+            self._live.add(request)
+            self._jobs.append(request)
+            self._wakeup.notify()
         return stream
 
     def activate(self, adapter_id: str, path: Path) -> concurrent.futures.Future:
@@ -271,21 +210,37 @@ class Engine:
         with self._wakeup:
             return len(self._jobs)
 
-    # ---- internals: the worker thread runs all of this (but _put, _submit, _too_long) ----
+    def status(self) -> EngineStatus:
+        return EngineStatus("local", self.active_adapter, self.queued(), self.batches_started,
+                            self.swapped_after_batch)
+
+    def close(self, timeout: float = 60) -> None:
+        """Refuse new requests, interrupt running and queued ones (each is stored as
+        interrupted with what it had), wait for every store, and stop the worker."""
+        with self._wakeup:
+            if self._closed:
+                return
+            self._closed = True
+            for request in self._live:
+                request.stream.cancel()
+            self._jobs.append(None)  # the worker's signal to stop, after what is queued
+            self._wakeup.notify()
+        self._worker.join(timeout)
+        self._storer.shutdown(wait=True)
+
+    # ---- internals: the worker thread runs all of this (but _submit and _too_long) ----
 
     def _too_long(self, size: str, params: GenerationParams) -> str:
         return (f"the conversation is too long: {size} plus max_tokens {params.max_tokens} "
                 f"exceeds the model's context of {self.context_length} tokens")
 
-    def _put(self, job) -> None:
-        with self._wakeup:
-            self._jobs.append(job)
-            self._wakeup.notify()
-
     def _submit(self, fn: Callable[[], object]) -> concurrent.futures.Future:
         """Run `fn` on the worker at the next batch boundary: ahead of every queued request
         (behind earlier swaps), so a promotion never waits for the queue to drain."""
         future: concurrent.futures.Future = concurrent.futures.Future()
+        if self._closed:
+            future.set_exception(_closed())
+            return future
 
         def job() -> None:
             try:
@@ -321,6 +276,8 @@ class Engine:
                 while not self._jobs:
                     self._wakeup.wait()
                 job = self._jobs.popleft()
+            if job is None:  # closed: everything queued before it has ended
+                return
             try:
                 if isinstance(job, _Request):
                     self._generate(job)
@@ -344,7 +301,7 @@ class Engine:
                 log.exception("generation failed")
                 for row in rows:
                     if not row.finished:
-                        row.stream._finish(None, exc)
+                        self._fail(row, exc)
                 return
             rows = [r for r in rows if not r.finished]
             if rows:
@@ -366,8 +323,7 @@ class Engine:
                     row.messages, add_generation_prompt=True, return_dict=True)["input_ids"]
             except Exception as exc:
                 log.error("request refused: %s", exc)
-                row.finished = True
-                row.stream._finish(None, exc)
+                self._fail(row, exc)
                 continue
             if row.stream.cancelled.is_set():  # stopped while waiting: no model call at all
                 self._complete(row)
@@ -436,7 +392,7 @@ class Engine:
             safe -= held
         row.text = text
         if safe > row.emitted:
-            row.stream._pieces.put(text[row.emitted:safe])
+            row.stream.put(text[row.emitted:safe])
             row.emitted = safe
             row.stream.partial = text[:safe]
 
@@ -445,7 +401,7 @@ class Engine:
         if not row.hit_stop:  # stopped, cancelled or at the limit: maybe inside a character
             row.text = _tidy_end(row.text)
         if row.emitted < len(row.text):
-            row.stream._pieces.put(row.text[row.emitted:])
+            row.stream.put(row.text[row.emitted:])
         row.stream.partial = row.text
         if row.stream.cancelled.is_set():
             finish = "interrupted"
@@ -457,14 +413,15 @@ class Engine:
                             prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.ids),
                             finish_reason=finish,
                             latency_ms=(time.perf_counter() - row.submitted) * 1000)
-        error = None
-        if row.on_finish is not None:
-            try:
-                row.on_finish(result)
-            except Exception as exc:  # the caller must hear that the answer was not stored
-                log.exception("storing the answer failed")
-                error = exc
-        row.stream._finish(result, error)
+        with self._wakeup:
+            self._live.discard(row)
+        row.stream.end(result)  # stored on a storing thread: the batch goes on at once
+
+    def _fail(self, row: _Request, error: BaseException) -> None:
+        row.finished = True
+        with self._wakeup:
+            self._live.discard(row)
+        row.stream.fail(error)
 
     def _eos_ids(self) -> set[int]:
         eos = self.model.generation_config.eos_token_id
@@ -553,6 +510,11 @@ class Engine:
         text = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         if not text.strip():
             raise ValueError(f"adapter {adapter_id} produces no text")
+
+
+def _closed() -> RequestError:
+    return RequestError("the model server is shutting down; try again in a moment",
+                        code="engine_closed", status=503)
 
 
 def _tidy_end(text: str) -> str:

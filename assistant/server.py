@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import gradio as gr
 import uvicorn
@@ -17,6 +17,7 @@ from assistant import api, models
 from assistant.auth import Auth, PageApiForRole
 from assistant.chat import ChatService
 from assistant.engine import Engine
+from assistant.inference import InferenceEngine
 from assistant.guard import Guard
 from assistant.journal import Journal
 from assistant.swap import AdapterWatcher
@@ -60,11 +61,19 @@ class ServeError(Exception):
 @dataclass
 class Server:
     app: Guard  # the FastAPI app behind the edge checks
-    engine: Engine
+    engine: InferenceEngine
     watcher: AdapterWatcher
     service: ChatService
     checkpointer: Checkpointer
     journal: Journal
+
+    def close(self) -> None:
+        """After the HTTP server stopped: no more swaps, running answers stored as
+        interrupted, their journal and the database's checkpoint ended cleanly."""
+        self.watcher.stop()
+        self.engine.close()
+        self.journal.stop()
+        self.checkpointer.stop()
 
 
 def build(home: Home, config: ServeConfig) -> Server:
@@ -101,9 +110,7 @@ def build(home: Home, config: ServeConfig) -> Server:
 
     @app.get("/healthz")
     def healthz() -> dict:
-        return {"status": "ok", "model": base.name, "adapter": engine.active_adapter,
-                "queued": engine.queued(), "batches_started": engine.batches_started,
-                "adapter_since_batch": engine.swapped_after_batch}
+        return {"status": "ok", "model": base.name, **asdict(engine.status())}
 
     api.install(app, service, auth)
     auth.install(app)
@@ -132,7 +139,10 @@ def serve(home: Home, config: ServeConfig) -> None:
     gc.freeze()
     print(f"Flywheel is serving on http://{config.host}:{config.port} (home: {home.root})",
           flush=True)
-    uvicorn.run(server.app, host=config.host, port=config.port, log_level="warning")
+    try:
+        uvicorn.run(server.app, host=config.host, port=config.port, log_level="warning")
+    finally:
+        server.close()
 
 
 @contextmanager
@@ -156,9 +166,7 @@ def serve_in_thread(home: Home, config: ServeConfig):
     finally:
         uv.should_exit = True
         thread.join(timeout=30)
-        server.watcher.stop()
-        server.checkpointer.stop()
-        server.journal.stop()
+        server.close()
 
 
 def free_port() -> int:

@@ -9,7 +9,7 @@ import logging
 import threading
 from pathlib import Path
 
-from assistant.engine import Engine
+from assistant.inference import InferenceEngine
 from storage import Home, open_db
 from storage import adapters
 
@@ -17,23 +17,27 @@ log = logging.getLogger("flywheel.swap")
 
 
 class AdapterWatcher(threading.Thread):
-    def __init__(self, engine: Engine, home: Home, interval: float = 0.5):
+    def __init__(self, engine: InferenceEngine, home: Home, interval: float = 0.5):
         super().__init__(name="flywheel-adapter-watcher", daemon=True)
         self.engine = engine
         self.home = home
         self.interval = interval
-        self._stop = threading.Event()
+        self._stopping = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._stopping.is_set():
             try:
                 self.check()
             except Exception:
                 log.exception("adapter check failed")
-            self._stop.wait(self.interval)
+            self._stopping.wait(self.interval)
 
-    def stop(self) -> None:
-        self._stop.set()
+    def stop(self, timeout: float = 60) -> None:
+        """Stop polling, and wait for a swap in progress to end (an engine closed under it
+        would refuse the adapter, and that would be recorded)."""
+        self._stopping.set()
+        if self.is_alive() and threading.current_thread() is not self:
+            self.join(timeout)
 
     def check(self) -> str | None:
         """Swap to the adapter the database calls active, if it differs from the served one."""

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import gradio as gr
 
 from assistant.chat import Turn
-from assistant.engine import GenerationParams, RequestError
+from assistant.inference import GenerationParams, RequestError
 from storage import open_db
 from storage import chat as store
 

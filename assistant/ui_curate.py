@@ -16,7 +16,7 @@ import time
 
 import gradio as gr
 
-from assistant.engine import GenerationParams, RequestError
+from assistant.inference import GenerationParams, RequestError
 from storage import adapters, open_db, review
 from storage import chat as store
 

@@ -12,7 +12,7 @@ from axe_playwright_python.sync_playwright import Axe
 from playwright.sync_api import expect
 from transformers import TrainerState
 
-from assistant.engine import GenerationParams
+from assistant.inference import GenerationParams
 from assistant.server import ServeConfig, free_port, serve_in_thread
 from assistant.throttle import ThrottleConfig
 from storage import Home, activity, adapters, init_db, lock, open_db, review, runs, users

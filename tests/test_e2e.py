@@ -93,9 +93,12 @@ def test_feedback_trains_an_adapter_that_the_running_server_swaps_in(server):
                                     "--anchor-share", "0", "--set", "gate.anchor_examples=16",
                                     "--set", "gate.generation_prompts=8",
                                     # This test is about the swap (tests/test_cycle.py is
-                                    # about the gate): a hot learning rate on 6 examples may
-                                    # forget more than a nightly run would be allowed to.
-                                    "--set", "gate.max_forgetting=0.5"),
+                                    # about the gate): a hot learning rate on 6 sampled,
+                                    # cut-off answers may forget, and loop or cut off on a
+                                    # few prompts, more than a nightly run would be allowed
+                                    # to (seen in CI: 3 of 8 cut off against 1 of 8).
+                                    "--set", "gate.max_forgetting=0.5",
+                                    "--set", "gate.degeneration_tolerance=0.5"),
                            capture_output=True, text=True, timeout=900)
     (OUTPUT / "e2e-train.log").write_text(train.stdout + train.stderr)
     assert train.returncode == 0, train.stderr[-2000:]

@@ -6,7 +6,8 @@ import torch
 from peft import LoraConfig, get_peft_model
 
 from assistant import models
-from assistant.engine import Engine, GenerationParams, RequestError
+from assistant.engine import Engine
+from assistant.inference import GenerationParams, RequestError
 
 GREEDY = GenerationParams(temperature=0.0, max_tokens=12)
 HELLO = [{"role": "user", "content": "hello"}]
@@ -16,7 +17,9 @@ HELLO = [{"role": "user", "content": "hello"}]
 def engine(tiny_model_dir, home):
     base = models.resolve(str(tiny_model_dir), home)
     model, tokenizer = models.load(base)
-    return Engine(model, tokenizer, base.name)
+    engine = Engine(model, tokenizer, base.name)
+    yield engine
+    engine.close()
 
 
 def make_adapter(tiny_model_dir, folder, seed):
@@ -214,3 +217,44 @@ def test_an_answer_cut_inside_a_character_never_ends_in_a_replacement_mark(engin
         assert text == stream.result.text
         endings.append(stream.result.text[-1:])
     assert "\ufffd" not in endings
+
+
+def test_a_slow_store_never_holds_up_the_next_answer(engine):
+    """Storing an answer (a database write) runs beside the model, not on its thread: while
+    one answer's store hangs, the next answer is generated and ends; the first still ends
+    only once it is stored, so whoever saw its end may rate it."""
+    storing, release = threading.Event(), threading.Event()
+
+    def slow_store(result):
+        storing.set()
+        release.wait(60)
+
+    first = engine.chat(HELLO, GREEDY, on_finish=slow_store)
+    assert storing.wait(60)  # generated; its store hangs
+    second = engine.chat(HELLO, GREEDY)
+    try:
+        assert second.done.wait(30), "the store of one answer held up the next"
+        assert not first.done.is_set()
+    finally:
+        release.set()
+    assert first.done.wait(30) and first.result.text == second.result.text
+
+
+def test_a_closed_engine_keeps_what_ran_and_refuses_what_comes(engine, tiny_model_dir,
+                                                               tmp_path):
+    stored = []
+    running = engine.chat(HELLO, GenerationParams(temperature=0.0, max_tokens=400),
+                          on_finish=stored.append)
+    queued = engine.chat(HELLO, GenerationParams(temperature=0.0, max_tokens=400, seed=1),
+                         on_finish=stored.append)  # a seed runs alone: it waits its turn
+    next(iter(running))
+    engine.close()
+    assert running.done.is_set() and queued.done.is_set()
+    assert [s.result.finish_reason for s in (running, queued)] == ["interrupted"] * 2
+    assert 0 < running.result.completion_tokens < 400 and queued.result.completion_tokens == 0
+    assert sorted(stored, key=id) == sorted([running.result, queued.result], key=id)
+    for refused in (lambda: engine.check(HELLO, GREEDY), lambda: engine.chat(HELLO, GREEDY),
+                    lambda: engine.activate("ad-a", tmp_path).result(5)):
+        with pytest.raises(RequestError, match="shutting down") as info:
+            refused()
+        assert info.value.status == 503
