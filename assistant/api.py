@@ -151,6 +151,8 @@ def build_router(service: ChatService, auth: Auth) -> APIRouter:
         watcher = asyncio.create_task(_cancel_on_disconnect(request, turn))
         try:
             text = await asyncio.to_thread(lambda: "".join(turn))
+        except RequestError as exc:  # e.g. vLLM went away: 503, and what it had is kept
+            raise APIError.of(exc) from None
         except Exception as exc:
             raise APIError(500, f"generation failed: {type(exc).__name__}",
                            "server_error") from None
@@ -258,8 +260,11 @@ async def _sse(turn: Turn, base_name: str, include_usage: bool):
         yield "data: [DONE]\n\n"
     except Exception as exc:  # the model failed mid-answer: say so in the stream
         log.exception("streaming failed")
-        body = {"error": {"message": f"generation failed: {type(exc).__name__}",
-                          "type": "server_error", "param": None, "code": None}}
+        known = isinstance(exc, RequestError)  # e.g. vLLM went away: its message and code
+        body = {"error": {"message": str(exc) if known else
+                          f"generation failed: {type(exc).__name__}",
+                          "type": "server_error", "param": None,
+                          "code": exc.code if known else None}}
         yield f"data: {json.dumps(body)}\n\n"
     finally:
         turn.cancel()  # no-op when finished; on a disconnect, stops within one token

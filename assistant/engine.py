@@ -13,9 +13,7 @@ and a finished answer is stored on a separate thread while the batch goes on."""
 
 import collections
 import concurrent.futures
-import copy
 import logging
-import re
 import threading
 import time
 from contextlib import nullcontext
@@ -27,7 +25,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from assistant.inference import (ACTIVE, Completion, EngineStatus, GenerationParams,
-                                 RequestError, Stream)
+                                 RequestChecks, Stream, closed_error, tidy_end)
 
 log = logging.getLogger("flywheel.engine")
 
@@ -102,17 +100,11 @@ class Engine:
         self.active_adapter: str | None = None
         self.max_batch_size = max_batch_size
         self.max_loaded_adapters = max_loaded_adapters  # the active one + one for rollback
-        self.max_tokens_cap = max_tokens_cap
         self.max_queued = max_queued  # beyond this many waiting requests, say "busy"
-        self.max_messages = max_messages
-        self.max_stop_chars = max_stop_chars  # each token checks every stop string's prefixes
-        # Text that the tokenizer would read as a control token (a fake turn boundary): typed
-        # by a person it is refused, never parsed, and so never reaches training data either.
-        specials = sorted({t.content for t in tokenizer.added_tokens_decoder.values()
-                           if t.special} | set(tokenizer.all_special_tokens), key=len, reverse=True)
-        self._control = re.compile("|".join(map(re.escape, specials))) if specials else None
-        self.context_length = context_length or getattr(model.config, "max_position_embeddings",
-                                                        2048)
+        self.checks = RequestChecks(tokenizer, context_length or getattr(
+            model.config, "max_position_embeddings", 2048), max_tokens_cap=max_tokens_cap,
+            max_messages=max_messages, max_stop_chars=max_stop_chars)
+        self.context_length = self.checks.context_length
         self.eos_ids = self._eos_ids()
         self._loaded: list[str] = []  # adapter names in PEFT, least recently used first
         self.batches_run: collections.deque = collections.deque(maxlen=100)  # recent sizes
@@ -123,10 +115,6 @@ class Engine:
         self._live: set[_Request] = set()  # requests not yet ended: close() interrupts them
         self._closed = False
         self._storer = concurrent.futures.ThreadPoolExecutor(STORING_THREADS, "flywheel-store")
-        # Request threads count prompt tokens with their own copy: HF tokenizers are not
-        # meant to be shared across threads while one of them pads or truncates.
-        self._counter = copy.deepcopy(tokenizer)
-        self._counter_lock = threading.Lock()
         self._worker = threading.Thread(target=self._run, name="flywheel-engine", daemon=True)
         self._worker.start()
 
@@ -136,48 +124,11 @@ class Engine:
         """Validate a request before anything is stored; returns its prompt token count.
         Raises RequestError with a message for the user."""
         if self._closed:
-            raise _closed()
-        if not messages or messages[-1]["role"] != "user":
-            raise RequestError("the last message must be from the user", "messages")
-        if self.queued() >= self.max_queued:
-            raise RequestError("the model is busy; try again in a moment", code="model_busy",
-                               status=503)
-        if params.max_tokens < 1 or params.max_tokens > self.max_tokens_cap:
-            raise RequestError(f"max_tokens must be between 1 and {self.max_tokens_cap}, "
-                               f"not {params.max_tokens}", "max_tokens")
-        if not 0 <= params.temperature <= 2:
-            raise RequestError("temperature must be between 0 and 2", "temperature")
-        if not 0 < params.top_p <= 1:
-            raise RequestError("top_p must be above 0 and at most 1", "top_p")
-        if len(params.stop) > 4 or any(not s for s in params.stop):
-            raise RequestError("stop takes up to 4 non-empty strings", "stop")
-        if any(len(s) > self.max_stop_chars for s in params.stop):
-            raise RequestError(f"a stop string may have at most {self.max_stop_chars} characters "
-                               "(max_stop_chars)", "stop")
-        if len(messages) > self.max_messages:
-            raise RequestError(f"at most {self.max_messages} messages per request "
-                               f"(max_messages), not {len(messages)}", "messages")
-        for i, message in enumerate(messages):
-            token = self.control_token_in(message["content"])
-            if token:
-                raise RequestError(f"messages may not contain the model's control token "
-                                   f"{token!r}", f"messages.{i}.content", "control_token")
-        chars = sum(len(m["content"]) for m in messages)
-        if chars > self.context_length * 16:  # no tokenizer needed to refuse a huge paste
-            raise RequestError(self._too_long(f"{chars} characters", params), "messages",
-                               "context_length_exceeded")
-        with self._counter_lock:
-            prompt_tokens = len(self._counter.apply_chat_template(
-                messages, add_generation_prompt=True, return_dict=True)["input_ids"])
-        if prompt_tokens + params.max_tokens > self.context_length:
-            raise RequestError(self._too_long(f"{prompt_tokens} tokens", params), "messages",
-                               "context_length_exceeded")
-        return prompt_tokens
+            raise closed_error()
+        return self.checks(messages, params, busy=self.queued() >= self.max_queued)
 
     def control_token_in(self, text: str) -> str | None:
-        """The first of the tokenizer's special tokens written in `text`, if any."""
-        found = self._control.search(text) if self._control and text else None
-        return found.group(0) if found else None
+        return self.checks.control_token_in(text)
 
     def chat(self, messages: list[dict], params: GenerationParams | None = None,
              adapter: str | None = ACTIVE, adapter_path: Path | None = None,
@@ -191,7 +142,7 @@ class Engine:
                            Path(adapter_path) if adapter_path else None, stream)
         with self._wakeup:
             if self._closed:
-                raise _closed()
+                raise closed_error()
             self._live.add(request)
             self._jobs.append(request)
             self._wakeup.notify()
@@ -228,18 +179,14 @@ class Engine:
         self._worker.join(timeout)
         self._storer.shutdown(wait=True)
 
-    # ---- internals: the worker thread runs all of this (but _submit and _too_long) ----
-
-    def _too_long(self, size: str, params: GenerationParams) -> str:
-        return (f"the conversation is too long: {size} plus max_tokens {params.max_tokens} "
-                f"exceeds the model's context of {self.context_length} tokens")
+    # ---- internals: the worker thread runs all of this (but _submit) ----
 
     def _submit(self, fn: Callable[[], object]) -> concurrent.futures.Future:
         """Run `fn` on the worker at the next batch boundary: ahead of every queued request
         (behind earlier swaps), so a promotion never waits for the queue to drain."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         if self._closed:
-            future.set_exception(_closed())
+            future.set_exception(closed_error())
             return future
 
         def job() -> None:
@@ -382,10 +329,10 @@ class Engine:
         if len(row.ids) >= row.params.max_tokens:
             row.done = True
         if row.done and not row.hit_stop:
-            text = _tidy_end(text)
+            text = tidy_end(text)
         # Hold back half a UTF-8 character and trailing whitespace (the answer is stored
         # stripped, and the streamed pieces add up to exactly what is stored).
-        safe = len(text) if row.done else len(_tidy_end(text))
+        safe = len(text) if row.done else len(tidy_end(text))
         if not row.done:  # hold back an ending that may be the start of a stop string
             held = max((k for s in row.params.stop for k in range(1, len(s))
                         if text[:safe].endswith(s[:k])), default=0)
@@ -399,7 +346,7 @@ class Engine:
     def _complete(self, row: _Request) -> None:
         row.finished = True
         if not row.hit_stop:  # stopped, cancelled or at the limit: maybe inside a character
-            row.text = _tidy_end(row.text)
+            row.text = tidy_end(row.text)
         if row.emitted < len(row.text):
             row.stream.put(row.text[row.emitted:])
         row.stream.partial = row.text
@@ -510,14 +457,3 @@ class Engine:
         text = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
         if not text.strip():
             raise ValueError(f"adapter {adapter_id} produces no text")
-
-
-def _closed() -> RequestError:
-    return RequestError("the model server is shutting down; try again in a moment",
-                        code="engine_closed", status=503)
-
-
-def _tidy_end(text: str) -> str:
-    """An answer's stored end: no trailing space, and no half of a UTF-8 character (a stop
-    or the token limit can fall between the bytes of one; it decodes as U+FFFD)."""
-    return text.rstrip().rstrip("\ufffd").rstrip()

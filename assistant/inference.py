@@ -8,8 +8,10 @@ without the page, the API or the hot swap changing. The types both sides share l
 """
 
 import concurrent.futures
+import copy
 import logging
 import queue
+import re
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -48,6 +50,89 @@ class GenerationParams:
         return (True, self.temperature, self.top_p) if self.temperature > 0 else (False,)
 
 
+class RequestChecks:
+    """The checks every engine makes before anything is stored, with the model's tokenizer:
+    parameters within their limits, no control token typed, the prompt within the context.
+    Call it for the prompt's token count; RequestError names what is wrong."""
+
+    def __init__(self, tokenizer, context_length: int, *, max_tokens_cap: int = 1024,
+                 max_messages: int = 256, max_stop_chars: int = 256):
+        self.context_length = context_length
+        self.max_tokens_cap = max_tokens_cap
+        self.max_messages = max_messages
+        self.max_stop_chars = max_stop_chars  # each token checks every stop string's prefixes
+        # Text that the tokenizer would read as a control token (a fake turn boundary): typed
+        # by a person it is refused, never parsed, and so never reaches training data either.
+        specials = sorted({t.content for t in tokenizer.added_tokens_decoder.values()
+                           if t.special} | set(tokenizer.all_special_tokens), key=len, reverse=True)
+        self._control = re.compile("|".join(map(re.escape, specials))) if specials else None
+        # Request threads count prompt tokens with their own copy: HF tokenizers are not
+        # meant to be shared across threads while one of them pads or truncates.
+        self._counter = copy.deepcopy(tokenizer)
+        self._counter_lock = threading.Lock()
+
+    def __call__(self, messages: list[dict], params: "GenerationParams", busy: bool) -> int:
+        if not messages or messages[-1]["role"] != "user":
+            raise RequestError("the last message must be from the user", "messages")
+        if busy:
+            raise RequestError("the model is busy; try again in a moment", code="model_busy",
+                               status=503)
+        if params.max_tokens < 1 or params.max_tokens > self.max_tokens_cap:
+            raise RequestError(f"max_tokens must be between 1 and {self.max_tokens_cap}, "
+                               f"not {params.max_tokens}", "max_tokens")
+        if not 0 <= params.temperature <= 2:
+            raise RequestError("temperature must be between 0 and 2", "temperature")
+        if not 0 < params.top_p <= 1:
+            raise RequestError("top_p must be above 0 and at most 1", "top_p")
+        if len(params.stop) > 4 or any(not s for s in params.stop):
+            raise RequestError("stop takes up to 4 non-empty strings", "stop")
+        if any(len(s) > self.max_stop_chars for s in params.stop):
+            raise RequestError(f"a stop string may have at most {self.max_stop_chars} characters "
+                               "(max_stop_chars)", "stop")
+        if len(messages) > self.max_messages:
+            raise RequestError(f"at most {self.max_messages} messages per request "
+                               f"(max_messages), not {len(messages)}", "messages")
+        for i, message in enumerate(messages):
+            token = self.control_token_in(message["content"])
+            if token:
+                raise RequestError(f"messages may not contain the model's control token "
+                                   f"{token!r}", f"messages.{i}.content", "control_token")
+        chars = sum(len(m["content"]) for m in messages)
+        if chars > self.context_length * 16:  # no tokenizer needed to refuse a huge paste
+            raise RequestError(self._too_long(f"{chars} characters", params), "messages",
+                               "context_length_exceeded")
+        prompt_tokens = len(self.prompt_ids(messages))
+        if prompt_tokens + params.max_tokens > self.context_length:
+            raise RequestError(self._too_long(f"{prompt_tokens} tokens", params), "messages",
+                               "context_length_exceeded")
+        return prompt_tokens
+
+    def prompt_ids(self, messages: list[dict]) -> list[int]:
+        """The prompt's tokens, formatted by the chat template as the trainer formats them."""
+        with self._counter_lock:
+            return self._counter.apply_chat_template(
+                messages, add_generation_prompt=True, return_dict=True)["input_ids"]
+
+    def control_token_in(self, text: str) -> str | None:
+        """The first of the tokenizer's special tokens written in `text`, if any."""
+        found = self._control.search(text) if self._control and text else None
+        return found.group(0) if found else None
+
+    def _too_long(self, size: str, params: "GenerationParams") -> str:
+        return (f"the conversation is too long: {size} plus max_tokens {params.max_tokens} "
+                f"exceeds the model's context of {self.context_length} tokens")
+
+
+class EngineUnavailable(RuntimeError):
+    """No inference server answers now: not an adapter's fault (the swap is tried again)."""
+
+
+def closed_error() -> RequestError:
+    """What a closed engine answers: the server is shutting down."""
+    return RequestError("the model server is shutting down; try again in a moment",
+                        code="engine_closed", status=503)
+
+
 @dataclass
 class Completion:
     """What a finished (or stopped) generation produced, for storing beside the text."""
@@ -62,11 +147,12 @@ class Completion:
 @dataclass
 class EngineStatus:
     """What /healthz says of the engine."""
-    engine: str                  # "local" (the built-in engine)
+    engine: str                  # "local" (the built-in engine) or "vllm"
     adapter: str | None          # the adapter new requests get; None: the base model
     queued: int                  # requests waiting for the model
     batches_started: int         # batches so far
     adapter_since_batch: int     # batches_started when the serving adapter last changed
+    replicas: list[dict] = field(default_factory=list)  # vLLM: each server's url and state
 
 
 class Stream:
@@ -141,6 +227,12 @@ class Stream:
         finally:
             self.done.set()
             self._pieces.put(Stream._END)
+
+
+def tidy_end(text: str) -> str:
+    """An answer's stored end: no trailing space, and no half of a UTF-8 character (a stop
+    or the token limit can fall between the bytes of one; it decodes as U+FFFD)."""
+    return text.rstrip().rstrip("\ufffd").rstrip()
 
 
 class InferenceEngine(Protocol):

@@ -3,6 +3,8 @@
 
 import gc
 import logging
+import os
+import shlex
 import socket
 import threading
 import time
@@ -13,10 +15,11 @@ import gradio as gr
 import uvicorn
 from fastapi import FastAPI
 
-from assistant import api, models
+from assistant import api, models, vllm_process
 from assistant.auth import Auth, PageApiForRole
 from assistant.chat import ChatService
 from assistant.engine import Engine
+from assistant.engine_vllm import VllmEngine
 from assistant.inference import InferenceEngine
 from assistant.guard import Guard
 from assistant.journal import Journal
@@ -39,6 +42,14 @@ class ServeConfig:
     max_batch_size: int = 8           # concurrent requests generated together in one batch
     max_tokens_cap: int = 1024        # the most new tokens one request may ask for
     quantize: str | None = None       # "4bit" or "8bit" (CUDA + bitsandbytes)
+    engine: str = "local"             # "local": the built-in engine; "vllm": vLLM servers
+    vllm_url: str | None = None       # running vLLM servers, comma separated (replicas)
+    vllm_python: str | None = None    # or: the python of vLLM's venv, to start one here
+    vllm_dtype: str = "auto"          # a vLLM started here: --dtype (float32 on AVX2 CPUs)
+    vllm_max_lora_rank: int = 64      # ... --max-lora-rank: the largest adapter rank served
+    vllm_args: str = ""               # ... further vLLM flags, e.g. "--tensor-parallel-size 2"
+    vllm_start_timeout: float = 600   # seconds a vLLM started here may take to answer
+    vllm_cpu_kv_cache_gib: int = 4    # a vLLM CPU build started here: its KV cache, in GiB
     session_hours: float = 12.0       # a page sign-in lasts this long
     journal_interval: float = 1.0     # seconds between writes of running answers' text
     # ---- limits: a request past one is refused with a message naming the setting ----------
@@ -85,14 +96,9 @@ def build(home: Home, config: ServeConfig) -> Server:
         if not auth.loopback and not users.has_admin(db):
             raise ServeError(f"refusing to serve on {config.host} without an admin account; "
                              "create one first: flywheel users add NAME --role admin")
-    started = time.perf_counter()
     base = models.resolve(config.model, home)
-    model, tokenizer = models.load(base, quantize=config.quantize)
-    print(f"Loaded {base.name} on {model.device} ({model.dtype}) in "
-          f"{time.perf_counter() - started:.1f}s from {base.folder}", flush=True)
-    engine = Engine(model, tokenizer, base.name, max_batch_size=config.max_batch_size,
-                    max_tokens_cap=config.max_tokens_cap, max_queued=config.max_queued,
-                    max_messages=config.max_messages, max_stop_chars=config.max_stop_chars)
+    engine = (vllm_engine(base, home, config) if config.engine == "vllm" else
+              local_engine(base, config))
     watcher = AdapterWatcher(engine, home, interval=config.poll_interval)
     watcher.check()  # serve the active adapter from the first request on
     watcher.start()
@@ -128,6 +134,53 @@ def build(home: Home, config: ServeConfig) -> Server:
                 max_body_bytes=config.max_body_bytes)
     checkpointer = Checkpointer(home).start()  # writers never wait for a checkpoint's sync
     return Server(app, engine, watcher, service, checkpointer, journal)
+
+
+def local_engine(base: models.BaseModel, config: ServeConfig) -> Engine:
+    """The built-in engine on this process's own copy of the model."""
+    started = time.perf_counter()
+    model, tokenizer = models.load(base, quantize=config.quantize)
+    print(f"Loaded {base.name} on {model.device} ({model.dtype}) in "
+          f"{time.perf_counter() - started:.1f}s from {base.folder}", flush=True)
+    return Engine(model, tokenizer, base.name, max_batch_size=config.max_batch_size,
+                  max_tokens_cap=config.max_tokens_cap, max_queued=config.max_queued,
+                  max_messages=config.max_messages, max_stop_chars=config.max_stop_chars)
+
+
+def vllm_engine(base: models.BaseModel, home: Home, config: ServeConfig) -> VllmEngine:
+    """The vLLM engine: in front of the servers at `vllm_url`, or of one started here."""
+    from transformers import AutoConfig, AutoTokenizer
+    if bool(config.vllm_url) == bool(config.vllm_python):
+        raise ServeError("--engine vllm takes either --vllm-url URL[,URL...] (running vLLM "
+                         "servers) or --vllm-python PATH (start one here)")
+    if config.quantize:
+        raise ServeError("--quantize is for the built-in engine; vLLM takes its own flags "
+                         "(--vllm-args)")
+    tokenizer = AutoTokenizer.from_pretrained(base.folder)
+    context = getattr(AutoConfig.from_pretrained(base.folder), "max_position_embeddings", 2048)
+    process, on_close = None, None
+    if config.vllm_python:
+        print(f"Starting vLLM for {base.name} ...", flush=True)
+        try:
+            process = vllm_process.start(
+                config.vllm_python, base.folder, base.name, free_port(),
+                home.root / "vllm.log", timeout=config.vllm_start_timeout,
+                max_lora_rank=config.vllm_max_lora_rank, dtype=config.vllm_dtype,
+                cpu_kv_cache_gib=config.vllm_cpu_kv_cache_gib,
+                extra_args=tuple(shlex.split(config.vllm_args)))
+        except vllm_process.VllmStartError as exc:
+            raise ServeError(str(exc)) from None
+        on_close = process.stop
+    urls = [process.url] if process else [u.strip() for u in config.vllm_url.split(",")
+                                          if u.strip()]
+    engine = VllmEngine(tokenizer, base.name, urls,
+                        api_key=process.api_key if process else os.environ.get("VLLM_API_KEY"),
+                        context_length=context, max_tokens_cap=config.max_tokens_cap,
+                        max_queued=config.max_queued, max_messages=config.max_messages,
+                        max_stop_chars=config.max_stop_chars, on_close=on_close)
+    print(f"Serving {base.name} through vLLM at {', '.join(urls)}: "
+          f"{sum(r.up for r in engine.replicas)} of {len(urls)} up", flush=True)
+    return engine
 
 
 def serve(home: Home, config: ServeConfig) -> None:

@@ -9,7 +9,7 @@ import logging
 import threading
 from pathlib import Path
 
-from assistant.inference import InferenceEngine
+from assistant.inference import EngineUnavailable, InferenceEngine
 from storage import Home, open_db
 from storage import adapters
 
@@ -56,6 +56,9 @@ class AdapterWatcher(threading.Thread):
                 raise ValueError(f"trained on {wanted['base_model']}, "
                                  f"but this server serves {self.engine.base_name}")
             self.engine.activate(wanted_id, Path(wanted["path"])).result()
+        except EngineUnavailable as exc:  # the inference server is down: try again next time
+            log.warning("cannot swap in adapter %s now: %s", wanted_id, exc)
+            return self.engine.active_adapter
         except Exception as exc:
             self._record(wanted_id, "refused", f"{type(exc).__name__}: {exc}")
             log.error("refusing adapter %s: %s; still serving %s", wanted_id, exc,

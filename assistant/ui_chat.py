@@ -102,6 +102,8 @@ def build(page, demo: gr.Blocks) -> None:
             for piece in turn:
                 history[-1]["content"] += piece
                 yield history, session, "", {}
+        except RequestError as exc:  # e.g. vLLM went away mid-answer: say what happened
+            raise gr.Error(f"The model could not finish: {exc}") from None
         except Exception as exc:
             log.exception("chat failed")
             raise gr.Error(f"The model could not answer: {type(exc).__name__}") from None

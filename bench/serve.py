@@ -1,21 +1,22 @@
-"""Serving speed of the embedded model, all in one process (so every figure is a ratio or a
-time measured side by side, never against a number from another machine):
+"""Serving speed, all in one process (so every figure is a ratio or a time measured side by
+side, never against a number from another machine), for the built-in engine, vLLM or both:
 
-- `api_over_raw`: tokens/s of one greedy stream through `POST /v1/chat/completions` divided by
-  tokens/s of a bare `model.generate` on the same prompt (goal: at least 0.9);
-- time to first token with 1 and with 8 concurrent streams, and the 8 streams' combined
-  tokens/s with batching on against batching off;
-- the time from a promotion (a database row, as `flywheel adapters promote` writes it) to
-  the first answer produced by the new adapter.
+- for each engine: the combined tokens/s of 1, 8 and 16 concurrent streams, their time to
+  first token (mean and p95), and the time from a promotion (a database row, as `flywheel
+  adapters promote` writes it) to the first answer produced by the new adapter;
+- built-in engine only: `api_over_raw`, tokens/s of one greedy stream through `POST
+  /v1/chat/completions` divided by tokens/s of a bare `model.generate` on the same prompt
+  (goal: at least 0.9), and 8 streams with batching on against batching off.
 
-    python bench/serve.py [--home DIR] [--tokens 128] [--repeats 3]
+    python bench/serve.py [--engine local|vllm|both] [--vllm-python PATH] [--tokens 128]
 
-Prints JSON.
+Prints JSON; with --plot, a PNG of tokens/s against streams for each engine.
 """
 
 import argparse
 import json
 import statistics
+import sys
 import tempfile
 import threading
 import time
@@ -24,12 +25,16 @@ from pathlib import Path
 import httpx
 import torch
 
-from assistant.server import ServeConfig, serve_in_thread
-from storage import Home, open_db
-from storage import adapters
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project before bench/
+
+from assistant import models  # noqa: E402
+from assistant.server import ServeConfig, serve_in_thread  # noqa: E402
+from storage import Home, open_db  # noqa: E402
+from storage import adapters  # noqa: E402
 
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
-CONCURRENT = [f"Tell me about the history of the number {n}." for n in range(8)]
+CONCURRENT = [f"Tell me about the history of the number {n}." for n in range(16)]
+STREAMS = (1, 8, 16)
 
 
 def stream_once(url: str, messages: list, max_tokens: int) -> dict:
@@ -66,39 +71,42 @@ def raw_generate(server, max_tokens: int) -> dict:
     return {"total_s": time.perf_counter() - started, "tokens": tokens}
 
 
-def concurrent_streams(url: str, max_tokens: int) -> dict:
-    results = [None] * len(CONCURRENT)
-    barrier = threading.Barrier(len(CONCURRENT))
+def concurrent_streams(url: str, max_tokens: int, streams: int = 8) -> dict:
+    """`streams` requests started together: their combined tokens/s and time to first token."""
+    results = [None] * streams
+    barrier = threading.Barrier(streams)
 
     def one(i: int) -> None:
         barrier.wait()
         results[i] = stream_once(url, [{"role": "user", "content": CONCURRENT[i]}], max_tokens)
     started = time.perf_counter()
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(CONCURRENT))]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(streams)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     wall = time.perf_counter() - started
-    ttfts = [r["ttft_s"] for r in results]
-    return {"ttft_mean_s": round(statistics.mean(ttfts), 3), "ttft_max_s": round(max(ttfts), 3),
+    ttfts = sorted(r["ttft_s"] for r in results)
+    return {"streams": streams, "ttft_mean_s": round(statistics.mean(ttfts), 3),
+            "ttft_p95_s": round(ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))], 3),
+            "ttft_max_s": round(ttfts[-1], 3),
             "tokens_per_s_total": round(sum(r["tokens"] for r in results) / wall, 1)}
 
 
-def random_adapter(server, folder: Path) -> None:
+def random_adapter(model_folder: Path, folder: Path) -> None:
     """A LoRA adapter for the served model with non-zero weights, so its answers differ."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
-    base = AutoModelForCausalLM.from_pretrained(server.engine.model.name_or_path)
+    base = AutoModelForCausalLM.from_pretrained(model_folder)
     torch.manual_seed(0)
     peft_model = get_peft_model(base, LoraConfig(r=8, target_modules=["q_proj", "v_proj"],
                                                  init_lora_weights=False))
     peft_model.save_pretrained(folder)
 
 
-def promotion_to_answer(url: str, server, home: Home) -> dict:
+def promotion_to_answer(url: str, server, home: Home, model_folder: Path) -> dict:
     adapter_id = adapters.new_adapter_id()
-    random_adapter(server, adapters.staging_path(home, adapter_id))
+    random_adapter(model_folder, adapters.staging_path(home, adapter_id))
     with open_db(home) as db:
         adapters.publish(db, home, adapter_id, base_model=server.service.model_name,
                          method="sft")
@@ -113,44 +121,88 @@ def promotion_to_answer(url: str, server, home: Home) -> dict:
                     "requests_until_then": tries}
 
 
+def local_only(url: str, server, config: ServeConfig, tokens: int, repeats: int) -> dict:
+    """The built-in engine against a bare `model.generate`, and its batching on and off."""
+    stream_once(url, PROMPT, 8)  # warm up both paths
+    raw_generate(server, 8)
+    api, raw = [], []
+    for _ in range(repeats):  # interleaved, so drift hits both alike
+        raw.append(raw_generate(server, tokens))
+        api.append(stream_once(url, PROMPT, tokens))
+    raw_tps = statistics.median(r["tokens"] / r["total_s"] for r in raw)
+    api_tps = statistics.median(r["tokens"] / r["total_s"] for r in api)
+    batched = concurrent_streams(url, tokens)
+    server.engine.max_batch_size = 1
+    one_at_a_time = concurrent_streams(url, tokens)
+    server.engine.max_batch_size = config.max_batch_size
+    return {"device": str(server.engine.model.device), "dtype": str(server.engine.model.dtype),
+            "raw_generate_tokens_per_s": round(raw_tps, 1),
+            "api_stream_tokens_per_s": round(api_tps, 1),
+            "api_over_raw": round(api_tps / raw_tps, 3),
+            "8_streams_without_batching": one_at_a_time,
+            "batching_speedup_8_streams": round(batched["tokens_per_s_total"]
+                                                / one_at_a_time["tokens_per_s_total"], 2)}
+
+
+def measure(engine: str, args) -> dict:
+    """One engine's figures, on a server of its own in a new home."""
+    home = Home.resolve(tempfile.mkdtemp(prefix=f"flywheel-bench-{engine}-"))
+    config = ServeConfig(port=0, engine=engine, vllm_python=args.vllm_python,
+                         vllm_dtype=args.vllm_dtype)
+    folder = models.resolve(config.model, home).folder
+    with serve_in_thread(home, config) as (url, server):
+        stream_once(url, PROMPT, 8)  # warm up
+        report = {"engine": engine}
+        if engine == "local":
+            report |= local_only(url, server, config, args.tokens, args.repeats)
+        report["streams"] = [concurrent_streams(url, args.tokens, n) for n in STREAMS]
+        one, *_, most = report["streams"]
+        report[f"{most['streams']}_streams_over_1"] = round(most["tokens_per_s_total"]
+                                                           / one["tokens_per_s_total"], 2)
+        report |= promotion_to_answer(url, server, home, folder)
+        report["poll_interval_s"] = config.poll_interval
+    return report
+
+
+def plot(reports: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for report in reports:
+        ax.plot([s["streams"] for s in report["streams"]],
+                [s["tokens_per_s_total"] for s in report["streams"]], marker="o",
+                label=report["engine"])
+    ax.set(xlabel="concurrent streams", ylabel="tokens/s, all streams together",
+           title="Serving throughput", xticks=list(STREAMS))
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--home", help="FLYWHEEL_HOME to use (default: a new temporary one)")
+    parser.add_argument("--engine", choices=["local", "vllm", "both"], default="local")
+    parser.add_argument("--vllm-python", help="python of vLLM's venv (for --engine vllm/both)")
+    parser.add_argument("--vllm-dtype", default="auto", help="vLLM's --dtype")
     parser.add_argument("--tokens", type=int, default=128, help="new tokens per request")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each single-stream measure")
+    parser.add_argument("--plot", help="write a PNG of tokens/s against streams here")
     args = parser.parse_args()
-    home = Home.resolve(args.home or tempfile.mkdtemp(prefix="flywheel-bench-"))
-    config = ServeConfig(port=0)
-    with serve_in_thread(home, config) as (url, server):
-        stream_once(url, PROMPT, 8)  # warm up both paths
-        raw_generate(server, 8)
-        api, raw = [], []
-        for _ in range(args.repeats):  # interleaved, so drift hits both alike
-            raw.append(raw_generate(server, args.tokens))
-            api.append(stream_once(url, PROMPT, args.tokens))
-        raw_tps = statistics.median(r["tokens"] / r["total_s"] for r in raw)
-        api_tps = statistics.median(r["tokens"] / r["total_s"] for r in api)
-        single = [stream_once(url, [{"role": "user", "content": CONCURRENT[0]}], args.tokens)
-                  for _ in range(args.repeats)]
-        batched = concurrent_streams(url, args.tokens)
-        server.engine.max_batch_size = 1
-        one_at_a_time = concurrent_streams(url, args.tokens)
-        server.engine.max_batch_size = config.max_batch_size
-        swap = promotion_to_answer(url, server, home)
-    report = {
-        "model": server.service.model_name, "device": str(server.engine.model.device),
-        "dtype": str(server.engine.model.dtype), "tokens_per_request": args.tokens,
-        "raw_generate_tokens_per_s": round(raw_tps, 1),
-        "api_stream_tokens_per_s": round(api_tps, 1),
-        "api_over_raw": round(api_tps / raw_tps, 3),
-        "ttft_1_stream_s": round(statistics.median(r["ttft_s"] for r in single), 3),
-        "ttft_8_streams": batched,
-        "8_streams_without_batching": one_at_a_time,
-        "batching_speedup_8_streams": round(batched["tokens_per_s_total"]
-                                            / one_at_a_time["tokens_per_s_total"], 2),
-        "poll_interval_s": config.poll_interval, **swap,
-    }
-    print(json.dumps(report, indent=2))
+    engines = ["local", "vllm"] if args.engine == "both" else [args.engine]
+    if "vllm" in engines and not args.vllm_python:
+        parser.error("--engine vllm needs --vllm-python PATH")
+    reports = [measure(engine, args) for engine in engines]
+    result = {"model": models.EMBEDDED_NAME, "tokens_per_request": args.tokens,
+              "engines": reports}
+    if len(reports) == 2:
+        most = STREAMS[-1]
+        result[f"vllm_over_local_at_{most}_streams"] = round(
+            reports[1]["streams"][-1]["tokens_per_s_total"]
+            / reports[0]["streams"][-1]["tokens_per_s_total"], 2)
+    if args.plot:
+        plot(reports, Path(args.plot))
+    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

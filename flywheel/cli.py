@@ -35,7 +35,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from assistant.server import ServeConfig, ServeError, serve
     config = ServeConfig(model=args.model, host=args.host, port=args.port,
                          poll_interval=args.poll_interval, max_batch_size=args.max_batch_size,
-                         max_tokens_cap=args.max_tokens_cap, quantize=args.quantize)
+                         max_tokens_cap=args.max_tokens_cap, quantize=args.quantize,
+                         engine=args.engine, vllm_url=args.vllm_url,
+                         vllm_python=args.vllm_python, vllm_dtype=args.vllm_dtype,
+                         vllm_args=args.vllm_args)
     try:
         config = with_limits(config, args.limit or [])
     except ValueError as exc:
@@ -379,6 +382,16 @@ def parser() -> argparse.ArgumentParser:
                    help="the most new tokens one request may ask for")
     s.add_argument("--quantize", choices=["4bit", "8bit"],
                    help="load the base model in 4 or 8 bits (CUDA with bitsandbytes)")
+    s.add_argument("--engine", choices=["local", "vllm"], default="local",
+                   help="local: the built-in engine; vllm: vLLM servers (README: Serving at scale)")
+    s.add_argument("--vllm-url", help="running vLLM servers, comma separated: each request goes "
+                                      "to the least busy one (sends $VLLM_API_KEY if set)")
+    s.add_argument("--vllm-python", help="the python of vLLM's own venv: start vLLM here, on "
+                                         "127.0.0.1 only")
+    s.add_argument("--vllm-dtype", default="auto",
+                   help="--dtype of a vLLM started here (float32 or bfloat16 on a CPU)")
+    s.add_argument("--vllm-args", default="",
+                   help="further flags for a vLLM started here, e.g. '--tensor-parallel-size 2'")
     s.add_argument("--limit", action="append", metavar="NAME=VALUE",
                    help="change one limit, e.g. requests_per_minute=60 or max_body_bytes=2000000 "
                         "(README: Limits)")

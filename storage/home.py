@@ -5,6 +5,7 @@
     adapters/.staging/   adapters being written; never read by the server
     models/<key>/        base models converted to plain safetensors (e.g. from GGUF)
     runs/<id>/           a training run's scratch space: checkpoints, logs
+    vllm.log             the output of a vLLM server that `flywheel serve` started
     page.secret          the key of what the page keeps in the browser (the open chat)
 """
 

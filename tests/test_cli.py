@@ -143,3 +143,16 @@ def test_export_keeps_duplicates_only_when_asked_and_reuses_embeddings(home, tmp
     from storage.embeddings import EmbeddingCache
     cache = EmbeddingCache.for_home(home, "all-MiniLM-L6-v2")
     assert len(cache.get(["What is the boiling point of water?", "100 C at sea level."])) == 2
+
+
+def test_training_an_adapter_vllm_could_not_serve_exits_2_before_any_work(home, capsys):
+    base = ["train", "--home", str(home.root), "--set", "vllm_max_lora_rank=8"]
+    assert main(base) == 2  # the default rank, 16, is above it
+    assert capsys.readouterr().err.strip() == (
+        "flywheel: error: sft.lora_r 16 is above vLLM's --max-lora-rank 8 (vllm_max_lora_rank): "
+        "vLLM could not serve the adapter")
+    assert main(base + ["--set", "sft.lora_r=8", "--set", "dpo.lora_r=8", "--set", "kto.lora_r=8",
+                        "--set", "sft.lora_target_modules=q_proj,lm_head"]) == 2
+    assert "lm_head: vLLM serves LoRA on the linear layers only" in capsys.readouterr().err
+    with open_db(home) as db:
+        assert db["training_runs"].count == 0  # refused before a run was started

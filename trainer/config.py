@@ -101,6 +101,7 @@ class TrainConfig:
     quantize: str | None = field(default=None, metadata={"help": "4bit: QLoRA on a 4-bit base (CUDA + bitsandbytes); None: the base in bf16 (CUDA) or fp32."})
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Trade compute for memory; None: on with CUDA, off on the CPU (where it only slows a small model down)."})
     seed: int = field(default=42, metadata={"help": "Seed for sampling, shuffling and initialisation."})
+    vllm_max_lora_rank: int = field(default=0, metadata={"help": "Serving on vLLM: its --max-lora-rank (flywheel serve --vllm-python starts it with 64). An adapter vLLM could not load (a larger lora_r, LoRA on the embeddings or the output head) is refused before training; 0: not serving on vLLM."})
     sft: SFTSettings = field(default_factory=SFTSettings, metadata={"help": "Supervised fine-tuning on liked answers and corrections."})
     dpo: DPOSettings = field(default_factory=DPOSettings, metadata={"help": "Direct preference optimisation on preference pairs."})
     kto: KTOSettings = field(default_factory=KTOSettings, metadata={"help": "KTO on thumbs up / down of single answers."})
@@ -117,6 +118,18 @@ class TrainConfig:
             raise ValueError(f"ab_share must be at least 0 and below 1, not {self.ab_share}")
         if self.quantize not in (None, "4bit"):
             raise ValueError(f"quantize must be 4bit or unset, not {self.quantize!r}")
+        if self.vllm_max_lora_rank:
+            for name, settings in self.methods().items():
+                if settings.lora_r > self.vllm_max_lora_rank:
+                    raise ValueError(f"{name}.lora_r {settings.lora_r} is above vLLM's "
+                                     f"--max-lora-rank {self.vllm_max_lora_rank} "
+                                     "(vllm_max_lora_rank): vLLM could not serve the adapter")
+                unservable = {"embed_tokens", "lm_head"} & set(
+                    settings.lora_target_modules.replace(",", " ").split())
+                if unservable:
+                    raise ValueError(f"{name}.lora_target_modules has {', '.join(sorted(unservable))}"
+                                     ": vLLM serves LoRA on the linear layers only "
+                                     "(vllm_max_lora_rank is set)")
         return self
 
     def methods(self) -> dict[str, MethodSettings]:
