@@ -255,6 +255,22 @@ def test_a_corrupt_adapter_is_refused_and_the_old_one_keeps_serving(vllm, flywhe
     assert "ad-vllm-corrupt" not in health(url)["replicas"][0]["adapters"]
 
 
+def test_adapters_pinned_one_after_another_never_pile_up_in_vllm(vllm, flywheel):
+    """Each replica keeps at most max_loaded_adapters (2): the active one stays, the least
+    recently used unused one goes, and an unloaded version is loaded again when asked for."""
+    url, server, home = flywheel
+    active = health(url)["adapter"]
+    for adapter_id, seed in (("ad-vllm-c", 4), ("ad-vllm-d", 5)):
+        publish(home, vllm.base, adapter_id, seed=seed)
+        assert ask(url, PROMPTS[3], adapter_id)[1] == adapter_id
+        loaded = health(url)["replicas"][0]["adapters"]
+        assert active in loaded and adapter_id in loaded
+        assert len(loaded) <= server.engine.max_loaded_adapters
+    assert "ad-vllm-c" not in health(url)["replicas"][0]["adapters"]
+    assert ask(url, PROMPTS[3], "ad-vllm-c")[1] == "ad-vllm-c"  # loaded again on demand
+    assert ask(url, PROMPTS[3])[1] == active
+
+
 def test_vllm_killed_mid_stream_gives_503s_and_serving_resumes_when_it_is_back(vllm,
                                                                                 flywheel):
     url, _, home = flywheel
