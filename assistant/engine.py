@@ -2,8 +2,10 @@
 this process's own model. Generation and adapter swaps run on a single worker thread.
 
 Requests and swaps are jobs in one FIFO queue, so no two threads ever touch the model or
-PEFT's adapter state at once, and a swap can only happen between two batches: a request
-keeps the adapter it started with until it finishes. Requests that sample the same way are
+PEFT's adapter state at once. A swap goes ahead of queued requests and does not wait for the
+running batch to end: at the next decoding step the batch pauses, the new adapter is loaded
+and smoke-tested, and the batch goes on (its rows re-reading what they have generated so
+far). A request keeps the adapter it started with until it finishes. Requests that sample the same way are
 generated together as one left-padded batch (up to `max_batch_size`); one that arrives while
 a batch runs joins it at the next token step (the batch restarts with the newcomer, its rows
 re-reading what they have generated so far), so nobody waits for a long answer to end. Rows
@@ -15,60 +17,33 @@ import collections
 import concurrent.futures
 import logging
 import threading
-import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from assistant.batch_row import Row, left_pad
 from assistant.inference import (ACTIVE, Completion, EngineStatus, GenerationParams,
-                                 RequestChecks, Stream, closed_error, tidy_end)
+                                 RequestChecks, Stream, closed_error, refused_when_closed,
+                                 storing_pool)
+from assistant.peft_adapters import PeftAdapters
 
 log = logging.getLogger("flywheel.engine")
 
 BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
-STORING_THREADS = 2  # finished answers are stored on these, never on the model's thread
-
-
-@dataclass(eq=False)  # compared and hashed by identity: close() keeps a set of them
-class _Request:
-    messages: list[dict]
-    params: GenerationParams
-    adapter: str | None            # ACTIVE, None (the base model) or an adapter id
-    adapter_path: Path | None      # where to load a pinned adapter from, if not loaded yet
-    stream: Stream
-    # filled in by the worker
-    adapter_id: str | None = None
-    prompt_ids: list[int] = field(default_factory=list)
-    ids: list[int] = field(default_factory=list)
-    text: str = ""
-    emitted: int = 0
-    done: bool = False       # no more tokens wanted
-    finished: bool = False   # result handed to the caller
-    hit_stop: bool = False
-    submitted: float = field(default_factory=time.perf_counter)
-
-
-def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(input_ids, attention_mask) for a batch of token lists, padded on the left, as
-    decoder-only generation needs (every row's next token lands in the last column)."""
-    width = max(len(s) for s in sequences)
-    ids = torch.tensor([[pad_id] * (width - len(s)) + s for s in sequences])
-    mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences])
-    return ids, mask
 
 
 class _StepHook(StoppingCriteria):
     """Runs once per decoding step with every row's tokens so far: decodes each live row's
     new token, streams the text, and ends a row on EOS, a stop string, its own max_tokens or
     a cancel (so a cancel takes effect within one step); a finished row is stored at once.
-    When requests that could join are waiting and there is room, it stops the whole batch
-    (`preempted`) so the engine can restart it with them."""
+    When requests that could join are waiting and there is room, or a swap is waiting, it
+    stops the whole batch (`preempted`) so the engine can run the swap and restart the batch
+    with the newcomers."""
 
-    def __init__(self, engine: "Engine", rows: list[_Request], may_preempt: bool):
+    def __init__(self, engine: "Engine", rows: list[Row], may_preempt: bool):
         self.engine, self.rows, self.may_preempt = engine, rows, may_preempt
         self.preempted = False
 
@@ -76,12 +51,13 @@ class _StepHook(StoppingCriteria):
         last = input_ids[:, -1].tolist()
         for row, token in zip(self.rows, last):
             if not row.done:
-                self.engine._advance(row, token)
+                row.advance(token, self.engine.tokenizer, self.engine.eos_ids)
                 if row.done:
                     self.engine._complete(row)
         live = sum(not r.done for r in self.rows)
-        if (self.may_preempt and 0 < live < self.engine.max_batch_size
-                and self.engine._has_joinable(self.rows[0].params.batch_key())):
+        if self.may_preempt and live and (self.engine._swap_waiting() or (
+                live < self.engine.max_batch_size
+                and self.engine._has_joinable(self.rows[0].params.batch_key()))):
             self.preempted = True
             return torch.ones(len(self.rows), dtype=torch.bool, device=input_ids.device)
         return torch.tensor([r.done for r in self.rows], dtype=torch.bool, device=input_ids.device)
@@ -93,30 +69,46 @@ class Engine:
     def __init__(self, model, tokenizer, base_name: str, *, max_batch_size: int = 8,
                  max_loaded_adapters: int = 2, max_tokens_cap: int = 1024,
                  context_length: int | None = None, max_queued: int = 64,
-                 max_messages: int = 256, max_stop_chars: int = 256):
-        self.model = model            # becomes a PeftModel once the first adapter is loaded
+                 max_messages: int = 256, max_stop_chars: int = 256,
+                 smoke_test_tokens: int = 2):
+        self.adapters = PeftAdapters(model, tokenizer, max_loaded_adapters, smoke_test_tokens)
         self.tokenizer = tokenizer
         self.base_name = base_name
         self.active_adapter: str | None = None
         self.max_batch_size = max_batch_size
-        self.max_loaded_adapters = max_loaded_adapters  # the active one + one for rollback
         self.max_queued = max_queued  # beyond this many waiting requests, say "busy"
         self.checks = RequestChecks(tokenizer, context_length or getattr(
             model.config, "max_position_embeddings", 2048), max_tokens_cap=max_tokens_cap,
             max_messages=max_messages, max_stop_chars=max_stop_chars)
         self.context_length = self.checks.context_length
         self.eos_ids = self._eos_ids()
-        self._loaded: list[str] = []  # adapter names in PEFT, least recently used first
         self.batches_run: collections.deque = collections.deque(maxlen=100)  # recent sizes
         self.batches_started = 0  # `_generate` calls: a batch lasts until its rows finish
         self.swapped_after_batch = 0  # batches_started when the serving adapter last changed
         self._jobs: collections.deque = collections.deque()
         self._wakeup = threading.Condition()
-        self._live: set[_Request] = set()  # requests not yet ended: close() interrupts them
+        self._live: set[Row] = set()  # requests not yet ended: close() interrupts them
         self._closed = False
-        self._storer = concurrent.futures.ThreadPoolExecutor(STORING_THREADS, "flywheel-store")
+        self._storer = storing_pool()
         self._worker = threading.Thread(target=self._run, name="flywheel-engine", daemon=True)
         self._worker.start()
+
+    @property
+    def model(self):
+        """The model as it runs now (a PeftModel once an adapter is loaded)."""
+        return self.adapters.model
+
+    @property
+    def max_loaded_adapters(self) -> int:
+        return self.adapters.max_loaded
+
+    @max_loaded_adapters.setter
+    def max_loaded_adapters(self, value: int) -> None:
+        self.adapters.max_loaded = value
+
+    @property
+    def smoke_test_tokens(self) -> int:
+        return self.adapters.smoke_test_tokens
 
     # ---- public, thread-safe -------------------------------------------------------------
 
@@ -138,7 +130,7 @@ class Engine:
         `on_finish` stores the result before the stream ends, on a storing thread (never the
         model's); `on_end` runs when the stream ends, also when it fails."""
         stream = Stream(self._storer, on_finish, on_end)
-        request = _Request(messages, params or GenerationParams(), adapter,
+        request = Row(messages, params or GenerationParams(), adapter,
                            Path(adapter_path) if adapter_path else None, stream)
         with self._wakeup:
             if self._closed:
@@ -182,12 +174,12 @@ class Engine:
     # ---- internals: the worker thread runs all of this (but _submit) ----
 
     def _submit(self, fn: Callable[[], object]) -> concurrent.futures.Future:
-        """Run `fn` on the worker at the next batch boundary: ahead of every queued request
-        (behind earlier swaps), so a promotion never waits for the queue to drain."""
-        future: concurrent.futures.Future = concurrent.futures.Future()
+        """Run `fn` on the worker at its next decoding step (a running batch pauses for it):
+        ahead of every queued request (behind earlier swaps), so a promotion never waits for
+        the queue to drain or for a long answer to end."""
         if self._closed:
-            future.set_exception(closed_error())
-            return future
+            return refused_when_closed()
+        future: concurrent.futures.Future = concurrent.futures.Future()
 
         def job() -> None:
             try:
@@ -196,18 +188,18 @@ class Engine:
                 future.set_exception(exc)
         with self._wakeup:
             first_request = next((i for i, j in enumerate(self._jobs)
-                                  if isinstance(j, _Request)), len(self._jobs))
+                                  if isinstance(j, Row)), len(self._jobs))
             self._jobs.insert(first_request, job)
             self._wakeup.notify()
         return future
 
-    def _take_joinable(self, key: tuple, room: int) -> list[_Request]:
+    def _take_joinable(self, key: tuple, room: int) -> list[Row]:
         """Requests at the head of the queue that can join a batch sampling as `key`. Only
         the head's unbroken run is taken, so nothing overtakes an earlier request (fair),
         and never past a swap (requests behind it must see the new adapter)."""
         taken = []
         with self._wakeup:
-            while (self._jobs and len(taken) < room and isinstance(self._jobs[0], _Request)
+            while (self._jobs and len(taken) < room and isinstance(self._jobs[0], Row)
                    and self._jobs[0].params.batch_key() == key):
                 taken.append(self._jobs.popleft())
         return taken
@@ -215,7 +207,26 @@ class Engine:
     def _has_joinable(self, key: tuple) -> bool:
         with self._wakeup:
             head = self._jobs[0] if self._jobs else None
-        return isinstance(head, _Request) and head.params.batch_key() == key
+        return isinstance(head, Row) and head.params.batch_key() == key
+
+    def _swap_waiting(self) -> bool:
+        """A swap (or another job that is not a request) is at the head of the queue."""
+        with self._wakeup:
+            return bool(self._jobs) and callable(self._jobs[0])
+
+    def _run_swaps(self, paused: list[Row]) -> None:
+        """Run the swaps at the head of the queue while the `paused` rows wait between two
+        decoding steps; their adapters stay loaded whatever the swaps evict."""
+        self.adapters.pinned = {r.adapter_id for r in paused}
+        try:
+            while True:
+                with self._wakeup:
+                    if not (self._jobs and callable(self._jobs[0])):
+                        return
+                    job = self._jobs.popleft()
+                job()
+        finally:
+            self.adapters.pinned = set()
 
     def _run(self) -> None:
         while True:
@@ -226,14 +237,14 @@ class Engine:
             if job is None:  # closed: everything queued before it has ended
                 return
             try:
-                if isinstance(job, _Request):
+                if isinstance(job, Row):
                     self._generate(job)
                 else:
                     job()
             except Exception:  # a job must never kill the worker
                 log.exception("engine job failed")
 
-    def _generate(self, head: _Request) -> None:
+    def _generate(self, head: Row) -> None:
         """Generate for `head` and whatever joins it. Requests that arrive while a batch runs
         do not wait for it to end: at the next step the batch stops, and goes on with the
         newcomers, its own rows re-reading what they have generated so far (recompute)."""
@@ -252,10 +263,11 @@ class Engine:
                 return
             rows = [r for r in rows if not r.finished]
             if rows:
+                self._run_swaps(paused=rows)
                 rows += self._admit(self._take_joinable(key, self.max_batch_size - len(rows)),
                                     keep={r.adapter_id for r in rows})
 
-    def _admit(self, batch: list[_Request], keep: frozenset = frozenset()) -> list[_Request]:
+    def _admit(self, batch: list[Row], keep: frozenset = frozenset()) -> list[Row]:
         """Resolve each request's adapter (loading a pinned one) and tokenize its prompt.
         Returns the rows ready to generate; refused or already cancelled ones are finished."""
         rows = []
@@ -263,9 +275,10 @@ class Engine:
             row.adapter_id = self.active_adapter if row.adapter == ACTIVE else row.adapter
             row.stream.adapter_id = row.adapter_id
             try:
-                if row.adapter_id is not None and row.adapter_id not in self._loaded:
-                    self._load_checked(row.adapter_id, row.adapter_path,
-                                       keep=set(keep) | {r.adapter_id for r in batch})
+                if row.adapter_id is not None and row.adapter_id not in self.adapters.loaded:
+                    self.adapters.load_checked(
+                        row.adapter_id, row.adapter_path,
+                        keep=set(keep) | {r.adapter_id for r in batch} | {self.active_adapter})
                 row.prompt_ids = self.tokenizer.apply_chat_template(
                     row.messages, add_generation_prompt=True, return_dict=True)["input_ids"]
             except Exception as exc:
@@ -278,7 +291,7 @@ class Engine:
                 rows.append(row)
         return rows
 
-    def _run_batch(self, rows: list[_Request], may_preempt: bool) -> None:
+    def _run_batch(self, rows: list[Row], may_preempt: bool) -> None:
         """One `generate` call over `rows`, each continuing from what it has so far."""
         pad = self.tokenizer.pad_token_id
         input_ids, attention = left_pad([r.prompt_ids + r.ids for r in rows], pad)
@@ -295,14 +308,11 @@ class Engine:
             torch.manual_seed(params.seed)
         adapters = {r.adapter_id for r in rows}
         if len(adapters) == 1:
-            context = self._using(adapters.pop())
+            context = self.adapters.using(adapters.pop())
         else:
             context = nullcontext()
             kwargs["adapter_names"] = [r.adapter_id or BASE for r in rows]
-        for row in rows:
-            if row.adapter_id in self._loaded:  # most recently used last
-                self._loaded.remove(row.adapter_id)
-                self._loaded.append(row.adapter_id)
+        self.adapters.used(r.adapter_id for r in rows)
         self.batches_run.append(len(rows))
         with torch.inference_mode(), context:
             self.model.generate(input_ids=input_ids.to(self.model.device),
@@ -313,58 +323,13 @@ class Engine:
                     row.done = True
                     self._complete(row)
 
-    def _advance(self, row: _Request, token: int) -> None:
-        """One new token for one row: decode, cut at a stop string, stream what is safe."""
-        if row.stream.cancelled.is_set():
-            row.done = True
-            return
-        if token in self.eos_ids:
-            row.done = True
-            return
-        row.ids.append(token)
-        text = self.tokenizer.decode(row.ids, skip_special_tokens=True).lstrip()
-        hits = [text.find(s) for s in row.params.stop if s in text]
-        if hits:  # what comes before a stop string is whole: only its spaces go
-            text, row.done, row.hit_stop = text[:min(hits)].rstrip(), True, True
-        if len(row.ids) >= row.params.max_tokens:
-            row.done = True
-        if row.done and not row.hit_stop:
-            text = tidy_end(text)
-        # Hold back half a UTF-8 character and trailing whitespace (the answer is stored
-        # stripped, and the streamed pieces add up to exactly what is stored).
-        safe = len(text) if row.done else len(tidy_end(text))
-        if not row.done:  # hold back an ending that may be the start of a stop string
-            held = max((k for s in row.params.stop for k in range(1, len(s))
-                        if text[:safe].endswith(s[:k])), default=0)
-            safe -= held
-        row.text = text
-        if safe > row.emitted:
-            row.stream.put(text[row.emitted:safe])
-            row.emitted = safe
-            row.stream.partial = text[:safe]
-
-    def _complete(self, row: _Request) -> None:
-        row.finished = True
-        if not row.hit_stop:  # stopped, cancelled or at the limit: maybe inside a character
-            row.text = tidy_end(row.text)
-        if row.emitted < len(row.text):
-            row.stream.put(row.text[row.emitted:])
-        row.stream.partial = row.text
-        if row.stream.cancelled.is_set():
-            finish = "interrupted"
-        elif len(row.ids) >= row.params.max_tokens and not row.hit_stop:
-            finish = "length"
-        else:
-            finish = "stop"
-        result = Completion(text=row.text, adapter_id=row.adapter_id,
-                            prompt_tokens=len(row.prompt_ids), completion_tokens=len(row.ids),
-                            finish_reason=finish,
-                            latency_ms=(time.perf_counter() - row.submitted) * 1000)
+    def _complete(self, row: Row) -> None:
+        result = row.finish()
         with self._wakeup:
             self._live.discard(row)
         row.stream.end(result)  # stored on a storing thread: the batch goes on at once
 
-    def _fail(self, row: _Request, error: BaseException) -> None:
+    def _fail(self, row: Row, error: BaseException) -> None:
         row.finished = True
         with self._wakeup:
             self._live.discard(row)
@@ -375,85 +340,14 @@ class Engine:
         ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         return ids | {self.tokenizer.eos_token_id}
 
-    def _using(self, adapter_id: str | None):
-        """Context in which the model runs as `adapter_id` (None: the bare base model)."""
-        if adapter_id is None:
-            return self.model.disable_adapter() if self._loaded else nullcontext()
-        if adapter_id not in self._loaded:
-            raise KeyError(f"adapter {adapter_id} is not loaded")
-        self.model.set_adapter(adapter_id)
-        return nullcontext()
-
     def _activate(self, adapter_id: str, path: Path) -> str:
         previous = self.active_adapter
-        if adapter_id not in self._loaded:
-            self._load_checked(adapter_id, path, keep={previous})
+        if adapter_id not in self.adapters.loaded:
+            self.adapters.load_checked(adapter_id, path, keep={previous, self.active_adapter})
         self._serve(adapter_id)
-        self._evict(keep={adapter_id, previous})
+        self.adapters.evict(keep={adapter_id, previous})
         return adapter_id
 
     def _serve(self, adapter_id: str | None) -> None:
         self.active_adapter = adapter_id
         self.swapped_after_batch = self.batches_started
-
-    def _load_checked(self, adapter_id: str, path: Path | None, keep: set) -> None:
-        """Load beside the others and smoke-test; a broken adapter is unloaded again."""
-        if path is None:
-            raise KeyError(f"adapter {adapter_id} is not loaded and has no path")
-        self._load(adapter_id, path)
-        try:
-            self._smoke_test(adapter_id)
-        except Exception:
-            self._unload(adapter_id)
-            raise
-        self._evict(keep=keep | {adapter_id, self.active_adapter})
-
-    def _load(self, adapter_id: str, path: Path) -> None:
-        from peft import PeftModel
-        if not (path / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{path} has no adapter_config.json")
-        if not self._loaded:
-            self.model = PeftModel.from_pretrained(self.model, path, adapter_name=adapter_id)
-        else:
-            try:
-                self.model.load_adapter(path, adapter_name=adapter_id)
-            except Exception:  # take out whatever layers were injected before it failed
-                if adapter_id in self.model.peft_config:
-                    self.model.delete_adapter(adapter_id)
-                raise
-        self.model.eval()
-        self._loaded.append(adapter_id)
-
-    def _unload(self, adapter_id: str) -> None:
-        if adapter_id not in self._loaded:
-            return
-        self._loaded.remove(adapter_id)
-        if self._loaded:
-            self.model.delete_adapter(adapter_id)
-        else:  # the last adapter: back to the plain model
-            self.model = self.model.unload()
-
-    def _evict(self, keep: set) -> None:
-        """Unload the least recently used adapters beyond `max_loaded_adapters`; no request
-        is running now (this is the worker), so none is in use. Files stay for reloading."""
-        while len(self._loaded) > self.max_loaded_adapters:
-            victim = next((a for a in self._loaded if a not in keep), None)
-            if victim is None:
-                return
-            self._unload(victim)
-
-    def _smoke_test(self, adapter_id: str) -> None:
-        """A new adapter must give finite logits and some text before it serves anyone."""
-        inputs = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": "Say hello."}], add_generation_prompt=True,
-            return_tensors="pt", return_dict=True).to(self.model.device)
-        with torch.inference_mode(), self._using(adapter_id):
-            logits = self.model(**inputs).logits
-            if not torch.isfinite(logits).all():
-                raise ValueError(f"adapter {adapter_id} produces non-finite logits")
-            out = self.model.generate(**inputs, max_new_tokens=8, do_sample=False,
-                                      temperature=None, top_p=None, top_k=None,
-                                      pad_token_id=self.tokenizer.pad_token_id)
-        text = self.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
-        if not text.strip():
-            raise ValueError(f"adapter {adapter_id} produces no text")

@@ -22,11 +22,10 @@ import httpx
 
 from assistant.inference import (ACTIVE, Completion, EngineStatus, EngineUnavailable,
                                  GenerationParams, RequestChecks, RequestError, Stream,
-                                 closed_error, tidy_end)
+                                 closed_error, refused_when_closed, storing_pool, tidy_end)
 
 log = logging.getLogger("flywheel.vllm")
 
-STORING_THREADS = 2  # finished answers are stored on these, never on a request's thread
 
 
 @dataclass(eq=False)
@@ -56,13 +55,15 @@ class VllmEngine:
                  context_length: int = 2048, max_tokens_cap: int = 1024, max_queued: int = 64,
                  max_messages: int = 256, max_stop_chars: int = 256,
                  max_loaded_adapters: int = 2, health_interval: float = 1.0,
-                 timeout: float = 60.0, on_close: Callable[[], None] | None = None):
+                 timeout: float = 60.0, smoke_test_tokens: int = 2,
+                 on_close: Callable[[], None] | None = None):
         self.base_name = base_name
         self.active_adapter: str | None = None
         self.checks = RequestChecks(tokenizer, context_length, max_tokens_cap=max_tokens_cap,
                                     max_messages=max_messages, max_stop_chars=max_stop_chars)
         self.max_queued = max_queued  # requests in flight across the replicas; past it, busy
         self.max_loaded_adapters = max_loaded_adapters  # the active one + one for rollback
+        self.smoke_test_tokens = smoke_test_tokens  # a new adapter's greedy test answer
         self.replicas = [Replica(url.rstrip("/")) for url in urls]
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # A read timeout too: a replica that hangs (not only one that dies) fails its requests.
@@ -79,7 +80,7 @@ class VllmEngine:
         self.swapped_after_request = 0
         self._closed = False
         self._on_close = on_close
-        self._storer = concurrent.futures.ThreadPoolExecutor(STORING_THREADS, "flywheel-store")
+        self._storer = storing_pool()
         self._swapper = concurrent.futures.ThreadPoolExecutor(1, "flywheel-vllm-swap")
         self._stopping = threading.Event()
         self.health_interval = health_interval
@@ -248,9 +249,7 @@ class VllmEngine:
 
     def _submit(self, fn: Callable[[], object]) -> concurrent.futures.Future:
         if self._closed:
-            future: concurrent.futures.Future = concurrent.futures.Future()
-            future.set_exception(closed_error())
-            return future
+            return refused_when_closed()
         return self._swapper.submit(fn)
 
     def _activate(self, adapter_id: str, path: Path) -> str:
@@ -316,7 +315,7 @@ class VllmEngine:
         """A new adapter must give some text for a short greedy completion before it serves."""
         response = self._http.post(f"{replica.url}/v1/chat/completions", json={
             "model": adapter_id, "messages": [{"role": "user", "content": "Say hello."}],
-            "max_tokens": 8, "temperature": 0})
+            "max_tokens": self.smoke_test_tokens, "temperature": 0})
         if response.status_code != 200:
             raise ValueError(f"adapter {adapter_id} fails in vLLM: {_message(response)}")
         if not (response.json()["choices"][0]["message"]["content"] or "").strip():

@@ -20,6 +20,7 @@ from typing import Callable, Iterator, Protocol
 log = logging.getLogger("flywheel.engine")
 
 ACTIVE = "active"  # adapter selector: whatever adapter is active when the request starts
+STORING_THREADS = 2  # finished answers are stored on these (see `storing_pool`)
 
 
 class RequestError(ValueError):
@@ -131,6 +132,19 @@ def closed_error() -> RequestError:
     """What a closed engine answers: the server is shutting down."""
     return RequestError("the model server is shutting down; try again in a moment",
                         code="engine_closed", status=503)
+
+
+def refused_when_closed() -> concurrent.futures.Future:
+    """An engine job's future once the engine is closed: it raises `closed_error()`."""
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    future.set_exception(closed_error())
+    return future
+
+
+def storing_pool() -> concurrent.futures.ThreadPoolExecutor:
+    """The threads an engine stores finished answers on: never the model's own thread or a
+    request's, so a slow database write cannot stall generation."""
+    return concurrent.futures.ThreadPoolExecutor(STORING_THREADS, "flywheel-store")
 
 
 @dataclass

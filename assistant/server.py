@@ -38,7 +38,8 @@ class ServeConfig:
     model: str | None = None          # Hub id, folder or .gguf; None: the embedded default
     host: str = "127.0.0.1"
     port: int = 7860
-    poll_interval: float = 0.5        # seconds between checks for a newly promoted adapter
+    poll_interval: float = 0.1        # seconds between checks for a newly promoted adapter
+    smoke_test_tokens: int = 2        # a new adapter's greedy test answer before it serves
     max_batch_size: int = 8           # concurrent requests generated together in one batch
     max_tokens_cap: int = 1024        # the most new tokens one request may ask for
     quantize: str | None = None       # "4bit" or "8bit" (CUDA + bitsandbytes)
@@ -144,7 +145,8 @@ def local_engine(base: models.BaseModel, config: ServeConfig) -> Engine:
           f"{time.perf_counter() - started:.1f}s from {base.folder}", flush=True)
     return Engine(model, tokenizer, base.name, max_batch_size=config.max_batch_size,
                   max_tokens_cap=config.max_tokens_cap, max_queued=config.max_queued,
-                  max_messages=config.max_messages, max_stop_chars=config.max_stop_chars)
+                  max_messages=config.max_messages, max_stop_chars=config.max_stop_chars,
+                  smoke_test_tokens=config.smoke_test_tokens)
 
 
 def vllm_engine(base: models.BaseModel, home: Home, config: ServeConfig) -> VllmEngine:
@@ -177,7 +179,8 @@ def vllm_engine(base: models.BaseModel, home: Home, config: ServeConfig) -> Vllm
                         api_key=process.api_key if process else os.environ.get("VLLM_API_KEY"),
                         context_length=context, max_tokens_cap=config.max_tokens_cap,
                         max_queued=config.max_queued, max_messages=config.max_messages,
-                        max_stop_chars=config.max_stop_chars, on_close=on_close)
+                        max_stop_chars=config.max_stop_chars,
+                        smoke_test_tokens=config.smoke_test_tokens, on_close=on_close)
     print(f"Serving {base.name} through vLLM at {', '.join(urls)}: "
           f"{sum(r.up for r in engine.replicas)} of {len(urls)} up", flush=True)
     return engine

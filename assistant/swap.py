@@ -41,7 +41,7 @@ class AdapterWatcher(threading.Thread):
 
     def check(self) -> str | None:
         """Swap to the adapter the database calls active, if it differs from the served one."""
-        with open_db(self.home) as db:
+        with open_db(self.home, keep=True) as db:  # polled often: one kept connection
             wanted = adapters.active(db)
             refused = adapters.refused_ids(db)
         wanted_id = wanted["id"] if wanted else None

@@ -14,6 +14,7 @@ Prints JSON; with --plot, a PNG of tokens/s against streams for each engine.
 """
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -104,21 +105,45 @@ def random_adapter(model_folder: Path, folder: Path) -> None:
     peft_model.save_pretrained(folder)
 
 
-def promotion_to_answer(url: str, server, home: Home, model_folder: Path) -> dict:
-    adapter_id = adapters.new_adapter_id()
-    random_adapter(model_folder, adapters.staging_path(home, adapter_id))
-    with open_db(home) as db:
-        adapters.publish(db, home, adapter_id, base_model=server.service.model_name,
-                         method="sft")
-        started = time.perf_counter()
-        adapters.promote(db, adapter_id, reason="bench")
-    tries = 0
-    while True:
-        tries += 1
-        answer = stream_once(url, [{"role": "user", "content": "Hi!"}], 4)
-        if answer["model"] == adapter_id:
-            return {"promotion_to_first_answer_s": round(time.perf_counter() - started, 2),
-                    "requests_until_then": tries}
+def promotion_to_answer(url: str, server, home: Home, model_folder: Path, times: int) -> dict:
+    """Publish and promote `times` new adapters one after another, each while a client sends
+    back-to-back 4-token requests. From the promotion's commit: when the engine serves the
+    new adapter (`swap_applied`), and the first token and the end of the first answer the
+    new adapter gave (a request begun before the swap finishes on the old one first)."""
+    figures: dict[str, list[float]] = {"swap_applied_s": [], "first_token_s": [],
+                                       "first_answer_s": []}
+    tries = []
+    for _ in range(times):
+        adapter_id = adapters.new_adapter_id()
+        random_adapter(model_folder, adapters.staging_path(home, adapter_id))
+        with open_db(home) as db:
+            adapters.publish(db, home, adapter_id, base_model=server.service.model_name,
+                             method="sft")
+            started = time.perf_counter()
+            adapters.promote(db, adapter_id, reason="bench")
+        applied = threading.Thread(target=lambda: figures["swap_applied_s"].append(
+            wait_until(lambda: server.engine.active_adapter == adapter_id) - started))
+        applied.start()
+        for n in itertools.count(1):
+            sent = time.perf_counter()
+            answer = stream_once(url, [{"role": "user", "content": "Hi!"}], 4)
+            if answer["model"] == adapter_id:
+                figures["first_token_s"].append(sent + answer["ttft_s"] - started)
+                figures["first_answer_s"].append(sent + answer["total_s"] - started)
+                tries.append(n)
+                break
+        applied.join()
+    return {"promotion": {name: {"median": round(statistics.median(values), 2),
+                                 "max": round(max(values), 2)}
+                          for name, values in figures.items()},
+            "requests_until_then": tries, "smoke_test_tokens": server.engine.smoke_test_tokens}
+
+
+def wait_until(condition, every: float = 0.02) -> float:
+    """Poll `condition` (a bench may: it times, it is not a test); when it became true."""
+    while not condition():
+        time.sleep(every)
+    return time.perf_counter()
 
 
 def local_only(url: str, server, config: ServeConfig, tokens: int, repeats: int) -> dict:
@@ -153,13 +178,16 @@ def measure(engine: str, args) -> dict:
     with serve_in_thread(home, config) as (url, server):
         stream_once(url, PROMPT, 8)  # warm up
         report = {"engine": engine}
+        if args.only == "promotion":
+            return report | promotion_to_answer(url, server, home, folder, args.promotions) | {
+                "poll_interval_s": config.poll_interval}
         if engine == "local":
             report |= local_only(url, server, config, args.tokens, args.repeats)
         report["streams"] = [concurrent_streams(url, args.tokens, n) for n in STREAMS]
         one, *_, most = report["streams"]
         report[f"{most['streams']}_streams_over_1"] = round(most["tokens_per_s_total"]
                                                            / one["tokens_per_s_total"], 2)
-        report |= promotion_to_answer(url, server, home, folder)
+        report |= promotion_to_answer(url, server, home, folder, args.promotions)
         report["poll_interval_s"] = config.poll_interval
     return report
 
@@ -187,6 +215,8 @@ def main() -> None:
     parser.add_argument("--vllm-dtype", default="auto", help="vLLM's --dtype")
     parser.add_argument("--tokens", type=int, default=128, help="new tokens per request")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each single-stream measure")
+    parser.add_argument("--promotions", type=int, default=5, help="promotions timed")
+    parser.add_argument("--only", choices=["promotion"], help="time only this")
     parser.add_argument("--plot", help="write a PNG of tokens/s against streams here")
     args = parser.parse_args()
     engines = ["local", "vllm"] if args.engine == "both" else [args.engine]
@@ -195,12 +225,12 @@ def main() -> None:
     reports = [measure(engine, args) for engine in engines]
     result = {"model": models.EMBEDDED_NAME, "tokens_per_request": args.tokens,
               "engines": reports}
-    if len(reports) == 2:
+    if len(reports) == 2 and not args.only:
         most = STREAMS[-1]
         result[f"vllm_over_local_at_{most}_streams"] = round(
             reports[1]["streams"][-1]["tokens_per_s_total"]
             / reports[0]["streams"][-1]["tokens_per_s_total"], 2)
-    if args.plot:
+    if args.plot and not args.only:
         plot(reports, Path(args.plot))
     print(json.dumps(result, indent=2))
 

@@ -374,7 +374,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--model", help="Hub id, local folder or .gguf file (default: embedded SmolLM2)")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=7860)
-    s.add_argument("--poll-interval", type=float, default=0.5,
+    s.add_argument("--poll-interval", type=float, default=0.1,
                    help="seconds between checks for a newly promoted adapter")
     s.add_argument("--max-batch-size", type=int, default=8,
                    help="concurrent requests generated together in one batch")

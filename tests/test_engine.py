@@ -81,7 +81,7 @@ def test_request_keeps_the_adapter_it_started_with(engine, tiny_model_dir, tmp_p
 
 
 def test_a_swap_goes_ahead_of_queued_requests(engine, tiny_model_dir, tmp_path):
-    """A promotion waits for the batch that is running, not for every request queued."""
+    """A promotion waits for the job that is running, not for every request queued."""
     path = make_adapter(tiny_model_dir, tmp_path / "ad-a", seed=1)
     hold = threading.Event()
     engine._submit(hold.wait)  # the worker is busy (as with a long batch) while others queue
@@ -93,6 +93,49 @@ def test_a_swap_goes_ahead_of_queued_requests(engine, tiny_model_dir, tmp_path):
     for stream in queued:
         list(stream)
     assert [s.result.adapter_id for s in queued] == ["ad-a"] * 3
+
+
+def test_a_swap_does_not_wait_for_a_long_answer_to_end(engine, tiny_model_dir, tmp_path):
+    """The running batch pauses between two tokens for the swap and then goes on: the long
+    answer keeps its adapter and its text, and what comes after the swap gets the new one.
+    Adapters a paused row uses stay loaded, whatever the swap would evict."""
+    long_params = GenerationParams(temperature=0.0, max_tokens=1000)
+    pinned = make_adapter(tiny_model_dir, tmp_path / "ad-pinned", seed=1)
+    new = {name: make_adapter(tiny_model_dir, tmp_path / name, seed) for name, seed in
+           (("ad-a", 2), ("ad-b", 3))}
+    alone = engine.chat(HELLO, long_params, adapter="ad-pinned", adapter_path=pinned)
+    alone_text = "".join(alone)
+    assert alone.result.completion_tokens == 1000, "this adapter's answer must be long"
+    engine.max_loaded_adapters = 1  # any swap now evicts every adapter it may
+    long = engine.chat(HELLO, long_params, adapter="ad-pinned", adapter_path=pinned)
+    pieces = iter(long)
+    first = next(pieces)  # under way
+    for name, path in new.items():
+        swap = engine.activate(name, path)
+        assert swap.result(timeout=60) == name
+        assert long.error is None, f"the paused answer failed: {long.error!r}"
+        assert not long.done.is_set(), "the swap waited for the running answer to end"
+    _, after = run(engine)
+    assert after.adapter_id == "ad-b"
+    assert first + "".join(pieces) == alone_text
+    assert long.result.adapter_id == "ad-pinned" and long.result.completion_tokens == 1000
+
+
+def test_an_adapter_with_non_finite_weights_is_refused(engine, tiny_model_dir, tmp_path):
+    """The smoke test checks every step's logits: NaN weights never reach a user."""
+    good = make_adapter(tiny_model_dir, tmp_path / "ad-good", seed=1)
+    engine.activate("ad-good", good).result(timeout=60)
+    model, _ = models.load(models.BaseModel("tiny", tiny_model_dir))
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear"))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.fill_(float("nan"))
+    peft_model.save_pretrained(tmp_path / "ad-nan")
+    with pytest.raises(ValueError, match="non-finite logits"):
+        engine.activate("ad-nan", tmp_path / "ad-nan").result(timeout=60)
+    assert engine.active_adapter == "ad-good"
+    assert run(engine)[1].adapter_id == "ad-good"
 
 
 def test_broken_adapter_is_refused_and_the_old_one_keeps_serving(engine, tiny_model_dir,
