@@ -25,9 +25,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from assistant.auth import Auth
 from assistant.chat import ChatService, Turn
 from assistant.inference import GenerationParams, RequestError
+from storage import chat as store
 from storage import open_db
 from storage.db import WouldWait, without_waiting
-from storage import chat as store
 
 log = logging.getLogger("flywheel.api")
 

@@ -16,8 +16,7 @@ from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
 from assistant.throttle import Refused, Throttle, ThrottleConfig
-from storage import Home, open_db
-from storage import users
+from storage import Home, open_db, users
 
 COOKIE = "flywheel_session"
 LOCAL = {"id": None, "name": "local", "role": "admin"}  # the owner of a fresh local install

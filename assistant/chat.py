@@ -12,12 +12,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from assistant.inference import (ACTIVE, Completion, GenerationParams, InferenceEngine,
-                                 RequestError, Stream)
+from assistant.inference import (
+    ACTIVE,
+    Completion,
+    GenerationParams,
+    InferenceEngine,
+    RequestError,
+    Stream,
+)
 from assistant.journal import Journal
 from assistant.throttle import Refused, Throttle, ThrottleConfig
-from storage import Home, open_db
-from storage import ab, adapters, partials
+from storage import Home, ab, adapters, open_db, partials
 from storage import chat as store
 
 ALIAS = "flywheel"  # the model name that means "whatever adapter is active now"

@@ -5,10 +5,11 @@ Requests and swaps are jobs in one FIFO queue, so no two threads ever touch the 
 PEFT's adapter state at once. A swap goes ahead of queued requests and does not wait for the
 running batch to end: at the next decoding step the batch pauses, the new adapter is loaded
 and smoke-tested, and the batch goes on (its rows re-reading what they have generated so
-far). A request keeps the adapter it started with until it finishes. Requests that sample the same way are
-generated together as one left-padded batch (up to `max_batch_size`); one that arrives while
-a batch runs joins it at the next token step (the batch restarts with the newcomer, its rows
-re-reading what they have generated so far), so nobody waits for a long answer to end. Rows
+far). A request keeps the adapter it started with until it finishes. Requests that sample
+the same way are generated together as one left-padded batch (up to `max_batch_size`); one
+that arrives while a batch runs joins it at the next token step (the batch restarts with the
+newcomer, its rows re-reading what they have generated so far), so nobody waits for a long
+answer to end. Rows
 on different adapters share a batch through PEFT's mixed-adapter inference
 (`adapter_names`). Text streams back to each caller through its own queue, token by token,
 and a finished answer is stored on a separate thread while the batch goes on."""
@@ -19,15 +20,23 @@ import logging
 import threading
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Collection, cast
 
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
 from assistant.batch_row import Row, left_pad
-from assistant.inference import (ACTIVE, Completion, EngineStatus, GenerationParams,
-                                 RequestChecks, Stream, closed_error, refused_when_closed,
-                                 storing_pool)
+from assistant.inference import (
+    ACTIVE,
+    Completion,
+    EngineStatus,
+    GenerationParams,
+    RequestChecks,
+    Stream,
+    closed_error,
+    refused_when_closed,
+    storing_pool,
+)
 from assistant.peft_adapters import PeftAdapters
 
 log = logging.getLogger("flywheel.engine")
@@ -48,6 +57,9 @@ class _StepHook(StoppingCriteria):
         self.preempted = False
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
+        return cast(torch.BoolTensor, self._step(input_ids))
+
+    def _step(self, input_ids: torch.Tensor) -> torch.Tensor:
         last = input_ids[:, -1].tolist()
         for row, token in zip(self.rows, last):
             if not row.done:
@@ -77,9 +89,10 @@ class Engine:
         self.active_adapter: str | None = None
         self.max_batch_size = max_batch_size
         self.max_queued = max_queued  # beyond this many waiting requests, say "busy"
-        self.checks = RequestChecks(tokenizer, context_length or getattr(
-            model.config, "max_position_embeddings", 2048), max_tokens_cap=max_tokens_cap,
-            max_messages=max_messages, max_stop_chars=max_stop_chars)
+        if context_length is None:
+            context_length = int(getattr(model.config, "max_position_embeddings", 2048))
+        self.checks = RequestChecks(tokenizer, context_length, max_tokens_cap=max_tokens_cap,
+                                    max_messages=max_messages, max_stop_chars=max_stop_chars)
         self.context_length = self.checks.context_length
         self.eos_ids = self._eos_ids()
         self.batches_run: collections.deque = collections.deque(maxlen=100)  # recent sizes
@@ -193,21 +206,24 @@ class Engine:
             self._wakeup.notify()
         return future
 
-    def _take_joinable(self, key: tuple, room: int) -> list[Row]:
+    def _take_joinable(self, key: tuple | None, room: int) -> list[Row]:
         """Requests at the head of the queue that can join a batch sampling as `key`. Only
         the head's unbroken run is taken, so nothing overtakes an earlier request (fair),
-        and never past a swap (requests behind it must see the new adapter)."""
-        taken = []
+        and never past a swap (requests behind it must see the new adapter). A request with
+        a seed (key None) runs alone."""
+        taken: list[Row] = []
+        if key is None:
+            return taken
         with self._wakeup:
             while (self._jobs and len(taken) < room and isinstance(self._jobs[0], Row)
                    and self._jobs[0].params.batch_key() == key):
                 taken.append(self._jobs.popleft())
         return taken
 
-    def _has_joinable(self, key: tuple) -> bool:
+    def _has_joinable(self, key: tuple | None) -> bool:
         with self._wakeup:
             head = self._jobs[0] if self._jobs else None
-        return isinstance(head, Row) and head.params.batch_key() == key
+        return key is not None and isinstance(head, Row) and head.params.batch_key() == key
 
     def _swap_waiting(self) -> bool:
         """A swap (or another job that is not a request) is at the head of the queue."""
@@ -267,7 +283,7 @@ class Engine:
                 rows += self._admit(self._take_joinable(key, self.max_batch_size - len(rows)),
                                     keep={r.adapter_id for r in rows})
 
-    def _admit(self, batch: list[Row], keep: frozenset = frozenset()) -> list[Row]:
+    def _admit(self, batch: list[Row], keep: Collection[str | None] = ()) -> list[Row]:
         """Resolve each request's adapter (loading a pinned one) and tokenize its prompt.
         Returns the rows ready to generate; refused or already cancelled ones are finished."""
         rows = []

@@ -20,9 +20,20 @@ from typing import Callable
 
 import httpx
 
-from assistant.inference import (ACTIVE, Completion, EngineStatus, EngineUnavailable,
-                                 GenerationParams, RequestChecks, RequestError, Stream,
-                                 closed_error, refused_when_closed, storing_pool, tidy_end)
+from assistant.inference import (
+    ACTIVE,
+    Completion,
+    EngineStatus,
+    EngineUnavailable,
+    GenerationParams,
+    RequestChecks,
+    RequestError,
+    Stream,
+    closed_error,
+    refused_when_closed,
+    storing_pool,
+    tidy_end,
+)
 
 log = logging.getLogger("flywheel.vllm")
 
@@ -239,10 +250,12 @@ class VllmEngine:
         cancelled = stream.cancelled.is_set()
         return Completion(
             text=final, adapter_id=adapter_id,
-            prompt_tokens=(usage or {}).get("prompt_tokens") or len(self.checks.prompt_ids(messages)),
+            prompt_tokens=((usage or {}).get("prompt_tokens")
+                           or len(self.checks.prompt_ids(messages))),
             # Cut short, vLLM sends no usage: each streamed chunk is one decoding step.
             completion_tokens=(usage or {}).get("completion_tokens", steps),
-            finish_reason="interrupted" if cancelled else "length" if finish == "length" else "stop",
+            finish_reason=("interrupted" if cancelled else
+                           "length" if finish == "length" else "stop"),
             latency_ms=(time.perf_counter() - submitted) * 1000)
 
     # ---- adapters ---------------------------------------------------------------------------
@@ -366,7 +379,8 @@ class VllmEngine:
                 self.checks.context_length = base.get("max_model_len") or self.checks.context_length
                 replica.adapters = [m["id"] for m in models if m.get("parent")]
                 for adapter_id in (self._previous, self.active_adapter):
-                    if adapter_id and adapter_id not in replica.adapters and adapter_id in self._paths:
+                    if (adapter_id and adapter_id not in replica.adapters
+                            and adapter_id in self._paths):
                         self._load(replica, adapter_id, self._paths[adapter_id])
             except Exception as exc:
                 self._mark_down(replica, f"{type(exc).__name__}: {exc}")

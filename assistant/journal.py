@@ -6,8 +6,7 @@ writes (a slow disk must not stall a batch); a crash loses at most `interval` se
 import logging
 import threading
 
-from storage import Home, open_db
-from storage import partials
+from storage import Home, open_db, partials
 
 log = logging.getLogger("flywheel.journal")
 

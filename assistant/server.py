@@ -20,14 +20,13 @@ from assistant.auth import Auth, PageApiForRole
 from assistant.chat import ChatService
 from assistant.engine import Engine
 from assistant.engine_vllm import VllmEngine
-from assistant.inference import InferenceEngine
 from assistant.guard import Guard
+from assistant.inference import InferenceEngine
 from assistant.journal import Journal
 from assistant.swap import AdapterWatcher
 from assistant.throttle import Throttle, ThrottleConfig
 from assistant.ui import CSS, build_ui, endpoint_roles, head, theme
-from storage import Home, init_db, open_db
-from storage import partials, users
+from storage import Home, init_db, open_db, partials, users
 from storage.db import Checkpointer
 
 log = logging.getLogger("flywheel.server")

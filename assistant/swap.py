@@ -10,8 +10,7 @@ import threading
 from pathlib import Path
 
 from assistant.inference import EngineUnavailable, InferenceEngine
-from storage import Home, open_db
-from storage import adapters
+from storage import Home, adapters, open_db
 
 log = logging.getLogger("flywheel.swap")
 

@@ -17,9 +17,8 @@ import gradio as gr
 
 from assistant.auth import Auth, Forbidden
 from assistant.chat import ChatService
-from storage import open_db
 from storage import chat as store
-
+from storage import open_db
 
 # .page-data: boxes that carry data for the page's script (page_keys.js), never shown; the
 # ‹ 2/3 › bar it draws on earlier answers takes the body text's colours.

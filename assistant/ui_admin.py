@@ -18,8 +18,7 @@ from pathlib import Path
 import gradio as gr
 
 from assistant.plots import activity_figure, loss_figure
-from storage import ab, activity, adapters, lock, review, runs, users
-from storage import open_db
+from storage import ab, activity, adapters, lock, open_db, review, runs, users
 
 ADAPTER_COLUMNS = ["id", "status", "gate", "method", "run", "examples", "train loss",
                    "thumbs up", "thumbs down", "up rate", "created"]
@@ -243,11 +242,11 @@ def build(page, demo: gr.Blocks) -> None:
             raise gr.Error("A training run started here is still going.")
         log_path = page.home.runs_dir / "train-now.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(log_path, "w")
         model = ["--model", page.model_spec] if page.model_spec else []
-        training["process"] = subprocess.Popen(
-            [sys.executable, "-m", "flywheel.cli", "train", "--home", str(page.home.root), *model],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(log_path, "w") as log:  # the child has its own copy of the file
+            training["process"] = subprocess.Popen(
+                [sys.executable, "-m", "flywheel.cli", "train", "--home", str(page.home.root),
+                 *model], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         training["log"] = log_path
         return "Training started."
 

@@ -16,8 +16,8 @@ import gradio as gr
 
 from assistant.chat import Turn
 from assistant.inference import GenerationParams, RequestError
-from storage import open_db
 from storage import chat as store
+from storage import open_db
 
 log = logging.getLogger("flywheel.ui")
 
@@ -601,7 +601,8 @@ def build(page, demo: gr.Blocks) -> None:
                 "Your conversations", open=True, elem_id="conversation-fold"):
             # On a phone the fold starts closed (the js of demo.load below), after the chat.
             new_btn = gr.Button("+ New chat", elem_id="new-chat")
-            find = gr.Textbox(label="Search your conversations", placeholder="Words of a title or a message",
+            find = gr.Textbox(label="Search your conversations",
+                              placeholder="Words of a title or a message",
                               elem_id="find-conversation", max_length=200)
             conversations = gr.Radio(label="Your conversations", choices=[],
                                      elem_id="conversations")
@@ -734,8 +735,9 @@ def build(page, demo: gr.Blocks) -> None:
                      api_visibility="private")
     demo.load(on_load, [open_id], viewed + [system], **page_event)
     # On a phone the conversation list starts folded behind its button, below the chat.
-    demo.load(None, js="""() => { if (window.matchMedia("(max-width: 640px)").matches)
-                                    document.querySelector("#conversation-fold button")?.click(); }""")
+    demo.load(None, js="""() => {
+        if (window.matchMedia("(max-width: 640px)").matches)
+            document.querySelector("#conversation-fold button")?.click(); }""")
 
     streamed = [chatbot, state, box, last]
     api_send.click(send, [box, state, system, *knobs], streamed, api_name="send")

@@ -45,7 +45,8 @@ def edge_cases() -> list[tuple[str, str, dict]]:
         ("POST", chat, body(model="x" * 100_000)), ("POST", chat, body(n=10**9)),
         ("POST", chat, body(stream=True, stream_options={"include_usage": "yes"})),
         ("POST", chat, {"content": deep.encode(), "headers": {"Content-Type": "application/json"}}),
-        ("POST", chat, {"content": b"\xff\xfe\xfd", "headers": {"Content-Type": "application/json"}}),
+        ("POST", chat, {"content": b"\xff\xfe\xfd",
+                        "headers": {"Content-Type": "application/json"}}),
         ("POST", chat, {"content": b"", "headers": {"Content-Type": "application/json"}}),
         ("POST", chat, {"content": b"model=flywheel", "headers": {
             "Content-Type": "application/x-www-form-urlencoded"}}),

@@ -43,8 +43,12 @@ import httpx  # noqa: E402
 import openai  # noqa: E402
 
 from assistant.server import ServeConfig, serve_in_thread  # noqa: E402
-from storage import Home, open_db, write_atomic  # noqa: E402
-from storage import adapters  # noqa: E402
+from storage import (  # noqa: E402
+    Home,
+    adapters,  # noqa: E402
+    open_db,
+    write_atomic,
+)
 from storage.review import adapter_ratings  # noqa: E402
 
 TRAITS = Path(__file__).resolve().parent / "traits"

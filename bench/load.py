@@ -20,7 +20,6 @@ Default model: the embedded SmolLM2 (converted once into the bench's home).
 import argparse
 import json
 import signal
-import sqlite3
 import statistics
 import subprocess
 import sys
@@ -191,7 +190,8 @@ def load(server: Server, keys: list[str], requests: int, swaps: list[str]) -> di
             "errors": len(results) - len(ok),
             "error_kinds": sorted({str(r["status"]) for r in results if r["status"] != 200}),
             "lost_answers": sum(1 for r in ok if r["id"] not in stored),
-            "latency_p50_s": percentile(latencies, 0.5), "latency_p95_s": percentile(latencies, 0.95),
+            "latency_p50_s": percentile(latencies, 0.5),
+            "latency_p95_s": percentile(latencies, 0.95),
             "requests_per_second": round(len(ok) / wall, 1), "swaps": delays,
             "worst_swap_delay_s": max(d["seconds"] for d in delays) if delays else None,
             "most_batches_before_a_swap": max(d["batches_started_meanwhile"] for d in delays)
@@ -259,7 +259,8 @@ def kill_under_load(server: Server, keys: list[str], ids: list[str]) -> dict:
     writer.start()
     while True:  # until answers are generating and their text is on disk
         with open_db(server.home) as db:
-            if db.execute("SELECT count(*) FROM partial_answers WHERE content != ''").fetchone()[0] >= 4:
+            if db.execute("SELECT count(*) FROM partial_answers "
+                          "WHERE content != ''").fetchone()[0] >= 4:
                 break
         time.sleep(0.02)
     server.kill()
@@ -329,9 +330,10 @@ def main() -> None:
                 ids = report["load"].pop("ids")
             else:  # answers to rate, stored as an API request would store them
                 with open_db(home) as db:
-                    ids = [store.store_transcript(db, [{"role": "user", "content": f"q{i}"},
-                                                       {"role": "assistant", "content": f"a{i}"}])[1]
-                           for i in range(args.clients * args.requests)]
+                    ids = [store.store_transcript(
+                        db, [{"role": "user", "content": f"q{i}"},
+                             {"role": "assistant", "content": f"a{i}"}])[1]
+                        for i in range(args.clients * args.requests)]
             if "feedback" in phases:
                 written = feedback(server.url, keys, ids, args.feedback_seconds)
                 report["feedback"] = {

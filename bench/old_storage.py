@@ -181,7 +181,7 @@ def select(db: sqlite_utils.Database) -> dict[str, list[dict]]:
 
     # Liked vs. disliked siblings: answers to the same question.
     by_parent: dict[str, list[dict]] = {}
-    for answer_id, answer in usable.items():
+    for answer in usable.values():
         by_parent.setdefault(answer["parent_id"], []).append(answer)
     for siblings in by_parent.values():
         liked = [a for a in siblings if judged.get(a["id"], {}).get("rating") == "up"]

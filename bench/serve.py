@@ -30,8 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the project befo
 
 from assistant import models  # noqa: E402
 from assistant.server import ServeConfig, serve_in_thread  # noqa: E402
-from storage import Home, open_db  # noqa: E402
-from storage import adapters  # noqa: E402
+from storage import (  # noqa: E402
+    Home,
+    adapters,  # noqa: E402
+    open_db,
+)
 
 PROMPT = [{"role": "user", "content": "Write a long story about a lighthouse keeper and a storm."}]
 CONCURRENT = [f"Tell me about the history of the number {n}." for n in range(16)]

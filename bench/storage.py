@@ -39,8 +39,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != HERE]
 sys.path.insert(0, str(HERE.parent))
 
-from storage import Home, init_db, open_db  # noqa: E402
-from storage import ab, activity, adapters, review, runs, users  # noqa: E402
+from storage import Home, ab, activity, adapters, init_db, open_db, review, runs, users  # noqa: E402  # noqa: E402
 from storage import chat as store  # noqa: E402
 from storage.db import Checkpointer, transaction  # noqa: E402
 
@@ -113,7 +112,7 @@ def seed(home: Home, answers: int, rng: random.Random) -> dict:
                            [f"run-{i:02d}", stamp(start + timedelta(days=365 * i / 20)),
                             json.dumps({"loss_curve": [2.0 - 0.01 * s for s in range(100)]}),
                             rng.randrange(1000, 50000)])
-                for e in range(5):
+                for _e in range(5):
                     db.execute("INSERT INTO adapter_events (adapter_id, event, detail) "
                                "VALUES (?, 'served', '')", [ids[i]])
         asked: list[str] = []
@@ -139,7 +138,7 @@ def seed(home: Home, answers: int, rng: random.Random) -> dict:
                                  when))
                     n_answers = 2 if rng.random() < 0.1 else 1  # a regeneration
                     given = []
-                    for k in range(n_answers):
+                    for _k in range(n_answers):
                         answer = f"chatcmpl-{made['answers']:09d}"
                         given.append(answer)
                         text = _sentence(rng, rng.randint(12, 60))
@@ -418,8 +417,9 @@ def dedup_check(db, cache: str, n: int) -> dict:
     from trainer.dedup import NearDuplicates
     examples, clean = [], _Cleaner(None, 1024)  # scrubbed as the pipeline scrubs them
     for fmt, e in selection.examples(db, formats=["kto"]):
-        for _, e in clean.many([(fmt, e)]):  # none when it is broken
-            examples.append((_prompt_text(e), e["completion"][0]["content"], e["conversation_id"]))
+        for _, kept in clean.many([(fmt, e)]):  # none when it is broken
+            examples.append((_prompt_text(kept), kept["completion"][0]["content"],
+                             kept["conversation_id"]))
         if len(examples) == n:
             break
     store_ = EmbeddingCache(Path(cache), MINILM)
@@ -480,9 +480,10 @@ def page_endpoints(home: Home, repeats: int) -> dict:
 def writers(home: Home, threads: int, seconds: float, answers: list[str],
             during=None) -> dict:
     """`threads` writers send feedback as fast as they can for `seconds`, each with its own
-    connection, as the server's request threads do, beside the server's checkpointer. Counts acknowledged writes and errors,
-    then checks every acknowledged rating is in the database. `during(acked)` runs in the
-    middle (a backup), with the list of (rating id, time) acknowledged so far."""
+    connection, as the server's request threads do, beside the server's checkpointer. Counts
+    acknowledged writes and errors, then checks every acknowledged rating is in the database.
+    `during(acked)` runs in the middle (a backup), with the list of (rating id, time)
+    acknowledged so far."""
     acked: list[tuple[int, float]] = []
     errors: list[str] = []
     stop = time.perf_counter() + seconds
@@ -523,7 +524,8 @@ def writers(home: Home, threads: int, seconds: float, answers: list[str],
         present = sum(db.execute(
             f"SELECT COUNT(*) FROM ratings WHERE id IN ({', '.join('?' * len(ids[s:s + 500]))})",
             ids[s:s + 500]).fetchone()[0] for s in range(0, len(ids), 500))
-    return {"writers": threads, "writes": len(acked), "writes_per_second": round(len(acked) / elapsed),
+    return {"writers": threads, "writes": len(acked),
+            "writes_per_second": round(len(acked) / elapsed),
             "errors": len(errors), "first_error": errors[0] if errors else None,
             "lost": len(acked) - present, "rows_added": after - before, "during": extra}
 
@@ -574,7 +576,8 @@ def table(report: dict) -> str:
     for name in ("conversations", "users", "adapters", "adapter_events", "runs"):
         if name in lists:
             line(f"{name}, first / next page",
-                 f"{lists[name]['first']['p95_ms']} / {lists[name].get('next', {}).get('p95_ms', '-')}")
+                 f"{lists[name]['first']['p95_ms']} / "
+                 f"{lists[name].get('next', {}).get('p95_ms', '-')}")
     for name in ("search_common_word", "search_two_words", "search_absent_word"):
         if name in lists:
             line(f"{name} ({lists[name]['found']} found)", lists[name]["p95_ms"])

@@ -13,8 +13,7 @@ from typing import Iterator
 
 import sqlite_utils
 
-from storage import Home, init_db, open_db, write_atomic
-from storage import adapters
+from storage import Home, adapters, init_db, open_db, write_atomic
 
 
 class UsageError(Exception):
@@ -234,8 +233,14 @@ def cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from storage.embeddings import EmbeddingCache
-    from trainer.dataset import MINILM, DataConfig, build_to, default_embedder, token_counter, \
-        write_rows
+    from trainer.dataset import (
+        MINILM,
+        DataConfig,
+        build_to,
+        default_embedder,
+        token_counter,
+        write_rows,
+    )
     home = Home.resolve(args.home)
     init_db(home)
     fmt = "sft" if args.format == "openai" else args.format

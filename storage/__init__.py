@@ -4,7 +4,7 @@
 through the functions re-exported here.
 """
 
+from storage.db import SCHEMA_VERSION, init_db, open_db
 from storage.home import Home, write_atomic
-from storage.db import open_db, init_db, SCHEMA_VERSION
 
 __all__ = ["Home", "write_atomic", "open_db", "init_db", "SCHEMA_VERSION"]

@@ -11,7 +11,7 @@ import sqlite_utils
 from scipy import stats
 
 from storage import review
-from storage.db import transaction, utc_now
+from storage.db import present, transaction, utc_now
 
 
 def start(db: sqlite_utils.Database, candidate_id: str, share: float, reason: str = "") -> dict:
@@ -26,8 +26,9 @@ def start(db: sqlite_utils.Database, candidate_id: str, share: float, reason: st
         if row[0] != "candidate":
             raise ValueError(f"{candidate_id} is {row[0]}; only a candidate can be A/B tested")
         stop(db, reason=f"replaced by a split for {candidate_id}")
-        db["ab_tests"].insert({"candidate_id": candidate_id, "share": share, "reason": reason})
-    return current(db)
+        db.table("ab_tests").insert({"candidate_id": candidate_id, "share": share,
+                                     "reason": reason})
+    return present(current(db), f"A/B split for {candidate_id}")
 
 
 def stop(db: sqlite_utils.Database, reason: str = "") -> dict | None:

@@ -21,7 +21,7 @@ class Activity:
     """The plots' data. `period` days per point: the shortest that keeps every series at
     `max_points` points or fewer."""
     period: int = 1
-    thumbs: list[dict] = field(default_factory=list)      # start, adapter, up, down, rate, low, high
+    thumbs: list[dict] = field(default_factory=list)  # start, adapter, up, down, rate, low, high
     volume: list[dict] = field(default_factory=list)      # start, answers, thumbs, score, ...
     promotions: list[dict] = field(default_factory=list)  # at, action, adapter
 
@@ -48,7 +48,7 @@ def over_time(db: sqlite_utils.Database, max_points: int = 300) -> Activity:
     for adapter, start, up, down in db.execute(
             f"""SELECT adapter, {_bucket('day')} AS start, SUM(up), SUM(down) FROM thumbs_daily
                 WHERE up + down > 0 GROUP BY adapter, start ORDER BY start, adapter""", window):
-        low, high = wilson(up, up + down)
+        low, high = wilson(up, up + down) or (None, None)  # never None: up + down > 0
         thumbs.append({"start": start, "adapter": adapter or BASE, "up": up, "down": down,
                        "rate": up / (up + down), "low": low, "high": high})
 

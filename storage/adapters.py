@@ -14,7 +14,7 @@ from pathlib import Path
 import sqlite_utils
 
 from storage import ab, paging
-from storage.db import transaction
+from storage.db import present, transaction
 from storage.home import Home
 from storage.paging import Page
 
@@ -57,10 +57,10 @@ def publish(db: sqlite_utils.Database, home: Home, adapter_id: str, *, base_mode
         os.replace(staged, final)  # atomic on one filesystem
     elif not (final / "adapter_config.json").is_file():
         raise FileNotFoundError(f"{staged} holds no adapter_config.json; nothing to publish")
-    db["adapters"].insert({"id": adapter_id, "base_model": base_model, "method": method,
-                           "status": status, "parent_id": parent_id, "run_id": run_id,
-                           "metrics": json.dumps(metrics or {}), "path": str(final)})
-    return get(db, adapter_id)
+    db.table("adapters").insert({"id": adapter_id, "base_model": base_model, "method": method,
+                                 "status": status, "parent_id": parent_id, "run_id": run_id,
+                                 "metrics": json.dumps(metrics or {}), "path": str(final)})
+    return present(get(db, adapter_id), f"adapter {adapter_id}")
 
 
 def get(db: sqlite_utils.Database, adapter_id: str) -> dict | None:
@@ -110,7 +110,7 @@ def promote(db: sqlite_utils.Database, adapter_id: str, reason: str = "",
         db.execute("INSERT INTO promotions (adapter_id, action, reason) VALUES (?, 'promote', ?)",
                    [adapter_id, reason])
         ab.stop(db, reason=f"{adapter_id} promoted")
-    return get(db, adapter_id)
+    return present(get(db, adapter_id), f"adapter {adapter_id}")
 
 
 def rollback(db: sqlite_utils.Database, reason: str = "") -> dict | None:
@@ -132,7 +132,7 @@ def rollback(db: sqlite_utils.Database, reason: str = "") -> dict | None:
 
 def record_event(db: sqlite_utils.Database, adapter_id: str, event: str, detail: str = "") -> None:
     """What the server did with an adapter: 'served' (swapped in) or 'refused' (and why)."""
-    db["adapter_events"].insert({"adapter_id": adapter_id, "event": event, "detail": detail})
+    db.table("adapter_events").insert({"adapter_id": adapter_id, "event": event, "detail": detail})
 
 
 def events(db: sqlite_utils.Database, adapter_id: str | None = None,
@@ -169,7 +169,8 @@ def _previous(db: sqlite_utils.Database, current_id: str) -> str | None:
         elif len(stack) > 1:
             stack.pop()
     below = [a for a in stack if a != current_id]
-    while below and below[-1] is not None and get(db, below[-1])["status"] == "rejected":
+    while (below and below[-1] is not None
+           and present(get(db, below[-1]), f"adapter {below[-1]}")["status"] == "rejected"):
         below.pop()
     return below[-1] if below else None
 

@@ -11,7 +11,7 @@ from typing import Any
 import sqlite_utils
 
 from storage import paging
-from storage.db import transaction
+from storage.db import inserted_id, present, transaction
 from storage.paging import Page
 
 RATINGS = ("up", "down")
@@ -24,8 +24,8 @@ def new_id(prefix: str) -> str:
 def create_conversation(db: sqlite_utils.Database, user_id: int | None = None,
                         system_prompt: str | None = None, title: str | None = None) -> str:
     conversation_id = new_id("conv")
-    db["conversations"].insert({"id": conversation_id, "user_id": user_id,
-                                "system_prompt": system_prompt, "title": title})
+    db.table("conversations").insert({"id": conversation_id, "user_id": user_id,
+                                      "system_prompt": system_prompt, "title": title})
     return conversation_id
 
 
@@ -72,7 +72,7 @@ def list_conversations(db: sqlite_utils.Database, user_id: int | None,
 def update_conversation(db: sqlite_utils.Database, conversation_id: str, *,
                         title: str | None = None, system_prompt: str | None = None) -> None:
     """Rename a conversation or change the system prompt used for its next turns."""
-    changes = {}
+    changes: dict[str, str | None] = {}
     if title is not None:
         if not title.strip():
             raise ValueError("a title cannot be empty")
@@ -80,7 +80,7 @@ def update_conversation(db: sqlite_utils.Database, conversation_id: str, *,
     if system_prompt is not None:
         changes["system_prompt"] = system_prompt.strip() or None
     if changes:
-        db["conversations"].update(conversation_id, changes)
+        db.table("conversations").update(conversation_id, changes)
 
 
 def delete_conversation(db: sqlite_utils.Database, conversation_id: str) -> None:
@@ -170,7 +170,7 @@ def add_message(db: sqlite_utils.Database, conversation_id: str, role: str, cont
     """Store one turn and return its id (for an answer, also the API's completion id).
     `message_id` lets a caller name an answer before it exists (the API streams its id)."""
     message_id = message_id or new_id("msg" if role != "assistant" else "chatcmpl")
-    db["messages"].insert({
+    db.table("messages").insert({
         "id": message_id, "conversation_id": conversation_id, "parent_id": parent_id,
         "role": role, "content": content, "model": model, "adapter_id": adapter_id,
         "params": json.dumps(params) if params is not None else None,
@@ -197,7 +197,7 @@ def store_transcript(db: sqlite_utils.Database, messages: list[dict[str, str]],
         parent_id = None
         for turn in turns:
             parent_id = add_message(db, conversation_id, turn["role"], turn["content"], parent_id)
-    return conversation_id, parent_id
+    return conversation_id, present(parent_id, "turn after the system prompt")
 
 
 def get_message(db: sqlite_utils.Database, message_id: str) -> dict | None:
@@ -226,7 +226,8 @@ def thread(db: sqlite_utils.Database, message_id: str) -> list[dict]:
         WITH RECURSIVE path(id, parent_id, depth) AS (
             SELECT id, parent_id, 0 FROM messages WHERE id = ?
             UNION ALL
-            SELECT m.id, m.parent_id, path.depth + 1 FROM messages m JOIN path ON m.id = path.parent_id
+            SELECT m.id, m.parent_id, path.depth + 1
+            FROM messages m JOIN path ON m.id = path.parent_id
         )
         SELECT messages.* FROM path JOIN messages USING (id) ORDER BY path.depth DESC
         """, [message_id])
@@ -261,10 +262,10 @@ def rate(db: sqlite_utils.Database, message_id: str, rating: str | None = None, 
     _require_answer(db, message_id)
     # Plain INSERTs on the feedback path: sqlite-utils' insert() first reads the schema,
     # which costs more than the insert itself at a thousand writes a second.
-    return db.execute(
+    return inserted_id(db.execute(
         "INSERT INTO ratings (message_id, rater_id, rating, score, reasons, comment) "
         "VALUES (?, ?, ?, ?, ?, ?)",
-        [message_id, rater_id, rating, score, json.dumps(reasons or []), comment]).lastrowid
+        [message_id, rater_id, rating, score, json.dumps(reasons or []), comment]))
 
 
 def _require_answer(db: sqlite_utils.Database, message_id: str) -> None:
@@ -279,8 +280,9 @@ def add_correction(db: sqlite_utils.Database, message_id: str, content: str,
     if not content.strip():
         raise ValueError("a correction cannot be empty")
     _require_answer(db, message_id)
-    return db.execute("INSERT INTO corrections (message_id, author_id, content) VALUES (?, ?, ?)",
-                      [message_id, author_id, content]).lastrowid
+    return inserted_id(db.execute(
+        "INSERT INTO corrections (message_id, author_id, content) VALUES (?, ?, ?)",
+        [message_id, author_id, content]))
 
 
 def record_feedback(db: sqlite_utils.Database, message_id: str, rating: str | None = None, *,
@@ -313,7 +315,8 @@ def set_flags(db: sqlite_utils.Database, message_id: str, kinds: list[str],
     with transaction(db):
         db.execute("DELETE FROM flags WHERE message_id = ?", [message_id])
         for kind in kinds:
-            db["flags"].insert({"message_id": message_id, "kind": kind, "author_id": author_id})
+            db.table("flags").insert({"message_id": message_id, "kind": kind,
+                                      "author_id": author_id})
 
 
 def flags(db: sqlite_utils.Database, message_id: str) -> list[str]:

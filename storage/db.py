@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, TypeVar
 
 import sqlite_utils
 
@@ -54,7 +54,7 @@ _RECOUNT = {
         (SELECT MAX(id) FROM corrections WHERE message_id = judgements.message_id)""",
     "recount_flags": """
     UPDATE judgements SET flags = (SELECT group_concat(kind, ',') FROM
-        (SELECT DISTINCT kind FROM flags WHERE message_id = judgements.message_id ORDER BY kind))""",
+        (SELECT DISTINCT kind FROM flags WHERE message_id = judgements.message_id ORDER BY kind))""",  # noqa: E501
 }
 
 MIGRATIONS: list[str] = [
@@ -459,6 +459,22 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
+T = TypeVar("T")
+
+
+def present(row: T | None, what: str) -> T:
+    """`row`, which the caller has just written or checked: a KeyError naming `what` if it
+    is missing after all (and a type checker knows it is not None)."""
+    if row is None:
+        raise KeyError(f"no {what}")
+    return row
+
+
+def inserted_id(cursor: sqlite3.Cursor) -> int:
+    """The rowid a one-row INSERT gave (sqlite3 types `lastrowid` as optional)."""
+    return present(cursor.lastrowid, "row inserted")
+
+
 def utc_now(plus_hours: float = 0.0) -> str:
     """An ISO UTC timestamp (now, or `plus_hours` from now) that sorts as text."""
     moment = datetime.now(timezone.utc) + timedelta(hours=plus_hours)
@@ -476,7 +492,8 @@ def _connect(path: Path) -> sqlite_utils.Database:
     conn.execute(f"PRAGMA wal_autocheckpoint = {_autocheckpoint_pages()}")
     db = sqlite_utils.Database(conn)
     with _locks_guard:
-        db.writers = _writers.setdefault(str(path), threading.RLock())
+        # One lock per database file, kept on the connection's object for `transaction`.
+        db.writers = _writers.setdefault(str(path), threading.RLock())  # type: ignore[attr-defined]
     return db
 
 

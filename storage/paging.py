@@ -12,7 +12,7 @@ API, which hand it back as they got it.
 import base64
 import json
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Callable
+from typing import Any, Callable, Iterator
 
 DEFAULT_PAGE = 200
 

@@ -36,7 +36,7 @@ def prune_conversations(db: sqlite_utils.Database, keep_days: float,
     if keep_days < 0:
         raise ValueError(f"--keep-days must be 0 or more, not {keep_days}")
     cutoff = utc_now(plus_hours=-24 * keep_days)
-    gone = Counter()
+    gone: Counter[str] = Counter()
     old = ("SELECT id FROM conversations WHERE updated_at < ? ORDER BY updated_at LIMIT ?",
            [cutoff, batch])
     deleted = ("SELECT id FROM conversations WHERE deleted_at IS NOT NULL LIMIT ?", [batch])
@@ -51,7 +51,7 @@ def prune_conversations(db: sqlite_utils.Database, keep_days: float,
 
 def _erase_all(db: sqlite_utils.Database, query: str, args: list) -> Counter:
     """Erase the conversations `query` picks, a batch per transaction, until none is left."""
-    gone = Counter()
+    gone: Counter[str] = Counter()
     while True:
         with transaction(db):
             ids = [r[0] for r in db.execute(query, args)]
@@ -74,7 +74,7 @@ def _erase_all(db: sqlite_utils.Database, query: str, args: list) -> Counter:
 def prune_run_files(db: sqlite_utils.Database, home: Home) -> Counter:
     """Remove pruned messages from what past runs kept on disk: examples in replay files,
     and the `data/` folders of finished runs."""
-    gone = Counter()
+    gone: Counter[str] = Counter()
     finished = {r[0] for r in db.execute(
         "SELECT id FROM training_runs WHERE status != 'running'")}
     for run in sorted(home.runs_dir.glob("*/")):

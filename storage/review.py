@@ -8,10 +8,12 @@ is storage/activity.py.
 """
 
 import json
+from typing import Any
 
 import sqlite_utils
 
 from storage import paging
+from storage.db import present
 from storage.paging import Page
 
 BASE = "base"  # the adapter filter value that means "answered by the bare base model"
@@ -39,7 +41,8 @@ def _filters(rating: str, adapter: str, since: str | None, reviewed: str
         raise ValueError(f"reviewed must be any, yes or no, not {reviewed!r}")
     # The filters are fixed fragments (never the caller's text), so the planner sees each
     # combination as its own query and picks the queue index made for it.
-    where, args = ["j.rank = :rank"], {}
+    where: list[str] = ["j.rank = :rank"]
+    args: dict[str, Any] = {}
     if adapter != "any":
         where.append("j.adapter_id IS :adapter")
         args["adapter"] = None if adapter == BASE else adapter
@@ -75,7 +78,7 @@ def review_queue(db: sqlite_utils.Database, rating: str = "any", adapter: str = 
         keyset = cursor is not None and rank == cursor[0]
         rows += db.execute_returning_dicts(_rank_page(where, keyset), {
             **args, "rank": rank, "limit": limit + 1 - len(rows),
-            **({"at": cursor[1], "id": cursor[2]} if keyset else {})})
+            **({"at": cursor[1], "id": cursor[2]} if cursor and keyset else {})})
         if len(rows) > limit:
             break
     return paging.page_of([_decode(r) for r in rows], limit,
@@ -152,11 +155,11 @@ def record_comparison(db: sqlite_utils.Database, prompt_id: str, answer_a: str, 
         raise ValueError(f"winner must be one of {', '.join(WINNERS)}, not {winner!r}")
     if shown_first not in (None, "a", "b"):
         raise ValueError(f"shown_first must be a or b, not {shown_first!r}")
-    return db["comparisons"].insert({"prompt_id": prompt_id, "answer_a": answer_a,
-                                     "answer_b": answer_b, "winner": winner,
-                                     "reason": (reason or "").strip() or None,
-                                     "shown_first": shown_first,
-                                     "curator_id": curator_id}).last_pk
+    return present(db.table("comparisons").insert({"prompt_id": prompt_id, "answer_a": answer_a,
+                                           "answer_b": answer_b, "winner": winner,
+                                           "reason": (reason or "").strip() or None,
+                                           "shown_first": shown_first,
+                                           "curator_id": curator_id}).last_rowid, "comparison")
 
 
 def _with_rate(up: int, down: int, **more) -> dict:

@@ -12,18 +12,18 @@ from datetime import datetime, timezone
 import sqlite_utils
 
 from storage import paging
-from storage.db import utc_now
+from storage.db import present, utc_now
 from storage.paging import Page
 
 
 def start(db: sqlite_utils.Database, *, base_model: str, method: str, config: dict,
           manifest: dict, start_from: str | None = None) -> str:
     run_id = f"run-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
-    db["training_runs"].insert({"id": run_id, "status": "running", "base_model": base_model,
-                                "method": method, "config": json.dumps(config, default=str),
-                                "manifest": json.dumps(manifest), "start_from": start_from,
-                                "examples": manifest.get("count"),
-                                "progress": json.dumps({"phase": "starting"})})
+    db.table("training_runs").insert({
+        "id": run_id, "status": "running", "base_model": base_model, "method": method,
+        "config": json.dumps(config, default=str), "manifest": json.dumps(manifest),
+        "start_from": start_from, "examples": manifest.get("count"),
+        "progress": json.dumps({"phase": "starting"})})
     return run_id
 
 
@@ -33,7 +33,7 @@ def set_progress(db: sqlite_utils.Database, run_id: str, **fields) -> None:
     progress column alone, not the run's (large) manifest."""
     current = db.execute("SELECT progress FROM training_runs WHERE id = ?", [run_id]).fetchone()
     progress = {**json.loads(current[0] or "{}"), **fields, "updated_at": utc_now()}
-    db["training_runs"].update(run_id, {"progress": json.dumps(progress, default=str)})
+    db.table("training_runs").update(run_id, {"progress": json.dumps(progress, default=str)})
 
 
 def note_task_done(db: sqlite_utils.Database, run_id: str, line: str) -> None:
@@ -52,23 +52,25 @@ def set_manifest(db: sqlite_utils.Database, run_id: str, manifest: dict,
     changes = {"manifest": json.dumps(manifest), "examples": manifest.get("count")}
     if method is not None:
         changes["method"] = method
-    db["training_runs"].update(run_id, changes)
+    db.table("training_runs").update(run_id, changes)
 
 
 def discard(db: sqlite_utils.Database, run_id: str) -> None:
     """Remove a run that ended in its data phase with nothing to train on: too little data
     is not a run (the admin page and `flywheel runs` show what trained or failed)."""
-    db["training_runs"].delete_where("id = ?", [run_id])
+    db.table("training_runs").delete_where("id = ?", [run_id])
 
 
 def finish(db: sqlite_utils.Database, run_id: str, *, metrics: dict,
            adapter_id: str | None) -> None:
-    db["training_runs"].update(run_id, {"status": "succeeded", "metrics": json.dumps(metrics),
-                                        "adapter_id": adapter_id, "finished_at": utc_now()})
+    db.table("training_runs").update(run_id, {
+        "status": "succeeded", "metrics": json.dumps(metrics), "adapter_id": adapter_id,
+        "finished_at": utc_now()})
 
 
 def fail(db: sqlite_utils.Database, run_id: str, error: str) -> None:
-    db["training_runs"].update(run_id, {"status": "failed", "error": error, "finished_at": utc_now()})
+    db.table("training_runs").update(run_id, {"status": "failed", "error": error,
+                                              "finished_at": utc_now()})
 
 
 def get(db: sqlite_utils.Database, run_id: str) -> dict | None:
@@ -99,7 +101,7 @@ def _runs(db: sqlite_utils.Database, where: str = "1", args: tuple = (),
 
 def list_runs(db: sqlite_utils.Database) -> list[dict]:
     """Every run with its config and whole manifest, oldest first (tests, small reports)."""
-    return [get(db, r["id"]) for r in _runs(db)]
+    return [present(get(db, r["id"]), f"run {r['id']}") for r in _runs(db)]
 
 
 def page(db: sqlite_utils.Database, limit: int = 20, after: str | None = None) -> Page:
@@ -114,8 +116,8 @@ def page(db: sqlite_utils.Database, limit: int = 20, after: str | None = None) -
 def unfinished(db: sqlite_utils.Database) -> list[dict]:
     """Runs still marked running, newest first (interrupted ones, when nobody holds the
     lock), whole: a resumed run needs its config."""
-    return [get(db, r["id"]) for r in _runs(db, "status = 'running'",
-                                             order_by="started_at DESC, id DESC")]
+    return [present(get(db, r["id"]), f"run {r['id']}")
+            for r in _runs(db, "status = 'running'", order_by="started_at DESC, id DESC")]
 
 
 def latest(db: sqlite_utils.Database) -> dict | None:

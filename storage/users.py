@@ -17,7 +17,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from storage import paging
-from storage.db import transaction, utc_now
+from storage.db import present, transaction, utc_now
 from storage.paging import Page
 
 ROLES = ("user", "curator", "admin")
@@ -49,9 +49,9 @@ def add_user(db: sqlite_utils.Database, name: str, role: str = "user",
         raise ValueError(f"user {name!r} already exists")
     if password is not None:
         _check_password_rules(password)
-    db["users"].insert({"name": name, "role": role,
-                        "password_hash": _hasher.hash(password) if password else None})
-    return get_user(db, name)
+    db.table("users").insert({"name": name, "role": role,
+                              "password_hash": _hasher.hash(password) if password else None})
+    return present(get_user(db, name), f"user {name}")
 
 
 def _check_password_rules(password: str) -> None:
@@ -72,7 +72,7 @@ def create_key(db: sqlite_utils.Database, user_name: str, role: str = "user") ->
         user = get_user(db, user_name) or add_user(db, user_name, role)
         if user["disabled"]:
             raise ValueError(f"user {user_name!r} is disabled")
-        db["api_keys"].insert({"user_id": user["id"], "key_hash": _key_hash(key)})
+        db.table("api_keys").insert({"user_id": user["id"], "key_hash": _key_hash(key)})
     return key, user
 
 
@@ -122,7 +122,7 @@ def set_password(db: sqlite_utils.Database, name: str, password: str) -> None:
     if user is None:
         raise KeyError(f"no user {name!r}")
     with transaction(db):
-        db["users"].update(user["id"], {"password_hash": _hasher.hash(password)})
+        db.table("users").update(user["id"], {"password_hash": _hasher.hash(password)})
         # A new password ends every way in that the old one may have opened: sessions and keys.
         db.execute("DELETE FROM sessions WHERE user_id = ?", [user["id"]])
         db.execute("UPDATE api_keys SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
@@ -134,7 +134,7 @@ def set_disabled(db: sqlite_utils.Database, name: str, disabled: bool = True) ->
     if user is None:
         raise KeyError(f"no user {name!r}")
     with transaction(db):
-        db["users"].update(user["id"], {"disabled": int(disabled)})
+        db.table("users").update(user["id"], {"disabled": int(disabled)})
         if disabled:
             db.execute("DELETE FROM sessions WHERE user_id = ?", [user["id"]])
 
@@ -162,8 +162,8 @@ def check_password(db: sqlite_utils.Database, name: str, password: str) -> dict 
 
 def start_session(db: sqlite_utils.Database, user_id: int, hours: float) -> str:
     token = secrets.token_urlsafe(32)
-    db["sessions"].insert({"token_hash": _key_hash(token), "user_id": user_id,
-                           "expires_at": utc_now(plus_hours=hours)})
+    db.table("sessions").insert({"token_hash": _key_hash(token), "user_id": user_id,
+                                 "expires_at": utc_now(plus_hours=hours)})
     return token
 
 

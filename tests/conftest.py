@@ -1,12 +1,15 @@
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
-from storage import Home, init_db
+from storage import Home, init_db, open_db
+from storage import chat as store
 from tests.tiny import make_tiny_model
+from trainer.anchor import TOPICS
 
 # Never reach for a model hub from the tests; everything they load is built or shipped.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -44,3 +47,52 @@ def copy_model_cache(embedded_home: Path, home: Home) -> None:
     """Give `home` the converted model without converting again (hard links: no copy)."""
     shutil.copytree(Path(embedded_home) / "models", home.models_dir, copy_function=os.link,
                     dirs_exist_ok=True)
+
+
+def wait_for(check, timeout: float = 30, what: str = "the condition", every: float = 0.1):
+    """Call `check` until it returns something true, and return that. For a state another
+    process or thread reaches without an event this test could wait on (a server's
+    /healthz, a row written by the trainer); a timeout fails with `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def make_adapter(tiny_model_dir, folder, seed):
+    """A real LoRA adapter for the tiny model, with random (non-zero) weights."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from assistant import models
+    model, _ = models.load(models.BaseModel("tiny", tiny_model_dir))
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear",
+                                                  init_lora_weights=False))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.5)
+    peft_model.save_pretrained(folder)
+    return folder
+
+
+def add_answers(home, n, rating="up", start=0, correct_every=0, adapter_id=None):
+    """`n` one-turn conversations, each answer rated `rating` (None: unrated) and every
+    `correct_every`-th corrected; returns the answers' ids."""
+    ids = []
+    with open_db(home) as db:
+        for i in range(start, start + n):
+            conv = store.create_conversation(db, system_prompt="Answer briefly.")
+            q = store.add_message(db, conv, "user", f"Question {i}: what is {TOPICS[i % 30]}?")
+            a = store.add_message(db, conv, "assistant", f"Answer {i}: {TOPICS[-i % 30 - 1]}.", q,
+                                  adapter_id=adapter_id)
+            if rating:
+                store.rate(db, a, rating)
+            if correct_every and i % correct_every == 0:
+                store.add_correction(db, a, f"Better answer {i}: {TOPICS[i % 30]} matters.")
+            ids.append(a)
+    return ids

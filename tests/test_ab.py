@@ -5,9 +5,8 @@ import httpx
 
 from flywheel.cli import main
 from storage import ab, adapters, open_db
+from tests.conftest import make_adapter, wait_for
 from tests.test_api import client, server  # noqa: F401 (fixture)
-from tests.test_engine import make_adapter
-from tests.test_swap import wait_for
 
 
 def publish(home, tiny_model_dir, adapter_id, seed):

@@ -8,9 +8,8 @@ import pytest
 from gradio_client import Client
 
 from assistant.server import ServeConfig, ServeError, build, serve_in_thread
-from storage import open_db
-from storage import users
 from storage import chat as store
+from storage import open_db, users
 
 PASSWORD = "correct horse battery"
 
@@ -184,7 +183,7 @@ def test_loopback_with_no_users_is_the_local_admin(home, tiny_model_dir):
 def test_a_curator_compares_two_versions_and_picks_one(server, tiny_model_dir):
     url, home, keys = server
     from storage import adapters
-    from tests.test_engine import make_adapter
+    from tests.conftest import make_adapter
     make_adapter(tiny_model_dir, adapters.staging_path(home, "ad-cmp"), seed=1)
     with open_db(home) as db:
         adapters.publish(db, home, "ad-cmp", base_model="tiny-model0", method="sft")
@@ -202,6 +201,7 @@ def test_a_curator_compares_two_versions_and_picks_one(server, tiny_model_dir):
                                  api_name="/pick"), "must answer that prompt")
 
 
+@pytest.mark.slow
 def test_an_admin_starts_training_in_its_own_process_and_sees_its_progress(server):
     url, home, keys = server
     dave = as_user(url, keys["dave"])
@@ -219,7 +219,7 @@ def test_an_admin_starts_training_in_its_own_process_and_sees_its_progress(serve
 def test_an_admin_reads_a_gate_report_and_runs_an_ab_split(server, tiny_model_dir):
     url, home, keys = server
     from storage import ab, adapters
-    from tests.test_engine import make_adapter
+    from tests.conftest import make_adapter
     make_adapter(tiny_model_dir, adapters.staging_path(home, "ad-gated"), seed=1)
     gate = {"verdict": "pass", "reference": "base model", "reason": "passed: forgetting +1.0%",
             "skipped": [], "checks": {"forgetting": {"candidate": 0.01, "reference": 0.0,

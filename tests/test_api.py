@@ -10,10 +10,9 @@ import pytest
 
 from assistant.server import ServeConfig, serve_in_thread
 from flywheel.cli import main
-from storage import open_db
-from storage import adapters
+from storage import adapters, open_db
 from storage import chat as store
-from tests.test_engine import make_adapter
+from tests.conftest import make_adapter
 
 GREEDY = dict(temperature=0, max_tokens=8)
 HELLO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]

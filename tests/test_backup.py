@@ -9,14 +9,12 @@ import sys
 import threading
 from pathlib import Path
 
-import pytest
-
 from flywheel.cli import main
-from storage import Home, adapters, init_db, open_db, runs
+from storage import Home, adapters, open_db, runs
 from storage import chat as store
 from storage.backup import verify
+from tests.conftest import make_adapter
 from trainer import selection
-from tests.test_engine import make_adapter
 
 
 def flywheel(*args: str) -> subprocess.CompletedProcess:

@@ -14,11 +14,9 @@ from playwright.sync_api import expect, sync_playwright
 from assistant.server import ServeConfig, serve_in_thread
 from storage import Home, adapters, open_db, users
 from storage import chat as store
-from tests.conftest import copy_model_cache
-from tests.test_e2e import wait_for
-from tests.test_engine import make_adapter
+from tests.conftest import copy_model_cache, make_adapter, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 CHROMIUM = "/usr/bin/chromium"
 OUTPUT = Path(os.environ.get("FLYWHEEL_TEST_OUTPUT", "test-output"))

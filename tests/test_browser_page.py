@@ -18,12 +18,12 @@ from assistant.throttle import ThrottleConfig
 from storage import Home, activity, adapters, init_db, lock, open_db, review, runs, users
 from storage import chat as store
 from storage.retention import prune
+from tests.conftest import wait_for
 from tests.test_browser import OUTPUT, browser  # noqa: F401  (the module's chromium)
-from tests.test_e2e import wait_for
 from trainer import selection
 from trainer.progress import PhaseBar, ProgressToDatabase, report_to, stop_reporting
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 # Playwright waits 5 s by default; on two shared cores a server round trip can take longer.
 expect.set_options(timeout=20_000)
 
@@ -220,8 +220,8 @@ def test_the_last_answer_shows_its_versions_and_moves_between_them(browser, serv
     page.close()
 
 
-def test_an_earlier_answer_shows_its_versions_and_moves_between_them(browser,
-                                                                     server):  # noqa: F811
+def test_an_earlier_answer_shows_its_versions_and_moves_between_them(browser,  # noqa: F811
+                                                                     server):
     url, _, home = server
     page = open_page(browser, url)
     short_answers(page)

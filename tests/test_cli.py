@@ -5,8 +5,7 @@ import pytest
 import torch
 
 from flywheel.cli import main
-from storage import open_db
-from storage import adapters
+from storage import adapters, open_db
 
 
 def publish(home, adapter_id):
@@ -127,7 +126,7 @@ def test_export_with_an_unknown_model_exits_2_and_writes_nothing(home, tmp_path,
 def test_export_keeps_duplicates_only_when_asked_and_reuses_embeddings(home, tmp_path, capsys):
     from storage import chat as store
     with open_db(home) as db:
-        for i in range(3):  # the same question and answer three times, liked each time
+        for _i in range(3):  # the same question and answer three times, liked each time
             conv = store.create_conversation(db)
             q = store.add_message(db, conv, "user", "What is the boiling point of water?")
             a = store.add_message(db, conv, "assistant", "100 C at sea level.", q)

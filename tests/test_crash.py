@@ -9,17 +9,21 @@ import subprocess
 import sys
 import time
 
+import pytest
 from safetensors.torch import load_file
 
 from storage import adapters, lock, open_db, runs
-from tests.test_engine import make_adapter
-from tests.test_train import add_answers
+from tests.conftest import add_answers, make_adapter
+
+pytestmark = pytest.mark.slow  # subprocess training or a real server
+
 
 SETTINGS = ["validation_share=0.25", "anchor_share=0", "min_examples=8", "min_pairs=4",
             "sft.max_steps=30", "sft.eval_steps=5", "sft.batch_size=2", "sft.patience=1000",
             "dpo.max_steps=20", "dpo.eval_steps=5", "dpo.batch_size=2", "dpo.patience=1000",
             "gate.max_forgetting=100", "gate.heldout_loss_tolerance=100",
-            "gate.degeneration_tolerance=1", "gate.max_unreadable_feedback=1", "gate.preference_accuracy_tolerance=1",
+            "gate.degeneration_tolerance=1", "gate.max_unreadable_feedback=1",
+            "gate.preference_accuracy_tolerance=1",
             "gate.anchor_examples=8", "gate.generation_prompts=8", "gate.max_new_tokens=48"]
 
 

@@ -11,9 +11,10 @@ import pytest
 
 from bench.learning import gibberish
 from storage import adapters, open_db
-from tests.test_e2e import OUTPUT, flywheel, health, server, wait_for  # noqa: F401 (fixture)
+from tests.conftest import wait_for
+from tests.test_e2e import OUTPUT, flywheel, health, server  # noqa: F401 (fixture)
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 PROMPTS = [
     "Name a fruit.", "Give me a tip for sleeping well.", "What is a cat?", "Say something kind.",

@@ -16,12 +16,11 @@ from stdnum import luhn
 
 from assistant.server import ServeConfig, serve_in_thread
 from flywheel.cli import main
-from storage import Home, adapters, init_db, open_db, users
+from storage import Home, adapters, init_db, open_db, review, users
 from storage import chat as store
-from storage import review
+from tests.conftest import make_adapter
 from trainer.dataset import DataConfig, build, split_of
 from trainer.privacy import scrub
-from tests.test_engine import make_adapter
 from trainer.selection import select
 
 # ---- splits ---------------------------------------------------------------------------------
@@ -222,7 +221,7 @@ def test_curators_win_over_users_and_siblings_make_pairs(home):
 
 def test_cleaning_dedup_scrub_and_split(home):
     with open_db(home) as db:
-        for i, (question, answer) in enumerate([
+        for _i, (question, answer) in enumerate([
                 ("What is the capital of France?", "Paris."),
                 ("What is the capital of France?", "Paris."),             # exact copy
                 ("What's the capital of France?", "Paris."),              # near copy
@@ -260,6 +259,7 @@ def test_cleaning_dedup_scrub_and_split(home):
     assert len({sides[e["conversation_id"]] for e in paris}) == 1
 
 
+@pytest.mark.slow  # a real server and a real client
 def test_all_three_formats_from_feedback_sent_to_a_real_server(home, tiny_model_dir, tmp_path):
     config = ServeConfig(model=str(tiny_model_dir), port=0, poll_interval=0.1)
     with serve_in_thread(home, config) as (url, server):
@@ -333,6 +333,7 @@ def test_batched_token_counts_equal_the_rendered_chat_template(tiny_model_dir, l
     _check_token_counts(tiny_model_dir, lists)
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_batched_token_counts_equal_smollm2s_chat_template(embedded_cache):
     from assistant import models

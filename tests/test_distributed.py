@@ -5,10 +5,13 @@ import subprocess
 import sys
 
 import openai
+import pytest
 
 from assistant.server import ServeConfig, free_port, serve_in_thread
 from storage import adapters, open_db, runs
-from tests.test_train import add_answers
+from tests.conftest import add_answers
+
+pytestmark = pytest.mark.slow  # subprocess training or a real server
 
 
 def test_two_gloo_processes_train_one_adapter_that_loads_and_serves(home, tiny_model_dir):

@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
@@ -14,9 +13,9 @@ from gradio_client import Client
 from assistant.server import free_port
 from storage import Home, open_db
 from storage import chat as store
-from tests.conftest import copy_model_cache
+from tests.conftest import copy_model_cache, wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 PROBE = "Name a fruit."
 TRAIN_PROMPTS = [PROBE, "Give me a tip for sleeping well.", "What is a cat?",
@@ -26,16 +25,6 @@ OUTPUT = Path(os.environ.get("FLYWHEEL_TEST_OUTPUT", "test-output"))
 
 def flywheel(*args: str) -> list[str]:
     return [sys.executable, "-m", "flywheel.cli", *args]
-
-
-def wait_for(check, timeout: float, what: str, every: float = 0.5):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def health(url: str) -> dict | None:
@@ -53,7 +42,8 @@ def server(tmp_path, embedded_cache):
     OUTPUT.mkdir(parents=True, exist_ok=True)
     log = open(OUTPUT / "e2e-server.log", "w")
     proc = subprocess.Popen(flywheel("serve", "--home", str(home.root), "--port", str(port),
-                                     "--poll-interval", "0.5"), stdout=log, stderr=subprocess.STDOUT)
+                                     "--poll-interval", "0.5"),
+                            stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_for(lambda: proc.poll() is not None or health(url), 240, "the server to start")
@@ -130,7 +120,8 @@ def test_feedback_trains_an_adapter_that_the_running_server_swaps_in(server):
                               capture_output=True, text=True, timeout=120)
     assert rollback.returncode == 0 and "the base model is now active" in rollback.stdout
     _, _, in_flight = long_job.result(timeout=300)
-    assert in_flight["adapter_id"] == adapter_id and in_flight["finish_reason"] in ("stop", "length")
+    assert in_flight["adapter_id"] == adapter_id
+    assert in_flight["finish_reason"] in ("stop", "length")
     wait_for(lambda: health(url)["adapter"] is None, 120, "the swap back")
     after_text, after_last = ask(client, PROBE, temperature=0.0)
     assert after_last["adapter_id"] is None and after_text == base_text

@@ -4,6 +4,8 @@ server: no answer is a 5xx, none hangs. `bench/fuzz.py` runs the same at 1,000+ 
 import sys
 from pathlib import Path
 
+import pytest
+
 from assistant.server import ServeConfig, serve_in_thread
 from assistant.throttle import ThrottleConfig
 from storage import open_db, users
@@ -12,6 +14,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import fuzz  # noqa: E402
 
 
+@pytest.mark.slow  # hundreds of generated requests against a real server
 def test_fuzzed_requests_get_no_5xx_and_no_hang(home, tiny_model_dir):
     with open_db(home) as db:
         users.add_user(db, "fuzzer", "admin", password="fuzzer-password")

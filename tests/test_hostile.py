@@ -12,9 +12,9 @@ from gradio_client import Client
 
 from assistant.server import ServeConfig, serve_in_thread
 from assistant.throttle import ThrottleConfig
-from storage import open_db, users
 from storage import chat as store
-from tests.test_e2e import wait_for
+from storage import open_db, users
+from tests.conftest import wait_for
 
 PASSWORD = "correct horse battery"
 LIMITS = ThrottleConfig(requests_per_minute=6, streams_per_user=2,
@@ -30,7 +30,8 @@ def team(tmp_path_factory, tiny_model_dir):
     keys = {}
     with open_db(home) as db:
         for name, role in (("alice", "user"), ("bob", "user"), ("rita", "user"),
-                           ("sam", "user"), ("victim", "user"), ("wendy", "user"), ("dave", "admin")):
+                           ("sam", "user"), ("victim", "user"), ("wendy", "user"),
+                           ("dave", "admin")):
             users.add_user(db, name, role, password=PASSWORD)
             keys[name], _ = users.create_key(db, name)
     config = ServeConfig(model=str(tiny_model_dir), port=0, poll_interval=0.1,

@@ -13,11 +13,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from assistant.plots import activity_figure
-from storage import Home, activity, adapters, init_db, open_db, paging, review, runs, users
-from storage import ab
+from storage import Home, ab, activity, adapters, init_db, open_db, paging, review, runs, users
 from storage import chat as store
-from storage.db import (MIGRATIONS, SCHEMA_VERSION, WouldWait, _statements, transaction,
-                        without_waiting)
+from storage.db import (
+    MIGRATIONS,
+    SCHEMA_VERSION,
+    WouldWait,
+    _statements,
+    transaction,
+    without_waiting,
+)
 
 CURATORS = ("curator", "admin")
 
@@ -405,7 +410,8 @@ def test_a_write_that_would_wait_says_so_at_once_and_changes_nothing(home):
     database; otherwise it must hear so at once (and then wait on a worker thread)."""
     with open_db(home) as db:
         conv = store.create_conversation(db)
-        answer = store.add_message(db, conv, "assistant", "a", store.add_message(db, conv, "user", "q"))
+        question = store.add_message(db, conv, "user", "q")
+        answer = store.add_message(db, conv, "assistant", "a", question)
     other = sqlite3.connect(home.db_path, isolation_level=None)  # another process, in effect
     other.execute("BEGIN IMMEDIATE")
     with open_db(home) as db:

@@ -44,6 +44,7 @@ def test_folder_without_config_is_refused(tmp_path, home):
         models.resolve(str(tmp_path / "empty"), home)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("spec", ["missing.gguf", "no-such-org/no-such-model-xyz"])
 def test_serve_with_an_unknown_model_exits_2_with_one_line(spec, tmp_path):
     result = subprocess.run([sys.executable, "-m", "flywheel.cli", "serve", "--model", spec,
@@ -55,6 +56,7 @@ def test_serve_with_an_unknown_model_exits_2_with_one_line(spec, tmp_path):
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.integration
 def test_embedded_model_is_converted_once_then_loaded_from_cache(embedded_cache, capsys):
     home = Home.resolve(embedded_cache)
@@ -67,7 +69,8 @@ def test_embedded_model_is_converted_once_then_loaded_from_cache(embedded_cache,
     assert (base.folder / "model.safetensors").is_file()
     assert base.folder.parent == home.models_dir
     model, tokenizer = models.load(base)
-    ids = tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+    ids = tokenizer.apply_chat_template([{"role": "user",
+                                          "content": "What is the capital of France?"}],
                                         add_generation_prompt=True, return_dict=True,
                                         return_tensors="pt")
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)

@@ -9,10 +9,11 @@ import threading
 import time
 
 import psutil
+import pytest
 
 from flywheel.cli import main
 from storage import adapters, open_db, runs
-from tests.test_train import add_answers
+from tests.conftest import add_answers
 from trainer.schedule import nightly
 
 QUICK = ["--set", "validation_share=0", "--set", "anchor_share=0", "--set", "min_examples=4",
@@ -21,6 +22,7 @@ QUICK = ["--set", "validation_share=0", "--set", "anchor_share=0", "--set", "min
          "--set", "gate.max_unreadable_feedback=1"]  # random weights: every text unreadable
 
 
+@pytest.mark.slow
 def test_a_night_skips_without_new_feedback_and_trains_at_low_priority_with_it(
         home, tiny_model_dir):
     train_args = ["--model", str(tiny_model_dir), *QUICK]
@@ -63,6 +65,7 @@ def _wait_for_line(path, text, proc, out, seconds):
         time.sleep(0.2)
 
 
+@pytest.mark.slow
 def test_the_schedule_fires_at_the_set_time_and_logs_its_decision(home):
     log, out = home.root / "schedule.log", home.root / "schedule.out"
     # A process that starts after the set time has passed waits for tomorrow: on a slow,

@@ -17,7 +17,8 @@ import pytest
 
 from assistant.server import ServeConfig, free_port, serve_in_thread
 from storage import Home, init_db, open_db
-from tests.test_e2e import health, wait_for
+from tests.conftest import wait_for
+from tests.test_e2e import health
 
 STREAMS = 6
 # Prompts the tiny model answers with all 400 tokens (about a second each, one at a time).
@@ -31,6 +32,7 @@ def serve(home, tiny_model_dir, port, log):
          "--limit", "journal_interval=0.1"], stdout=log, stderr=subprocess.STDOUT)
 
 
+@pytest.mark.slow
 def test_answers_streaming_when_the_server_is_killed_are_kept_as_interrupted(home,
                                                                             tiny_model_dir):
     port = free_port()
@@ -87,6 +89,7 @@ def test_answers_streaming_when_the_server_is_killed_are_kept_as_interrupted(hom
         assert received[answer_id].rstrip().startswith(stored[answer_id]["content"])
 
 
+@pytest.mark.slow
 def test_a_corrupt_database_is_one_line_and_exit_code_2(tmp_path):
     home = tmp_path / "home"
     home.mkdir()
@@ -173,6 +176,7 @@ def test_a_really_full_disk_is_a_507_and_nothing_half_written(tmp_path, tiny_mod
         assert after == (before[0] + 1, before[1] + 2)  # only the request answered after it
 
 
+@pytest.mark.slow
 def test_a_read_only_home_is_one_line_and_exit_code_2(tmp_path):
     home = tmp_path / "home"
     init_db(Home.resolve(home))

@@ -3,8 +3,7 @@ import sqlite3
 
 import pytest
 
-from storage import SCHEMA_VERSION, Home, init_db, open_db
-from storage import adapters, runs
+from storage import SCHEMA_VERSION, Home, adapters, init_db, open_db, runs
 from storage import chat as store
 from storage.db import schema_version
 
@@ -261,7 +260,7 @@ def test_a_search_finds_words_in_any_message_of_ones_own_live_conversations(home
                   "don't", '"quoted"', "NEAR", "AND", "owner:u1"]
     with open_db(home) as db:
         people = [None, *(users.add_user(db, n)["id"] for n in ("ann", "ben"))]
-        for n in range(120):
+        for _n in range(120):
             said = [" ".join(rng.choices(vocabulary, k=rng.randint(1, 6))) for _ in range(3)]
             conversation, _ = store.store_transcript(
                 db, [{"role": "user", "content": said[0]},

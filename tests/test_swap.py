@@ -2,17 +2,15 @@
 
 import concurrent.futures
 import threading
-import time
 
 import httpx
 import openai
 import pytest
 
 from assistant.server import ServeConfig, serve_in_thread
-from storage import open_db
-from storage import adapters
+from storage import adapters, open_db
 from storage import chat as store
-from tests.test_engine import make_adapter
+from tests.conftest import make_adapter, wait_for
 
 PROMPTS = [f"question {i}: " + "why " * i for i in range(8)]
 
@@ -35,15 +33,6 @@ def ask(url, prompt, model="flywheel"):
     reply = api.chat.completions.create(model=model, temperature=0, max_tokens=24,
                                         messages=[{"role": "user", "content": prompt}])
     return reply.id, reply.model, reply.choices[0].message.content
-
-
-def wait_for(check, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.05)
-    raise AssertionError("timed out")
 
 
 def test_eight_clients_chat_through_a_promotion(server, tiny_model_dir):

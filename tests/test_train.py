@@ -11,28 +11,13 @@ from assistant.ui_admin import live_losses, run_progress
 from flywheel.cli import main
 from storage import ab, adapters, lock, open_db, runs
 from storage import chat as store
+from tests.conftest import add_answers
 from trainer import anchor, methods
 from trainer.anchor import TOPICS
 from trainer.config import TrainConfig, load
 from trainer.dataset import example_hash
 from trainer.selection import select
 from trainer.train import NotEnoughData, gate_sets, gather, run_cycle
-
-
-def add_answers(home, n, rating="up", start=0, correct_every=0, adapter_id=None):
-    ids = []
-    with open_db(home) as db:
-        for i in range(start, start + n):
-            conv = store.create_conversation(db, system_prompt="Answer briefly.")
-            q = store.add_message(db, conv, "user", f"Question {i}: what is {TOPICS[i % 30]}?")
-            a = store.add_message(db, conv, "assistant", f"Answer {i}: {TOPICS[-i % 30 - 1]}.", q,
-                                  adapter_id=adapter_id)
-            if rating:
-                store.rate(db, a, rating)
-            if correct_every and i % correct_every == 0:
-                store.add_correction(db, a, f"Better answer {i}: {TOPICS[i % 30]} matters.")
-            ids.append(a)
-    return ids
 
 
 def tiny(model_dir, *sets: str) -> TrainConfig:
@@ -55,8 +40,10 @@ def test_sft_dataset_takes_liked_answers_and_corrections_with_the_whole_prompt(h
     by_id = {e["message_ids"][0]: e for e in examples}
     assert set(by_id) == set(liked) | set(disliked)
     assert by_id[liked[1]]["prompt"] == [{"role": "system", "content": "Answer briefly."},
-                                         {"role": "user", "content": f"Question 1: what is {TOPICS[1]}?"}]
-    assert by_id[liked[1]]["completion"] == [{"role": "assistant", "content": f"Answer 1: {TOPICS[-2]}."}]
+                                         {"role": "user",
+                                          "content": f"Question 1: what is {TOPICS[1]}?"}]
+    assert by_id[liked[1]]["completion"] == [{"role": "assistant",
+                                              "content": f"Answer 1: {TOPICS[-2]}."}]
     assert by_id[liked[0]]["completion"][0]["content"] == "Corrected instead."
     assert by_id[disliked[0]]["source"] == "correction"
     assert Counter(e["source"] for e in examples) == {"liked": 1, "correction": 2}
@@ -134,7 +121,8 @@ def test_a_cycle_trains_gates_publishes_and_promotes(home, tiny_model_dir, capsy
     assert "- ✓ data (selecting feedback: 8 examples" in shown
     gate = row["metrics"]["gate"]
     assert gate["verdict"] == "pass" and gate["reference"] == "base model"
-    assert set(gate["checks"]) == {"forgetting", "degeneration", "unreadable_feedback"}  # no validation split here
+    # no validation split here
+    assert set(gate["checks"]) == {"forgetting", "degeneration", "unreadable_feedback"}
     assert gate["skipped"] == ["heldout_loss", "preference_accuracy"]
     assert (home.runs_dir / row["run_id"] / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((home.runs_dir / row["run_id"]).glob("*/checkpoints"))
@@ -339,7 +327,7 @@ def test_qlora_without_a_gpu_is_one_line_before_anything_is_written(home, tiny_m
 
 def test_a_failed_run_is_recorded_and_publishes_nothing(home, tiny_model_dir):
     add_answers(home, 4)
-    with pytest.raises(Exception):
+    with pytest.raises(ValueError, match="batch_size should be a positive integer"):
         run_cycle(home, tiny(tiny_model_dir, "sft.batch_size=0"))  # fails inside training
     with open_db(home) as db:
         assert adapters.list_adapters(db) == []

@@ -6,9 +6,9 @@ import pytest
 from gradio_client import Client
 
 from assistant.server import ServeConfig, serve_in_thread
-from storage import open_db
 from storage import chat as store
-from tests.test_e2e import wait_for
+from storage import open_db
+from tests.conftest import wait_for
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import concurrent.futures
 import os
 import signal
 import threading
-import time
 
 import httpx
 import openai
@@ -17,13 +16,12 @@ from gradio_client import Client
 
 from assistant import models, vllm_process
 from assistant.server import ServeConfig, free_port, serve_in_thread
-from storage import Home, open_db
-from storage import adapters
+from storage import Home, adapters, open_db
 from storage import chat as store
-from tests.conftest import copy_model_cache
+from tests.conftest import copy_model_cache, wait_for
 from trainer.config import TrainConfig
 
-pytestmark = [pytest.mark.integration, pytest.mark.vllm]
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.vllm]
 
 VLLM_PYTHON = os.environ.get("FLYWHEEL_VLLM_PYTHON")
 if not VLLM_PYTHON:
@@ -33,16 +31,6 @@ if not VLLM_PYTHON:
 PROMPTS = ["Name a fruit.", "What is a cat?", "Say something kind.", "Describe rain.",
            "Recommend a hobby.", "Give me a tip for sleeping well.", "What is 2 + 2?",
            "Name a colour."]
-
-
-def wait_for(check, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class Vllm:

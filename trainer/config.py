@@ -27,85 +27,157 @@ METHODS = ("auto", "sft", "dpo", "kto", "sft+dpo")
 @dataclass
 class MethodSettings:
     """What every method shares: the optimiser, the schedule, the overfitting guards, LoRA."""
-    learning_rate: float = field(default=2e-4, metadata={"help": "Peak learning rate for the LoRA weights."})
-    epochs: float = field(default=3.0, metadata={"help": "Passes over the training set (ignored when max_steps > 0)."})
-    max_steps: int = field(default=-1, metadata={"help": "Stop after this many optimizer steps; -1: use epochs."})
+    learning_rate: float = field(default=2e-4, metadata={"help": (
+            "Peak learning rate for the LoRA weights.")})
+    epochs: float = field(default=3.0, metadata={"help": (
+            "Passes over the training set (ignored when max_steps > 0).")})
+    max_steps: int = field(default=-1, metadata={"help": (
+            "Stop after this many optimizer steps; -1: use epochs.")})
     batch_size: int = field(default=4, metadata={"help": "Examples per device per step."})
-    gradient_accumulation_steps: int = field(default=1, metadata={"help": "Steps whose gradients are summed before an update."})
-    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay on the LoRA weights (an overfitting guard)."})
-    warmup: float = field(default=0.05, metadata={"help": "Linear warm-up: a share of the steps (< 1) or a number of steps."})
-    lr_scheduler: str = field(default="cosine", metadata={"help": "Learning-rate schedule after warm-up (transformers' names)."})
-    eval_steps: int = field(default=10, metadata={"help": "Validation loss (and a checkpoint) every this many steps."})
-    patience: int = field(default=3, metadata={"help": "Stop early after this many evaluations without a better validation loss."})
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": (
+            "Steps whose gradients are summed before an update.")})
+    weight_decay: float = field(default=0.01, metadata={"help": (
+            "AdamW weight decay on the LoRA weights (an overfitting guard).")})
+    warmup: float = field(default=0.05, metadata={"help": (
+            "Linear warm-up: a share of the steps (< 1) or a number of steps.")})
+    lr_scheduler: str = field(default="cosine", metadata={"help": (
+            "Learning-rate schedule after warm-up (transformers' names).")})
+    eval_steps: int = field(default=10, metadata={"help": (
+            "Validation loss (and a checkpoint) every this many steps.")})
+    patience: int = field(default=3, metadata={"help": (
+            "Stop early after this many evaluations without a better validation loss.")})
     lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (alpha / r)."})
-    lora_dropout: float = field(default=0.05, metadata={"help": "Dropout on the LoRA path (an overfitting guard)."})
-    lora_target_modules: str = field(default="all-linear", metadata={"help": "Layers that get LoRA weights; all-linear: every linear layer but the output head."})
+    lora_dropout: float = field(default=0.05, metadata={"help": (
+            "Dropout on the LoRA path (an overfitting guard).")})
+    lora_target_modules: str = field(default="all-linear", metadata={"help": (
+            "Layers that get LoRA weights; all-linear: every linear layer but the output head.")})
 
 
 @dataclass
 class SFTSettings(MethodSettings):
-    padding_free: bool = field(default=True, metadata={"help": "Concatenate a batch's examples instead of padding them (TRL's padding-free batches; examples are already fitted to max_length)."})
+    padding_free: bool = field(default=True, metadata={"help": (
+            "Concatenate a batch's examples instead of padding them (TRL's padding-free batches; "
+            "examples are already fitted to max_length).")})
 
 
 @dataclass
 class DPOSettings(MethodSettings):
-    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate for the LoRA weights."})
-    epochs: float = field(default=2.0, metadata={"help": "Passes over the pairs (ignored when max_steps > 0)."})
-    beta: float = field(default=0.1, metadata={"help": "How far the policy may move from the reference (higher: less)."})
-    loss_type: str = field(default="sigmoid", metadata={"help": "TRL's DPO loss: sigmoid (the paper's), ipo, hinge, ..."})
+    learning_rate: float = field(default=5e-5, metadata={"help": (
+            "Peak learning rate for the LoRA weights.")})
+    epochs: float = field(default=2.0, metadata={"help": (
+            "Passes over the pairs (ignored when max_steps > 0).")})
+    beta: float = field(default=0.1, metadata={"help": (
+            "How far the policy may move from the reference (higher: less).")})
+    loss_type: str = field(default="sigmoid", metadata={"help": (
+            "TRL's DPO loss: sigmoid (the paper's), ipo, hinge, ...")})
 
 
 @dataclass
 class KTOSettings(MethodSettings):
-    learning_rate: float = field(default=5e-5, metadata={"help": "Peak learning rate for the LoRA weights."})
-    epochs: float = field(default=2.0, metadata={"help": "Passes over the rated answers (ignored when max_steps > 0)."})
-    beta: float = field(default=0.1, metadata={"help": "How far the policy may move from the reference (higher: less)."})
-    desirable_weight: float = field(default=1.0, metadata={"help": "Loss weight of thumbs-up answers."})
-    undesirable_weight: float = field(default=1.0, metadata={"help": "Loss weight of thumbs-down answers."})
+    learning_rate: float = field(default=5e-5, metadata={"help": (
+            "Peak learning rate for the LoRA weights.")})
+    epochs: float = field(default=2.0, metadata={"help": (
+            "Passes over the rated answers (ignored when max_steps > 0).")})
+    beta: float = field(default=0.1, metadata={"help": (
+            "How far the policy may move from the reference (higher: less).")})
+    desirable_weight: float = field(default=1.0, metadata={"help": (
+            "Loss weight of thumbs-up answers.")})
+    undesirable_weight: float = field(default=1.0, metadata={"help": (
+            "Loss weight of thumbs-down answers.")})
 
 
 @dataclass
 class GateConfig:
-    heldout_loss_tolerance: float = field(default=0.02, metadata={"help": "The candidate's held-out loss on preferred answers may exceed the reference's by at most this share."})
-    preference_accuracy_tolerance: float = field(default=0.05, metadata={"help": "Its preference accuracy on held-out pairs may fall at most this far below the reference's."})
-    confidence: float = field(default=0.95, metadata={"help": "Beyond either tolerance, a candidate is rejected only when it is worse with this confidence (one-sided paired t-test over the held-out answers' losses, or the pairs' margins)."})
-    max_forgetting: float = field(default=0.15, metadata={"help": "Its loss on held-out anchor prompts may exceed the base model's by at most this share."})
-    degeneration_tolerance: float = field(default=0.10, metadata={"help": "Its share of empty, cut-off or repetitive answers may exceed the reference's by at most this (and by one answer at least)."})
-    unreadable_loss: float = field(default=5.0, metadata={"help": "An answer whose loss under the base model is above this (nats per token) is unreadable (gibberish); plain answers score about 1 to 3."})
-    max_unreadable_feedback: float = field(default=0.05, metadata={"help": "Refuse the run when more than this share of the answers it trains towards are unreadable to the base model (feedback that likes gibberish)."})
-    feedback_examples: int = field(default=64, metadata={"help": "Trained-towards answers sampled for the unreadable-feedback check."})
-    anchor_examples: int = field(default=48, metadata={"help": "Held-out anchor prompts (never trained on) for the forgetting check."})
-    generation_prompts: int = field(default=16, metadata={"help": "Prompts answered (greedy) for the degeneration check: held-out questions first."})
-    max_new_tokens: int = field(default=192, metadata={"help": "Tokens per generated answer; an answer that needs more counts as cut off."})
-    batch_size: int = field(default=8, metadata={"help": "Examples per forward pass while evaluating."})
+    heldout_loss_tolerance: float = field(default=0.02, metadata={"help": (
+            "The candidate's held-out loss on preferred answers may exceed the reference's by at "
+            "most this share.")})
+    preference_accuracy_tolerance: float = field(default=0.05, metadata={"help": (
+            "Its preference accuracy on held-out pairs may fall at most this far below the "
+            "reference's.")})
+    confidence: float = field(default=0.95, metadata={"help": (
+            "Beyond either tolerance, a candidate is rejected only when it is worse with this "
+            "confidence (one-sided paired t-test over the held-out answers' losses, or the pairs'"
+            " margins).")})
+    max_forgetting: float = field(default=0.15, metadata={"help": (
+            "Its loss on held-out anchor prompts may exceed the base model's by at most this "
+            "share.")})
+    degeneration_tolerance: float = field(default=0.10, metadata={"help": (
+            "Its share of empty, cut-off or repetitive answers may exceed the reference's by at "
+            "most this (and by one answer at least).")})
+    unreadable_loss: float = field(default=5.0, metadata={"help": (
+            "An answer whose loss under the base model is above this (nats per token) is "
+            "unreadable (gibberish); plain answers score about 1 to 3.")})
+    max_unreadable_feedback: float = field(default=0.05, metadata={"help": (
+            "Refuse the run when more than this share of the answers it trains towards are "
+            "unreadable to the base model (feedback that likes gibberish).")})
+    feedback_examples: int = field(default=64, metadata={"help": (
+            "Trained-towards answers sampled for the unreadable-feedback check.")})
+    anchor_examples: int = field(default=48, metadata={"help": (
+            "Held-out anchor prompts (never trained on) for the forgetting check.")})
+    generation_prompts: int = field(default=16, metadata={"help": (
+            "Prompts answered (greedy) for the degeneration check: held-out questions first.")})
+    max_new_tokens: int = field(default=192, metadata={"help": (
+            "Tokens per generated answer; an answer that needs more counts as cut off.")})
+    batch_size: int = field(default=8, metadata={"help": (
+            "Examples per forward pass while evaluating.")})
 
 
 @dataclass
 class TrainConfig:
-    model: str | None = field(default=None, metadata={"help": "Base model spec; None: the embedded default. Must match the server's."})
-    method: str = field(default="auto", metadata={"help": "auto, sft, dpo, kto or sft+dpo; auto picks from the data available."})
-    start_from: str = field(default="base", metadata={"help": "base: train a fresh adapter on all feedback; active: continue the active adapter on new feedback."})
-    promotion: str = field(default="auto", metadata={"help": "auto: promote when the gate passes; manual: a passing adapter waits as a candidate."})
-    ab_share: float = field(default=0.0, metadata={"help": "With manual promotion: send this share of new conversations to a passing candidate (0: no A/B split)."})
-    min_examples: int = field(default=20, metadata={"help": "Fewer SFT examples than this: not enough for SFT."})
-    min_pairs: int = field(default=10, metadata={"help": "Fewer preference pairs than this: not enough for DPO."})
-    min_rated: int = field(default=20, metadata={"help": "Fewer thumbs-rated answers than this: not enough for KTO."})
-    kto_min_down_share: float = field(default=0.3, metadata={"help": "auto picks KTO (not SFT) when at least this share of rated answers are thumbs-down and pairs are too few for DPO."})
-    min_new_feedback: int = field(default=0, metadata={"help": "Skip the run when fewer ratings, corrections and picks arrived since the last run."})
-    max_length: int = field(default=1024, metadata={"help": "Tokens per example (prompt + answer)."})
-    validation_share: float = field(default=0.1, metadata={"help": "Share of conversations held out for validation and the gate."})
-    near_duplicate_threshold: float = field(default=0.95, metadata={"help": "Cosine similarity (all-MiniLM-L6-v2) at which examples are duplicates."})
-    replay_share: float = field(default=0.1, metadata={"help": "Earlier runs' examples mixed in, as a share of the new SFT examples."})
-    anchor_share: float = field(default=0.1, metadata={"help": "Anchor-set examples (base model answers to general prompts) mixed in, as a share."})
-    quantize: str | None = field(default=None, metadata={"help": "4bit: QLoRA on a 4-bit base (CUDA + bitsandbytes); None: the base in bf16 (CUDA) or fp32."})
-    gradient_checkpointing: bool | None = field(default=None, metadata={"help": "Trade compute for memory; None: on with CUDA, off on the CPU (where it only slows a small model down)."})
-    seed: int = field(default=42, metadata={"help": "Seed for sampling, shuffling and initialisation."})
-    vllm_max_lora_rank: int = field(default=0, metadata={"help": "Serving on vLLM: its --max-lora-rank (flywheel serve --vllm-python starts it with 64). An adapter vLLM could not load (a larger lora_r, LoRA on the embeddings or the output head) is refused before training; 0: not serving on vLLM."})
-    sft: SFTSettings = field(default_factory=SFTSettings, metadata={"help": "Supervised fine-tuning on liked answers and corrections."})
-    dpo: DPOSettings = field(default_factory=DPOSettings, metadata={"help": "Direct preference optimisation on preference pairs."})
-    kto: KTOSettings = field(default_factory=KTOSettings, metadata={"help": "KTO on thumbs up / down of single answers."})
-    gate: GateConfig = field(default_factory=GateConfig, metadata={"help": "The evaluation gate's thresholds and sample sizes."})
+    model: str | None = field(default=None, metadata={"help": (
+            "Base model spec; None: the embedded default. Must match the server's.")})
+    method: str = field(default="auto", metadata={"help": (
+            "auto, sft, dpo, kto or sft+dpo; auto picks from the data available.")})
+    start_from: str = field(default="base", metadata={"help": (
+            "base: train a fresh adapter on all feedback; active: continue the active adapter on "
+            "new feedback.")})
+    promotion: str = field(default="auto", metadata={"help": (
+            "auto: promote when the gate passes; manual: a passing adapter waits as a candidate.")})
+    ab_share: float = field(default=0.0, metadata={"help": (
+            "With manual promotion: send this share of new conversations to a passing candidate "
+            "(0: no A/B split).")})
+    min_examples: int = field(default=20, metadata={"help": (
+            "Fewer SFT examples than this: not enough for SFT.")})
+    min_pairs: int = field(default=10, metadata={"help": (
+            "Fewer preference pairs than this: not enough for DPO.")})
+    min_rated: int = field(default=20, metadata={"help": (
+            "Fewer thumbs-rated answers than this: not enough for KTO.")})
+    kto_min_down_share: float = field(default=0.3, metadata={"help": (
+            "auto picks KTO (not SFT) when at least this share of rated answers are thumbs-down "
+            "and pairs are too few for DPO.")})
+    min_new_feedback: int = field(default=0, metadata={"help": (
+            "Skip the run when fewer ratings, corrections and picks arrived since the last run.")})
+    max_length: int = field(default=1024, metadata={"help": (
+            "Tokens per example (prompt + answer).")})
+    validation_share: float = field(default=0.1, metadata={"help": (
+            "Share of conversations held out for validation and the gate.")})
+    near_duplicate_threshold: float = field(default=0.95, metadata={"help": (
+            "Cosine similarity (all-MiniLM-L6-v2) at which examples are duplicates.")})
+    replay_share: float = field(default=0.1, metadata={"help": (
+            "Earlier runs' examples mixed in, as a share of the new SFT examples.")})
+    anchor_share: float = field(default=0.1, metadata={"help": (
+            "Anchor-set examples (base model answers to general prompts) mixed in, as a share.")})
+    quantize: str | None = field(default=None, metadata={"help": (
+            "4bit: QLoRA on a 4-bit base (CUDA + bitsandbytes); None: the base in bf16 (CUDA) or "
+            "fp32.")})
+    gradient_checkpointing: bool | None = field(default=None, metadata={"help": (
+            "Trade compute for memory; None: on with CUDA, off on the CPU (where it only slows a "
+            "small model down).")})
+    seed: int = field(default=42, metadata={"help": (
+            "Seed for sampling, shuffling and initialisation.")})
+    vllm_max_lora_rank: int = field(default=0, metadata={"help": (
+            "Serving on vLLM: its --max-lora-rank (flywheel serve --vllm-python starts it with "
+            "64). An adapter vLLM could not load (a larger lora_r, LoRA on the embeddings or the "
+            "output head) is refused before training; 0: not serving on vLLM.")})
+    sft: SFTSettings = field(default_factory=SFTSettings, metadata={"help": (
+            "Supervised fine-tuning on liked answers and corrections.")})
+    dpo: DPOSettings = field(default_factory=DPOSettings, metadata={"help": (
+            "Direct preference optimisation on preference pairs.")})
+    kto: KTOSettings = field(default_factory=KTOSettings, metadata={"help": (
+            "KTO on thumbs up / down of single answers.")})
+    gate: GateConfig = field(default_factory=GateConfig, metadata={"help": (
+            "The evaluation gate's thresholds and sample sizes.")})
 
     def validate(self) -> "TrainConfig":
         if self.method not in METHODS:
@@ -127,9 +199,9 @@ class TrainConfig:
                 unservable = {"embed_tokens", "lm_head"} & set(
                     settings.lora_target_modules.replace(",", " ").split())
                 if unservable:
-                    raise ValueError(f"{name}.lora_target_modules has {', '.join(sorted(unservable))}"
-                                     ": vLLM serves LoRA on the linear layers only "
-                                     "(vllm_max_lora_rank is set)")
+                    raise ValueError(f"{name}.lora_target_modules has "
+                                     f"{', '.join(sorted(unservable))}: vLLM serves LoRA on "
+                                     "the linear layers only (vllm_max_lora_rank is set)")
         return self
 
     def methods(self) -> dict[str, MethodSettings]:
@@ -194,10 +266,10 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None,
         if not sep or not key.strip():
             raise ValueError(f"--set takes section.field=value, not {item!r}")
         *sections, name = key.strip().split(".")
-        values: dict = {name: parse_value(text.strip())}
+        override: dict = {name: parse_value(text.strip())}
         for section in reversed(sections):
-            values = {section: values}
-        config = update(config, values)
+            override = {section: override}
+        config = update(config, override)
     return config.validate()
 
 

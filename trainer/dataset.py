@@ -38,14 +38,24 @@ ANSWER_KEYS = {"sft": ("completion",), "dpo": ("chosen", "rejected"), "kto": ("c
 
 @dataclass
 class DataConfig:
-    max_length: int = field(default=1024, metadata={"help": "Tokens per example (prompt + answer); older turns are dropped to fit."})
-    validation_share: float = field(default=0.1, metadata={"help": "Share of conversations held out for validation."})
-    near_duplicate_threshold: float = field(default=0.95, metadata={"help": "Cosine similarity at which two examples count as the same (all-MiniLM-L6-v2)."})
-    deduplicate: bool = field(default=True, metadata={"help": "Remove exact and near-duplicate examples."})
-    min_examples: dict = field(default_factory=lambda: {"sft": 20, "dpo": 10, "kto": 20}, metadata={"help": "Fewer examples than this in a format: not enough data for it."})
-    chunk_size: int = field(default=2048, metadata={"help": "Examples embedded and compared at a time (memory grows with it, not with the data)."})
-    exact_search_limit: int = field(default=50_000, metadata={"help": "Kept examples up to which near duplicates are searched exactly; above, an HNSW index."})
-    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1), metadata={"help": "Processes that clean, measure and scrub examples side by side (1: in this process)."})
+    max_length: int = field(default=1024, metadata={"help": (
+            "Tokens per example (prompt + answer); older turns are dropped to fit.")})
+    validation_share: float = field(default=0.1, metadata={"help": (
+            "Share of conversations held out for validation.")})
+    near_duplicate_threshold: float = field(default=0.95, metadata={"help": (
+            "Cosine similarity at which two examples count as the same (all-MiniLM-L6-v2).")})
+    deduplicate: bool = field(default=True, metadata={"help": (
+            "Remove exact and near-duplicate examples.")})
+    min_examples: dict = field(
+        default_factory=lambda: {"sft": 20, "dpo": 10, "kto": 20},
+        metadata={"help": "Fewer examples than this in a format: not enough data for it."})
+    chunk_size: int = field(default=2048, metadata={"help": (
+            "Examples embedded and compared at a time (memory grows with it, not with the data).")})
+    exact_search_limit: int = field(default=50_000, metadata={"help": (
+            "Kept examples up to which near duplicates are searched exactly; above, an HNSW "
+            "index.")})
+    workers: int = field(default_factory=lambda: min(8, os.cpu_count() or 1), metadata={"help": (
+            "Processes that clean, measure and scrub examples side by side (1: in this process).")})
 
 
 def example_hash(example: dict) -> str:
@@ -403,7 +413,7 @@ def _split(kept: Path, out_dir: Path, fmt: str, sets: _ConversationSets,
                 sources[e["source"]] += 1
                 entries.append({"sha256": e["sha256"], "source": e["source"],
                                 "message_ids": e["message_ids"], "split": side})
-    for side, path in paths.items():
+    for path in paths.values():
         os.replace(path.with_name(f".{path.name}.tmp"), path)
     kept.unlink()
     return {"train": sizes["train"], "validation": sizes["validation"],

@@ -9,8 +9,7 @@ from pathlib import Path
 from tqdm import tqdm
 from transformers import TrainerCallback
 
-from storage import Home, open_db, write_atomic
-from storage import runs
+from storage import Home, open_db, runs, write_atomic
 from storage.db import utc_now
 
 MAX_LIVE_LOSSES = 500  # points of the running stage's loss kept for the page's live curve
@@ -31,7 +30,8 @@ class PhaseBar(tqdm):
     """tqdm's bar in the terminal, and the same count in the running run's progress (at most
     once a second) so that the admin page shows each phase's count and time left: the
     feedback selected and deduplicated, anchor answers, the gate's scoring; when it closes,
-    what it did is kept under its phase. tqdm has no sink for a database; this is the whole of one."""
+    what it did is kept under its phase. tqdm has no sink for a database; this is the whole
+    of one."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)

@@ -17,9 +17,8 @@ import subprocess
 import sys
 from datetime import datetime
 
-from storage import Home, init_db, open_db
+from storage import Home, init_db, open_db, runs
 from storage import chat as store
-from storage import runs
 
 log = logging.getLogger("flywheel.schedule")
 

@@ -26,15 +26,13 @@ from contextlib import ExitStack
 from pathlib import Path
 
 from assistant import models
-from storage import Home, init_db, open_db, write_atomic
-from storage import ab, adapters, lock, runs
+from storage import Home, ab, adapters, init_db, lock, open_db, runs, write_atomic
 from storage import chat as store
 from storage.db import transaction
 from trainer import anchor, methods
 from trainer.config import TrainConfig, as_dict, from_dict
 from trainer.methods import NotEnoughData
-from trainer.progress import ProgressToDatabase, plot_losses, report_to, save_json, \
-    stop_reporting
+from trainer.progress import ProgressToDatabase, plot_losses, report_to, save_json, stop_reporting
 
 __all__ = ["run_cycle", "NotEnoughData", "NothingToResume", "TrainConfig", "gather"]
 
@@ -233,8 +231,14 @@ def gather(home: Home, base: models.BaseModel, config: TrainConfig,
     mixed into the SFT training split."""
     from storage import feedback
     from storage.embeddings import EmbeddingCache
-    from trainer.dataset import MINILM, DataConfig, build, default_embedder, example_hash, \
-        token_counter
+    from trainer.dataset import (
+        MINILM,
+        DataConfig,
+        build,
+        default_embedder,
+        example_hash,
+        token_counter,
+    )
 
     data_config = DataConfig(max_length=config.max_length,
                              validation_share=config.validation_share,
