@@ -15,7 +15,8 @@ from fastapi import FastAPI, Form, Request
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 
-from assistant.throttle import Refused, Throttle, ThrottleConfig
+from assistant.config import ThrottleConfig
+from assistant.throttle import Refused, Throttle
 from storage import Home, open_db, users
 
 COOKIE = "flywheel_session"

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from assistant.config import ThrottleConfig
 from assistant.inference import (
     ACTIVE,
     Completion,
@@ -21,7 +22,7 @@ from assistant.inference import (
     Stream,
 )
 from assistant.journal import Journal
-from assistant.throttle import Refused, Throttle, ThrottleConfig
+from assistant.throttle import Refused, Throttle
 from storage import Home, ab, adapters, open_db, partials
 from storage import chat as store
 

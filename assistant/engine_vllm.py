@@ -14,7 +14,6 @@ import json
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -27,36 +26,15 @@ from assistant.inference import (
     EngineUnavailable,
     GenerationParams,
     RequestChecks,
-    RequestError,
     Stream,
     closed_error,
     refused_when_closed,
     storing_pool,
     tidy_end,
 )
+from assistant.vllm_replica import Replica, refusal, unavailable
 
 log = logging.getLogger("flywheel.vllm")
-
-
-
-@dataclass(eq=False)
-class Replica:
-    """One vLLM server, as this process last saw it."""
-    url: str
-    up: bool = False
-    in_flight: int = 0
-    adapters: list[str] = field(default_factory=list)  # loaded in it, least recent first
-    problem: str = ""                                  # why it is down
-
-    def status(self) -> dict:
-        return {"url": self.url, "state": "up" if self.up else "down",
-                "in_flight": self.in_flight, "adapters": list(self.adapters),
-                "problem": self.problem}
-
-
-def unavailable(what: str) -> RequestError:
-    return RequestError(f"the inference server (vLLM) {what}; try again in a moment",
-                        code="engine_unavailable", status=503)
 
 
 class VllmEngine:
@@ -195,6 +173,8 @@ class VllmEngine:
                 if replica is not None:
                     replica.in_flight -= 1
                     self._in_use[adapter_id] -= 1
+                    if not self._in_use[adapter_id]:
+                        del self._in_use[adapter_id]
 
     def _take_replica(self, adapter_id: str | None) -> Replica:
         """The least busy replica that is up, counted as busier by one."""
@@ -222,7 +202,7 @@ class VllmEngine:
             with self._http.stream("POST", f"{replica.url}/v1/chat/completions",
                                    json=body) as response:
                 if response.status_code != 200:
-                    raise _refusal(response)
+                    raise refusal(response)
                 for line in response.iter_lines():
                     if stream.cancelled.is_set():  # closing the response aborts it in vLLM
                         break
@@ -273,13 +253,13 @@ class VllmEngine:
             try:
                 for replica in up:
                     if adapter_id not in replica.adapters:
-                        self._load(replica, adapter_id, path)
-                        self._smoke_test(replica, adapter_id)
+                        replica.load(self._http, adapter_id, path)
+                        replica.smoke_test(self._http, adapter_id, self.smoke_test_tokens)
             except httpx.HTTPError as exc:
                 raise EngineUnavailable(f"vLLM stopped answering while loading: {exc}") from None
             except Exception:
                 for replica in up:
-                    self._unload(replica, adapter_id)
+                    replica.unload(self._http, adapter_id)
                 raise
             self._paths[adapter_id] = path
             self._serve(adapter_id)
@@ -301,38 +281,10 @@ class VllmEngine:
             path = path or self._paths.get(adapter_id)
             if path is None:
                 raise KeyError(f"adapter {adapter_id} is not loaded and has no path")
-            self._load(replica, adapter_id, path)
-            self._smoke_test(replica, adapter_id)
+            replica.load(self._http, adapter_id, path)
+            replica.smoke_test(self._http, adapter_id, self.smoke_test_tokens)
             self._paths[adapter_id] = path
             self._evict()
-
-    def _load(self, replica: Replica, adapter_id: str, path: Path) -> None:
-        if not (path / "adapter_config.json").is_file():
-            raise FileNotFoundError(f"{path} has no adapter_config.json")
-        response = self._http.post(f"{replica.url}/v1/load_lora_adapter",
-                                   json={"lora_name": adapter_id, "lora_path": str(path)})
-        if response.status_code != 200 and "already been loaded" not in response.text:
-            raise ValueError(f"vLLM refused adapter {adapter_id}: {_message(response)}")
-        replica.adapters.append(adapter_id)
-
-    def _unload(self, replica: Replica, adapter_id: str) -> None:
-        if adapter_id in replica.adapters:
-            replica.adapters.remove(adapter_id)
-        try:
-            self._http.post(f"{replica.url}/v1/unload_lora_adapter",
-                            json={"lora_name": adapter_id})
-        except httpx.HTTPError:  # down: it has forgotten its adapters anyway
-            pass
-
-    def _smoke_test(self, replica: Replica, adapter_id: str) -> None:
-        """A new adapter must give some text for a short greedy completion before it serves."""
-        response = self._http.post(f"{replica.url}/v1/chat/completions", json={
-            "model": adapter_id, "messages": [{"role": "user", "content": "Say hello."}],
-            "max_tokens": self.smoke_test_tokens, "temperature": 0})
-        if response.status_code != 200:
-            raise ValueError(f"adapter {adapter_id} fails in vLLM: {_message(response)}")
-        if not (response.json()["choices"][0]["message"]["content"] or "").strip():
-            raise ValueError(f"adapter {adapter_id} produces no text")
 
     def _evict(self) -> None:
         """Unload adapters beyond `max_loaded_adapters` that no request uses, least recent
@@ -345,7 +297,7 @@ class VllmEngine:
                                    if a not in keep and not self._in_use.get(a)), None)
                 if victim is None:
                     break
-                self._unload(replica, victim)
+                replica.unload(self._http, victim)
 
     # ---- replicas' health -----------------------------------------------------------------
 
@@ -381,7 +333,7 @@ class VllmEngine:
                 for adapter_id in (self._previous, self.active_adapter):
                     if (adapter_id and adapter_id not in replica.adapters
                             and adapter_id in self._paths):
-                        self._load(replica, adapter_id, self._paths[adapter_id])
+                        replica.load(self._http, adapter_id, self._paths[adapter_id])
             except Exception as exc:
                 self._mark_down(replica, f"{type(exc).__name__}: {exc}")
                 return
@@ -398,18 +350,3 @@ class VllmEngine:
             log.error("vLLM at %s is down: %s", replica.url, problem)
 
 
-def _message(response: httpx.Response) -> str:
-    """vLLM's error message from an OpenAI-shaped error body, or the status line."""
-    try:
-        body = response.json()
-        error = body.get("error", body)
-        return str(error.get("message", error) if isinstance(error, dict) else error)[:500]
-    except ValueError:
-        return f"HTTP {response.status_code}"
-
-
-def _refusal(response: httpx.Response) -> RequestError:
-    """A request vLLM refused: its own message, as a 400 (or 503 when it is overloaded)."""
-    response.read()
-    status = 503 if response.status_code >= 500 else 400
-    return RequestError(f"vLLM refused the request: {_message(response)}", status=status)

@@ -9,7 +9,7 @@ import socket
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 import gradio as gr
 import uvicorn
@@ -18,51 +18,19 @@ from fastapi import FastAPI
 from assistant import api, models, vllm_process
 from assistant.auth import Auth, PageApiForRole
 from assistant.chat import ChatService
+from assistant.config import ServeConfig
 from assistant.engine import Engine
 from assistant.engine_vllm import VllmEngine
 from assistant.guard import Guard
 from assistant.inference import InferenceEngine
 from assistant.journal import Journal
 from assistant.swap import AdapterWatcher
-from assistant.throttle import Throttle, ThrottleConfig
+from assistant.throttle import Throttle
 from assistant.ui import CSS, build_ui, endpoint_roles, head, theme
 from storage import Home, init_db, open_db, partials, users
 from storage.db import Checkpointer
 
 log = logging.getLogger("flywheel.server")
-
-
-@dataclass
-class ServeConfig:
-    model: str | None = None          # Hub id, folder or .gguf; None: the embedded default
-    host: str = "127.0.0.1"
-    port: int = 7860
-    poll_interval: float = 0.1        # seconds between checks for a newly promoted adapter
-    smoke_test_tokens: int = 2        # a new adapter's greedy test answer before it serves
-    max_batch_size: int = 8           # concurrent requests generated together in one batch
-    max_tokens_cap: int = 1024        # the most new tokens one request may ask for
-    quantize: str | None = None       # "4bit" or "8bit" (CUDA + bitsandbytes)
-    engine: str = "local"             # "local": the built-in engine; "vllm": vLLM servers
-    vllm_url: str | None = None       # running vLLM servers, comma separated (replicas)
-    vllm_python: str | None = None    # or: the python of vLLM's venv, to start one here
-    vllm_dtype: str = "auto"          # a vLLM started here: --dtype (float32 on AVX2 CPUs)
-    vllm_max_lora_rank: int = 64      # ... --max-lora-rank: the largest adapter rank served
-    vllm_args: str = ""               # ... further vLLM flags, e.g. "--tensor-parallel-size 2"
-    vllm_start_timeout: float = 600   # seconds a vLLM started here may take to answer
-    vllm_cpu_kv_cache_gib: int = 4    # a vLLM CPU build started here: its KV cache, in GiB
-    session_hours: float = 12.0       # a page sign-in lasts this long
-    journal_interval: float = 1.0     # seconds between writes of running answers' text
-    # ---- limits: a request past one is refused with a message naming the setting ----------
-    max_body_bytes: int = 1 << 20     # one request body (a full 2,048-token chat is ~10 KB)
-    max_queued: int = 64              # waiting requests; past it, 503 "busy"
-    page_concurrency: int = 32        # each page event (send, save...) run for this many users
-    #                                   at once; Gradio's own default is one at a time
-    max_messages: int = 256           # messages in one API request
-    max_stop_chars: int = 256         # one stop string (each token is checked against them)
-    max_comment_chars: int = 4_000    # a rating's comment or a flag's note
-    max_correction_chars: int = 16_000  # a curator's corrected answer (~4k tokens)
-    allowed_hosts: tuple[str, ...] = ()  # Host names a loopback server also answers to (a proxy)
-    throttle: ThrottleConfig = field(default_factory=ThrottleConfig)  # rates, sign-in attempts
 
 
 class ServeError(Exception):

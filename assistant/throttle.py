@@ -14,11 +14,12 @@ import math
 import threading
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
 
 from limits import RateLimitItemPerMinute, parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
+
+from assistant.config import ThrottleConfig
 
 
 class Refused(Exception):
@@ -27,15 +28,6 @@ class Refused(Exception):
     def __init__(self, message: str, retry_after: int, status: int = 429):
         super().__init__(message)
         self.retry_after, self.status = retry_after, status
-
-
-@dataclass
-class ThrottleConfig:
-    requests_per_minute: int = 30      # chat requests per user (page and API keys together)
-    streams_per_user: int = 4          # answers one user may have running at once
-    sign_in_failures_per_account: str = "5 per 15 minutes"   # then that account waits
-    sign_in_failures_per_address: str = "20 per 15 minutes"  # then that address waits
-    concurrent_password_checks: int = 2  # Argon2 takes 64 MiB and a core per check
 
 
 class Throttle:

@@ -5,15 +5,23 @@ Bad input ends with one line on stderr and exit code 2; nothing is half-written.
 """
 
 import argparse
+import dataclasses
 import json
 import sqlite3
 import sys
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Iterator, get_args
 
 import sqlite_utils
 
+from assistant.config import ServeConfig, help_of, literal_choices
 from storage import Home, adapters, init_db, open_db, write_atomic
+from trainer.config import TrainConfig
+
+# The ServeConfig fields that `flywheel serve` takes as flags of their own (--max-batch-size
+# ...); every other field, the limits among them, through --limit NAME=VALUE.
+SERVE_FLAGS = ("model", "host", "port", "poll_interval", "max_batch_size", "max_tokens_cap",
+               "quantize", "engine", "vllm_url", "vllm_python", "vllm_dtype", "vllm_args")
 
 
 class UsageError(Exception):
@@ -31,15 +39,10 @@ def _database(args: argparse.Namespace) -> Iterator[sqlite_utils.Database]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from assistant.models import ModelError
-    from assistant.server import ServeConfig, ServeError, serve
-    config = ServeConfig(model=args.model, host=args.host, port=args.port,
-                         poll_interval=args.poll_interval, max_batch_size=args.max_batch_size,
-                         max_tokens_cap=args.max_tokens_cap, quantize=args.quantize,
-                         engine=args.engine, vllm_url=args.vllm_url,
-                         vllm_python=args.vllm_python, vllm_dtype=args.vllm_dtype,
-                         vllm_args=args.vllm_args)
+    from assistant.server import ServeError, serve
+    config = ServeConfig(**{name: getattr(args, name) for name in SERVE_FLAGS})
     try:
-        config = with_limits(config, args.limit or [])
+        config = with_limits(config, args.limit or []).validate()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     try:
@@ -59,16 +62,16 @@ def with_limits(config, pairs: list[str]):
                        {f.name for f in dataclasses.fields(t)} and name != "throttle"), None)
         if not sep or target is None:
             raise ValueError(f"--limit takes NAME=VALUE with NAME a field of ServeConfig or "
-                             f"ThrottleConfig (assistant/server.py, assistant/throttle.py), "
-                             f"not {pair!r}")
+                             f"ThrottleConfig (assistant/config.py), not {pair!r}")
         current = getattr(target, name)
         try:
             typed = (tuple(v.strip() for v in value.split(",") if v.strip())
                      if isinstance(current, tuple) else type(current)(value)
                      if current is not None else value)
         except ValueError:
-            raise ValueError(f"--limit {name} takes a {type(current).__name__}, not "
-                             f"{value!r}") from None
+            kind = {"int": "an integer", "float": "a number"}.get(type(current).__name__,
+                                                                 type(current).__name__)
+            raise ValueError(f"--limit {name} takes {kind}, not {value!r}") from None
         if target is throttle:
             throttle = dataclasses.replace(throttle, **{name: typed})
         else:
@@ -376,27 +379,11 @@ def parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", parents=[home], help="serve the chat page and the API")
-    s.add_argument("--model", help="Hub id, local folder or .gguf file (default: embedded SmolLM2)")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=7860)
-    s.add_argument("--poll-interval", type=float, default=0.1,
-                   help="seconds between checks for a newly promoted adapter")
-    s.add_argument("--max-batch-size", type=int, default=8,
-                   help="concurrent requests generated together in one batch")
-    s.add_argument("--max-tokens-cap", type=int, default=1024,
-                   help="the most new tokens one request may ask for")
-    s.add_argument("--quantize", choices=["4bit", "8bit"],
-                   help="load the base model in 4 or 8 bits (CUDA with bitsandbytes)")
-    s.add_argument("--engine", choices=["local", "vllm"], default="local",
-                   help="local: the built-in engine; vllm: vLLM servers (README: Serving at scale)")
-    s.add_argument("--vllm-url", help="running vLLM servers, comma separated: each request goes "
-                                      "to the least busy one (sends $VLLM_API_KEY if set)")
-    s.add_argument("--vllm-python", help="the python of vLLM's own venv: start vLLM here, on "
-                                         "127.0.0.1 only")
-    s.add_argument("--vllm-dtype", default="auto",
-                   help="--dtype of a vLLM started here (float32 or bfloat16 on a CPU)")
-    s.add_argument("--vllm-args", default="",
-                   help="further flags for a vLLM started here, e.g. '--tensor-parallel-size 2'")
+    for name in SERVE_FLAGS:  # defaults, help and choices from ServeConfig
+        f = next(f for f in dataclasses.fields(ServeConfig) if f.name == name)
+        kind = next((t for t in (int, float) if t in (f.type, *get_args(f.type))), str)
+        s.add_argument(f"--{name.replace('_', '-')}", type=kind, default=f.default,
+                       choices=literal_choices(f.type) or None, help=help_of(ServeConfig, name))
     s.add_argument("--limit", action="append", metavar="NAME=VALUE",
                    help="change one limit, e.g. requests_per_minute=60 or max_body_bytes=2000000 "
                         "(README: Limits)")
@@ -419,7 +406,8 @@ def parser() -> argparse.ArgumentParser:
                         "passing candidate")
     t.add_argument("--resume", action="store_true",
                    help="continue the interrupted run from its last checkpoint")
-    t.add_argument("--min-examples", type=int, help="SFT examples needed (default 20)")
+    t.add_argument("--min-examples", type=int,
+                   help=f"SFT examples needed (default {TrainConfig.min_examples})")
     t.add_argument("--min-new-feedback", type=int,
                    help="skip unless this much feedback arrived since the last run")
     t.add_argument("--epochs", type=float, help="passes over the data, every method")
@@ -427,7 +415,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--learning-rate", type=float, help="learning rate, every method")
     t.add_argument("--batch-size", type=int, help="examples per device per step, every method")
     t.add_argument("--validation-share", type=float,
-                   help="share of conversations held out for validation (default 0.1)")
+                   help="share of conversations held out for validation (default "
+                        f"{TrainConfig.validation_share})")
     t.add_argument("--replay-share", type=float,
                    help="earlier runs' examples mixed in, as a share of the new ones")
     t.add_argument("--anchor-share", type=float,
@@ -504,9 +493,10 @@ def parser() -> argparse.ArgumentParser:
     e.add_argument("--model", help="base model whose tokenizer measures length (default: embedded)")
     e.add_argument("--no-length-check", action="store_true",
                    help="skip fitting examples to the context (no tokenizer needed)")
-    e.add_argument("--max-length", type=int, default=1024, help="tokens per example")
-    e.add_argument("--validation-share", type=float, default=0.1)
-    e.add_argument("--threshold", type=float, default=0.95,
+    e.add_argument("--max-length", type=int, default=TrainConfig.max_length,
+                   help="tokens per example")
+    e.add_argument("--validation-share", type=float, default=TrainConfig.validation_share)
+    e.add_argument("--threshold", type=float, default=TrainConfig.near_duplicate_threshold,
                    help="cosine similarity at which examples are near duplicates")
     e.add_argument("--no-dedup", action="store_true",
                    help="keep exact and near duplicates (no embeddings needed)")

@@ -18,8 +18,6 @@ from storage.db import present, transaction
 from storage.home import Home
 from storage.paging import Page
 
-STATUSES = ("candidate", "active", "rejected", "retired")
-
 
 def new_adapter_id() -> str:
     """Sortable and readable: ad-20261122-134501-3f9a."""

@@ -14,6 +14,8 @@ from playwright.sync_api import sync_playwright
 from assistant.server import ServeConfig, serve_in_thread
 from storage import Home, init_db, open_db, users
 
+pytestmark = pytest.mark.slow  # a real browser
+
 CHROMIUM = "/usr/bin/chromium"
 PASSWORD = "correct horse battery"
 

@@ -70,6 +70,20 @@ def test_quantized_serving_without_a_gpu_exits_2_with_one_line(home, tiny_model_
     assert err == ["flywheel: error: 4bit loading needs a CUDA GPU; this machine has none"]
 
 
+@pytest.mark.parametrize("limit, message", [
+    ("quantize=16bit", "quantize must be one of 4bit, 8bit, not '16bit'"),
+    ("engine=tgi", "engine must be one of local, vllm, not 'tgi'"),
+    ("max_queued=many", "--limit max_queued takes an integer, not 'many'"),
+    ("no_such_limit=1", "--limit takes NAME=VALUE with NAME a field of ServeConfig or "
+                        "ThrottleConfig (assistant/config.py), not 'no_such_limit=1'"),
+])
+def test_a_bad_serve_setting_exits_2_with_one_line_before_loading_anything(home, capsys,
+                                                                           limit, message):
+    assert main(["serve", "--model", "no-such-model-is-loaded", "--home", str(home.root),
+                 "--limit", limit]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [f"flywheel: error: {message}"]
+
+
 def users_cmd(home, *args, stdin=None, monkeypatch=None):
     if stdin is not None:
         monkeypatch.setattr("sys.stdin", io.StringIO(stdin))
