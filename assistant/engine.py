@@ -25,6 +25,7 @@ from typing import Callable, Collection, cast
 import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 
+from assistant import models
 from assistant.batch_row import Row, left_pad
 from assistant.inference import (
     ACTIVE,
@@ -94,7 +95,7 @@ class Engine:
         self.checks = RequestChecks(tokenizer, context_length, max_tokens_cap=max_tokens_cap,
                                     max_messages=max_messages, max_stop_chars=max_stop_chars)
         self.context_length = self.checks.context_length
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = models.eos_ids(model, tokenizer)
         self.batches_run: collections.deque = collections.deque(maxlen=100)  # recent sizes
         self.batches_started = 0  # `_generate` calls: a batch lasts until its rows finish
         self.swapped_after_batch = 0  # batches_started when the serving adapter last changed
@@ -350,11 +351,6 @@ class Engine:
         with self._wakeup:
             self._live.discard(row)
         row.stream.fail(error)
-
-    def _eos_ids(self) -> set[int]:
-        eos = self.model.generation_config.eos_token_id
-        ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-        return ids | {self.tokenizer.eos_token_id}
 
     def _activate(self, adapter_id: str, path: Path) -> str:
         previous = self.active_adapter

@@ -8,14 +8,13 @@ result is cached under FLYWHEEL_HOME/models.
 
 import hashlib
 import importlib.util
-import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from storage import Home
+from storage.home import folder_atomically
 
 if TYPE_CHECKING:
     import torch
@@ -110,11 +109,9 @@ def convert_gguf(gguf: Path, home: Home, cache_name: str | None = None) -> Path:
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(quantized.state_dict())
     plain.generation_config = quantized.generation_config
-    tmp = target.with_name(target.name + f".tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    plain.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    os.replace(tmp, target)
+    with folder_atomically(target) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
     print(f"Converted in {time.perf_counter() - started:.1f}s", flush=True)
     return target
 
@@ -171,3 +168,11 @@ def load(base: BaseModel, device: str | None = None, quantize: str | None = None
         model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def eos_ids(model, tokenizer) -> set[int]:
+    """The tokens that end an answer: the model's end-of-turn ids and the tokenizer's EOS
+    (the engine and the gate both stop on them)."""
+    eos = model.generation_config.eos_token_id
+    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    return ids | {tokenizer.eos_token_id}

@@ -10,15 +10,15 @@ The page's API: /adapters (the newest 50), /older_adapters, /adapter_report, /pr
 /disable_user, /enable_user, /more_users. Lists page (the next 50 adapters, 200 users).
 """
 
-import subprocess
-import sys
 from datetime import datetime, timezone
 from pathlib import Path
 
 import gradio as gr
 
 from assistant.plots import activity_figure, loss_figure
+from assistant.training_process import start_training
 from storage import ab, activity, adapters, lock, open_db, review, runs, users
+from storage.run_records import GateReport
 
 ADAPTER_COLUMNS = ["id", "status", "gate", "method", "run", "examples", "train loss",
                    "thumbs up", "thumbs down", "up rate", "created"]
@@ -31,7 +31,7 @@ USER_PAGE = 200
 
 def gate_markdown(adapter: dict) -> str:
     """An adapter's gate report as a table: each check, both figures, the limit."""
-    gate = adapter["metrics"].get("gate")
+    gate: GateReport | None = adapter["metrics"].get("gate")
     if not gate:
         return f"**{adapter['id']}**: no gate report (published without the evaluation gate)."
     lines = [f"**{adapter['id']}** ({adapter['status']}), gate **{gate['verdict']}** against "
@@ -241,12 +241,8 @@ def build(page, demo: gr.Blocks) -> None:
         if process is not None and process.poll() is None:
             raise gr.Error("A training run started here is still going.")
         log_path = page.home.runs_dir / "train-now.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
         model = ["--model", page.model_spec] if page.model_spec else []
-        with open(log_path, "w") as log:  # the child has its own copy of the file
-            training["process"] = subprocess.Popen(
-                [sys.executable, "-m", "flywheel.cli", "train", "--home", str(page.home.root),
-                 *model], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        training["process"] = start_training(page.home, model, log_path, detached=True)
         training["log"] = log_path
         return "Training started."
 

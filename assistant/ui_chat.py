@@ -11,6 +11,7 @@ Moving between siblings is the page's alone: /open_conversation gives a program 
 import json
 import logging
 from dataclasses import dataclass
+from typing import TypedDict
 
 import gradio as gr
 
@@ -27,9 +28,15 @@ DOWN_REASONS = ["wrong", "didn't follow instructions", "refused wrongly", "too l
                 "other"]
 
 
-def _new_session() -> dict:
-    # leaf_id: the last message of the branch on screen; ids: the stored id of each message
-    # shown; selected: the message clicked in the chat, for branching and rating.
+class ChatSession(TypedDict):
+    """What the page keeps for one browser tab between two events (in a gr.State)."""
+    conversation_id: str | None  # the conversation on screen; None: a new chat
+    leaf_id: str | None          # the last message of the branch on screen
+    ids: list[str]               # the stored id of each message shown, in order
+    selected: str | None         # the message clicked in the chat, for branching and rating
+
+
+def _new_session() -> ChatSession:
     return {"conversation_id": None, "leaf_id": None, "ids": [], "selected": None}
 
 

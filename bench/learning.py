@@ -30,7 +30,6 @@ import json
 import random
 import re
 import shlex
-import subprocess
 import sys
 import tempfile
 import time
@@ -43,6 +42,7 @@ import httpx  # noqa: E402
 import openai  # noqa: E402
 
 from assistant.server import ServeConfig, serve_in_thread  # noqa: E402
+from assistant.training_process import start_training  # noqa: E402
 from storage import (  # noqa: E402
     Home,
     adapters,  # noqa: E402
@@ -225,11 +225,9 @@ class Bench:
         """`flywheel train` with the recipe; its log goes to the log folder and stderr."""
         with open_db(self.home) as db:
             before = {a["id"] for a in adapters.list_adapters(db)}
-        command = [sys.executable, "-m", "flywheel.cli", "train", "--home", str(self.home.root),
-                   *shlex.split(self.args.recipe)]
         started = time.perf_counter()
-        with open(self.log_dir / f"{name}-train.log", "w") as log:
-            done = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, text=True)
+        code = start_training(self.home, shlex.split(self.args.recipe),
+                              self.log_dir / f"{name}-train.log").wait()
         seconds = round(time.perf_counter() - started, 1)
         text = (self.log_dir / f"{name}-train.log").read_text()
         verdict = text[text.find("Evaluation gate"):].strip() if "Evaluation gate" in text else ""
@@ -237,7 +235,7 @@ class Bench:
         with open_db(self.home) as db:
             new = [a for a in adapters.list_adapters(db) if a["id"] not in before]
             active = adapters.active(db)
-        if done.returncode != 0 or not new:
+        if code != 0 or not new:
             return {"adapter": None, "promoted": False, "verdict": None, "seconds": seconds,
                     "error": text.strip().splitlines()[-1] if text.strip() else "no output"}
         row = new[-1]

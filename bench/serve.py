@@ -116,8 +116,8 @@ def promotion_to_answer(url: str, server, home: Home, model_folder: Path, times:
     figures: dict[str, list[float]] = {"swap_applied_s": [], "first_token_s": [],
                                        "first_answer_s": []}
     tries = []
-    for _ in range(times):
-        adapter_id = adapters.new_adapter_id()
+    for n in range(times):
+        adapter_id = f"ad-bench-promotion-{n}"
         random_adapter(model_folder, adapters.staging_path(home, adapter_id))
         with open_db(home) as db:
             adapters.publish(db, home, adapter_id, base_model=server.service.model_name,

@@ -141,14 +141,20 @@ def cmd_adapters(args: argparse.Namespace) -> int:
     with _database(args) as db:
         if args.action == "list":
             rows = adapters.list_adapters(db)
+            served = adapters.latest_events(db)  # what a server last did with each
             if args.json:
-                print(json.dumps(rows, indent=2))
+                print(json.dumps([{**row, "server": served.get(row["id"])} for row in rows],
+                                 indent=2))
             else:
                 for row in rows:
                     gate = row["metrics"].get("gate")
                     verdict = f"gate {gate['verdict']}" if gate else "no gate"
+                    event = served.get(row["id"])
+                    server = (f"  {event['event']} by the server"
+                              + (f": {event['detail'][:80]}" if event["detail"] else "")
+                              if event else "")
                     print(f"{row['id']}  {row['status']:<9}  {row['method']:<7}  {verdict:<9}  "
-                          f"{row['base_model']}  {row['created_at']}")
+                          f"{row['base_model']}  {row['created_at']}{server}")
                 if not rows:
                     print("no adapters yet")
         elif args.action == "promote":

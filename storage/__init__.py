@@ -5,6 +5,6 @@ through the functions re-exported here.
 """
 
 from storage.db import SCHEMA_VERSION, init_db, open_db
-from storage.home import Home, write_atomic
+from storage.home import Home, folder_atomically, write_atomic
 
-__all__ = ["Home", "write_atomic", "open_db", "init_db", "SCHEMA_VERSION"]
+__all__ = ["Home", "write_atomic", "folder_atomically", "open_db", "init_db", "SCHEMA_VERSION"]

@@ -5,12 +5,11 @@ Which side a conversation is on is a hash of its id, so it is stable for the con
 whole life without storing anything; the answers' `adapter_id` says who answered.
 """
 
-import hashlib
 
 import sqlite_utils
 from scipy import stats
 
-from storage import review
+from storage import buckets, review
 from storage.db import present, transaction, utc_now
 
 
@@ -48,8 +47,7 @@ def current(db: sqlite_utils.Database) -> dict | None:
 
 def in_candidate_arm(conversation_id: str, share: float) -> bool:
     """Whether a conversation belongs to the candidate's share (stable: a hash of its id)."""
-    bucket = int(hashlib.sha256(f"ab:{conversation_id}".encode()).hexdigest()[:8], 16)
-    return bucket / 0xFFFFFFFF < share
+    return buckets.position(f"ab:{conversation_id}") < share
 
 
 def report(db: sqlite_utils.Database, test: dict | None = None) -> dict | None:

@@ -8,7 +8,6 @@ after the rename, so every row points at a complete folder.
 import json
 import os
 import shutil
-from datetime import datetime, timezone
 from pathlib import Path
 
 import sqlite_utils
@@ -17,12 +16,6 @@ from storage import ab, paging
 from storage.db import present, transaction
 from storage.home import Home
 from storage.paging import Page
-
-
-def new_adapter_id() -> str:
-    """Sortable and readable: ad-20261122-134501-3f9a."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return f"ad-{stamp}-{os.urandom(2).hex()}"
 
 
 def adapter_id_for_run(run_id: str) -> str:
@@ -142,6 +135,14 @@ def events(db: sqlite_utils.Database, adapter_id: str | None = None,
         "AND id > :after ORDER BY id LIMIT :limit",
         {"adapter": adapter_id, "after": key[0] if key else 0, "limit": limit + 1})
     return paging.page_of(rows, limit, lambda r: [r["id"]])
+
+
+def latest_events(db: sqlite_utils.Database) -> dict[str, dict]:
+    """What a server last did with each adapter ('served', or 'refused' and why), by id."""
+    rows = db.execute_returning_dicts(
+        "SELECT adapter_id, event, detail, created_at FROM adapter_events "
+        "WHERE id IN (SELECT MAX(id) FROM adapter_events GROUP BY adapter_id)")
+    return {r.pop("adapter_id"): r for r in rows}
 
 
 def refused_ids(db: sqlite_utils.Database) -> set[str]:

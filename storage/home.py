@@ -11,8 +11,11 @@
 
 import os
 import secrets
+import shutil
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 DEFAULT_HOME = "./flywheel-data"
 
@@ -55,6 +58,27 @@ class Home:
         if not path.is_file():
             write_atomic(path, secrets.token_urlsafe(32), mode=0o600)
         return path.read_text().strip()
+
+
+@contextmanager
+def folder_atomically(target: Path, replace: bool = False) -> Iterator[Path]:
+    """A temporary folder beside `target` to fill; when the block ends without an error it is
+    renamed to `target`, so a reader (or a crash) sees the whole folder or none. `replace`:
+    a folder already at `target` is replaced (otherwise the rename fails). The temporary
+    name carries the process id: two processes writing one target never touch each other's."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if replace:
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_atomic(path: Path, text: str, mode: int | None = None) -> Path:

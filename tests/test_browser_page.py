@@ -786,7 +786,7 @@ def test_the_page_reconnects_by_itself_after_a_restart_and_keeps_the_draft(
 def test_curators_and_admins_see_which_version_wrote_each_answer_on_hover(
         browser, server):  # noqa: F811
     url, _, home = server
-    adapter_id = adapters.new_adapter_id()
+    adapter_id = "ad-20261204-101500-hover"
     (home.staging_dir / adapter_id).mkdir(parents=True)
     (home.staging_dir / adapter_id / "adapter_config.json").write_text("{}")
     with open_db(home) as db:

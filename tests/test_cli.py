@@ -26,6 +26,14 @@ def test_adapters_list_promote_rollback(home, capsys):
     assert main(["adapters", "list", "--json", "--home", str(home.root)]) == 0
     rows = {r["id"]: r["status"] for r in json.loads(capsys.readouterr().out)}
     assert rows == {"ad-1": "retired", "ad-2": "active"}
+    with open_db(home) as db:  # as a server records them
+        adapters.record_event(db, "ad-1", "served")
+        adapters.record_event(db, "ad-2", "served")
+        adapters.record_event(db, "ad-2", "refused", "SafetensorError: header too large")
+    assert main(["adapters", "list", "--home", str(home.root)]) == 0
+    lines = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    assert lines["ad-1"].endswith("served by the server")
+    assert lines["ad-2"].endswith("refused by the server: SafetensorError: header too large")
     assert main(["adapters", "rollback", "--home", str(home.root)]) == 0
     assert "ad-1 is now active" in capsys.readouterr().out
 

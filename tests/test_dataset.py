@@ -25,19 +25,6 @@ from trainer.selection import select
 
 # ---- splits ---------------------------------------------------------------------------------
 
-conversation_ids = st.lists(st.text(string.ascii_letters + string.digits + "-", min_size=1,
-                                    max_size=30), min_size=1, max_size=60, unique=True)
-
-
-@given(old=conversation_ids, new=conversation_ids,
-       share=st.floats(min_value=0.0, max_value=1.0))
-def test_a_conversation_stays_on_its_side_as_data_grows(old, new, share):
-    before = {c: split_of(c, share) for c in old}
-    after = {c: split_of(c, share) for c in old + new}
-    assert all(after[c] == side for c, side in before.items())
-    assert set(after.values()) <= {"train", "validation"}
-
-
 def test_the_validation_share_is_about_what_was_asked():
     sides = [split_of(f"conv-{i}", 0.2) for i in range(4000)]
     assert abs(sides.count("validation") / 4000 - 0.2) < 0.03

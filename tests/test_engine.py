@@ -1,5 +1,4 @@
 import threading
-import time
 
 import pytest
 import torch
@@ -155,8 +154,10 @@ def test_concurrent_requests_are_batched_and_match_one_at_a_time(engine, tiny_mo
     for p, a, g in zip(prompts, adapters, params):
         stream = engine.chat(p, g, adapter=a)
         alone.append(("".join(stream), stream.result))
-    gate = engine._submit(lambda: time.sleep(0.5))  # hold the worker so all 8 queue up
+    hold = threading.Event()
+    gate = engine._submit(hold.wait)  # the worker waits until all 8 are queued
     streams = [engine.chat(p, g, adapter=a) for p, a, g in zip(prompts, adapters, params)]
+    hold.set()
     gate.result(10)
     batched = [("".join(s), s.result) for s in streams]
     assert [t for t, _ in batched] == [t for t, _ in alone]
@@ -227,11 +228,13 @@ def test_a_request_joins_a_running_batch_instead_of_waiting_for_it(engine):
 
 def test_a_full_queue_says_busy_instead_of_queueing_forever(engine):
     engine.max_queued = 2
-    gate = engine._submit(lambda: time.sleep(0.5))  # hold the worker
+    hold = threading.Event()
+    gate = engine._submit(hold.wait)  # the worker is busy while two requests queue
     waiting = [engine.chat(HELLO, GREEDY), engine.chat(HELLO, GREEDY)]
     with pytest.raises(RequestError, match="busy") as info:
         engine.check(HELLO, GREEDY)
     assert info.value.status == 503
+    hold.set()
     gate.result(5)
     for stream in waiting:
         list(stream)

@@ -21,13 +21,6 @@ def test_local_folder_loads_on_cpu_in_fp32(tiny_model_dir, home):
     assert out.shape[1] == ids["input_ids"].shape[1] + 5 or out[0, -1].item() == 2
 
 
-def test_auto_device_is_cpu_fp32_without_cuda():
-    if torch.cuda.is_available():
-        assert models.pick_device() == ("cuda", torch.bfloat16)
-    else:
-        assert models.pick_device() == ("cpu", torch.float32)
-
-
 @pytest.mark.parametrize("spec, message", [
     ("missing.gguf", "model file not found"),
     ("./no/such/folder", "model not found"),

@@ -314,3 +314,26 @@ def test_a_search_finds_words_in_any_message_of_ones_own_live_conversations(home
                              "'content:river*'").fetchone()[0]
         assert indexed == db.execute("SELECT COUNT(*) FROM messages WHERE content LIKE "
                                      "'%river%'").fetchone()[0]
+
+
+def test_a_folder_written_atomically_is_whole_or_absent(tmp_path):
+    """An adapter, a converted model or a finished stage is a folder another process may
+    read at any moment: it appears complete, and a failure midway leaves nothing behind."""
+    from storage import folder_atomically
+    target = tmp_path / "adapters" / "ad-1"
+    with pytest.raises(RuntimeError, match="killed midway"):
+        with folder_atomically(target) as tmp:
+            (tmp / "adapter_config.json").write_text("{}")
+            assert not target.exists()  # nothing visible while it is written
+            raise RuntimeError("killed midway")
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    with folder_atomically(target) as tmp:
+        (tmp / "adapter_config.json").write_text("{}")
+    assert [p.name for p in target.parent.iterdir()] == ["ad-1"]
+    with pytest.raises(OSError):  # an existing folder is replaced only when asked
+        with folder_atomically(target) as tmp:
+            (tmp / "other").write_text("x")
+    assert [p.name for p in target.parent.iterdir()] == ["ad-1"]
+    with folder_atomically(target, replace=True) as tmp:
+        (tmp / "other").write_text("x")
+    assert sorted(p.name for p in target.iterdir()) == ["other"]

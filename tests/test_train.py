@@ -16,8 +16,10 @@ from trainer import anchor, methods
 from trainer.anchor import TOPICS
 from trainer.config import TrainConfig, load
 from trainer.dataset import example_hash
+from trainer.gate_sets import gate_sets
+from trainer.mixing import gather
 from trainer.selection import select
-from trainer.train import NotEnoughData, gate_sets, gather, run_cycle
+from trainer.train import NotEnoughData, run_cycle
 
 
 def tiny(model_dir, *sets: str) -> TrainConfig:
@@ -408,3 +410,17 @@ def test_a_running_stage_shows_its_step_time_left_and_live_loss_curve(home):
     [line] = figure.axes[0].lines
     assert list(line.get_xdata()) == list(range(1, 41))
     assert line.get_ydata()[-1] == 2.6
+
+
+def test_a_plan_written_before_an_upgrade_still_resumes(tmp_path):
+    """plan.json keeps the shape earlier versions wrote, so `--resume` after an upgrade
+    reads the interrupted run's plan (and a plan written now reads back the same)."""
+    from trainer.plan import TrainingPlan
+    earlier = {"run_id": "run-1", "adapter_id": "ad-1", "stages": ["sft", "dpo"],
+               "base": {"name": "tiny", "folder": "/models/tiny"}, "reason": "pairs enough",
+               "start_from": None, "start_path": None, "config": {"seed": 7}}
+    (tmp_path / "plan.json").write_text(json.dumps(earlier))
+    plan = TrainingPlan.load(tmp_path / "plan.json")
+    assert plan.method == "sft+dpo" and plan.base.name == "tiny" and plan.config == {"seed": 7}
+    plan.save(tmp_path / "again.json")
+    assert json.loads((tmp_path / "again.json").read_text()) == earlier

@@ -62,25 +62,24 @@ class SFTSettings(MethodSettings):
 
 
 @dataclass
-class DPOSettings(MethodSettings):
+class PreferenceSettings(MethodSettings):
+    """What DPO and KTO share: a gentler step, and how far they may move from the reference."""
     learning_rate: float = field(default=5e-5, metadata={"help": (
             "Peak learning rate for the LoRA weights.")})
     epochs: float = field(default=2.0, metadata={"help": (
-            "Passes over the pairs (ignored when max_steps > 0).")})
+            "Passes over the pairs or rated answers (ignored when max_steps > 0).")})
     beta: float = field(default=0.1, metadata={"help": (
             "How far the policy may move from the reference (higher: less).")})
+
+
+@dataclass
+class DPOSettings(PreferenceSettings):
     loss_type: str = field(default="sigmoid", metadata={"help": (
             "TRL's DPO loss: sigmoid (the paper's), ipo, hinge, ...")})
 
 
 @dataclass
-class KTOSettings(MethodSettings):
-    learning_rate: float = field(default=5e-5, metadata={"help": (
-            "Peak learning rate for the LoRA weights.")})
-    epochs: float = field(default=2.0, metadata={"help": (
-            "Passes over the rated answers (ignored when max_steps > 0).")})
-    beta: float = field(default=0.1, metadata={"help": (
-            "How far the policy may move from the reference (higher: less).")})
+class KTOSettings(PreferenceSettings):
     desirable_weight: float = field(default=1.0, metadata={"help": (
             "Loss weight of thumbs-up answers.")})
     undesirable_weight: float = field(default=1.0, metadata={"help": (

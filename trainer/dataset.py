@@ -29,6 +29,8 @@ from typing import Iterator
 
 import sqlite_utils
 
+from storage import buckets
+from storage.run_records import DatasetManifest, FormatSplit
 from trainer import privacy, selection
 from trainer.progress import PhaseBar
 
@@ -67,8 +69,7 @@ def example_hash(example: dict) -> str:
 def split_of(conversation_id: str, validation_share: float) -> str:
     """'train' or 'validation', from a hash of the conversation id alone: a conversation
     never changes side as data grows, and all its examples are on the same side."""
-    bucket = int(hashlib.sha256(conversation_id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
-    return "validation" if bucket < validation_share else "train"
+    return "validation" if buckets.position(conversation_id) < validation_share else "train"
 
 
 def _fit(example: dict, fmt: str, count_tokens, max_length: int) -> dict | None:
@@ -315,7 +316,8 @@ def _deduplicate(raw: Path, kept: Path, fmt: str, count: int, config: DataConfig
 
 
 def build_to(db: sqlite_utils.Database, out_dir: Path, config: DataConfig | None = None,
-             count_tokens=None, embed=None, formats=FORMATS, progress: bool = False) -> dict:
+             count_tokens=None, embed=None, formats=FORMATS,
+             progress: bool = False) -> DatasetManifest:
     """Write `{fmt}-train.jsonl` and `{fmt}-validation.jsonl` for each of `formats` into
     `out_dir`; return the manifest. `count_tokens(turns)` measures a list of messages in the
     model's tokens (None: no length limit); `embed(texts)` gives normalised sentence
@@ -338,17 +340,15 @@ def build_to(db: sqlite_utils.Database, out_dir: Path, config: DataConfig | None
             raw[fmt].unlink()
         else:
             os.replace(raw[fmt], kept[fmt])
-    manifest = {"formats": {fmt: _split(kept[fmt], out_dir, fmt, sets, config)
-                            for fmt in formats},
-                "dropped": dict(drops),
-                "scrubbed": {fmt: dict(c) for fmt, c in scrubbed.items()},
-                "config": {"max_length": config.max_length,
-                           "validation_share": config.validation_share,
-                           "near_duplicate_threshold": config.near_duplicate_threshold}}
-    sizes = {fmt: m["train"] + m["validation"] for fmt, m in manifest["formats"].items()}
-    manifest["missing"] = {fmt: config.min_examples[fmt] - n for fmt, n in sizes.items()
-                           if n < config.min_examples[fmt]}
-    return manifest
+    splits = {fmt: _split(kept[fmt], out_dir, fmt, sets, config) for fmt in formats}
+    sizes = {fmt: m["train"] + m["validation"] for fmt, m in splits.items()}
+    return {"formats": splits, "dropped": dict(drops),
+            "scrubbed": {fmt: dict(c) for fmt, c in scrubbed.items()},
+            "config": {"max_length": config.max_length,
+                       "validation_share": config.validation_share,
+                       "near_duplicate_threshold": config.near_duplicate_threshold},
+            "missing": {fmt: config.min_examples[fmt] - n for fmt, n in sizes.items()
+                        if n < config.min_examples[fmt]}}
 
 
 def _select_and_clean(db, raw: dict[str, Path], config: DataConfig, count_tokens,
@@ -397,7 +397,7 @@ class _ConversationSets:
 
 
 def _split(kept: Path, out_dir: Path, fmt: str, sets: _ConversationSets,
-           config: DataConfig) -> dict:
+           config: DataConfig) -> FormatSplit:
     """Each example of `kept` to its side's file (a temporary name, renamed when complete);
     the format's part of the manifest."""
     sizes, sources, entries = Counter(), Counter(), []
@@ -427,7 +427,8 @@ def read_jsonl(path: Path) -> list[dict]:
 
 
 def build(db: sqlite_utils.Database, config: DataConfig | None = None, count_tokens=None,
-          embed=None, formats=FORMATS, progress: bool = False) -> tuple[dict, dict]:
+          embed=None, formats=FORMATS,
+          progress: bool = False) -> tuple[dict, DatasetManifest]:
     """({format: {"train": [...], "validation": [...]}}, manifest): `build_to` into a
     temporary folder, read back into lists (small data and tests)."""
     with tempfile.TemporaryDirectory(prefix="flywheel-data-") as tmp:

@@ -34,9 +34,11 @@ import math
 import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
+from typing import Literal
 
 import torch
 
+from storage.run_records import GateCheck, GateReport
 from trainer.config import GateConfig
 from trainer.progress import PhaseBar
 
@@ -103,11 +105,10 @@ def answer_losses(scores: list[tuple[float, int]]) -> list[float]:
 def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
              batch_size: int, desc: str) -> list[dict]:
     """Greedy answers with whether each ended by itself (an end-of-turn token)."""
-    from assistant.engine import left_pad
+    from assistant.batch_row import left_pad
+    from assistant.models import eos_ids
     pad = tokenizer.pad_token_id
-    stop = {tokenizer.eos_token_id, *([model.generation_config.eos_token_id]
-                                      if isinstance(model.generation_config.eos_token_id, int)
-                                      else model.generation_config.eos_token_id or [])}
+    stop = eos_ids(model, tokenizer)
     out = []
     bar = PhaseBar(total=len(prompts), desc=desc, unit="answers", leave=False)
     for start in range(0, len(prompts), batch_size):
@@ -187,29 +188,29 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
             figures["unreadable_feedback"] = (sum(x > gate.unreadable_loss for x in losses)
                                               / len(losses))
         if sets["prompts"] and answers:
-            answers = generate(model, tokenizer, sets["prompts"], gate.max_new_tokens,
-                               gate.batch_size, f"{name}: answers")
+            said = generate(model, tokenizer, sets["prompts"], gate.max_new_tokens,
+                            gate.batch_size, f"{name}: answers")
             # How readable is each answer to the base model? (Already the base: no nesting.)
             with nullcontext() if name == "base" else _using(model, "base"):
                 scores = answer_logprobs(model, tokenizer, [
                     (p, [{"role": "assistant", "content": a["text"]}])
-                    for p, a in zip(sets["prompts"], answers)], gate.batch_size,
+                    for p, a in zip(sets["prompts"], said)], gate.batch_size,
                     f"{name}: readability")
-            for answer, loss in zip(answers, answer_losses(scores)):
+            for answer, loss in zip(said, answer_losses(scores)):
                 answer["base_loss"] = loss
-            kinds = [degenerate(a, gate.unreadable_loss) for a in answers]
+            kinds = [degenerate(a, gate.unreadable_loss) for a in said]
             figures["degeneration"] = sum(k is not None for k in kinds) / len(kinds)
             figures["degenerate_kinds"] = {k: kinds.count(k) for k in set(kinds) if k}
             figures["answers"] = [{"prompt": p[-1]["content"][:120], "answer": a["text"][:300],
                                    "kind": k, "base_loss": round(a["base_loss"], 2)}
-                                  for p, a, k in zip(sets["prompts"], answers, kinds)]
+                                  for p, a, k in zip(sets["prompts"], said, kinds)]
     return figures
 
 
 def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateConfig,
-          reference_name: str) -> dict:
+          reference_name: str) -> GateReport:
     """The verdict, every figure, each check's limit and the reason, from measured figures."""
-    checks: dict = {}
+    checks: dict[str, GateCheck] = {}
 
     def check(name: str, value, ref, limit, passed: bool, n: int, unit: str) -> None:
         checks[name] = {"candidate": _round(value), "reference": _round(ref),
@@ -250,6 +251,7 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
               share <= gate.max_unreadable_feedback, len(sets["feedback"]), "trained answers")
     failed = [describe(n, c) for n, c in checks.items() if not c["passed"]]
     skipped = [n for n in CHECKS if n not in checks]
+    verdict: Literal["pass", "fail"]
     if failed:
         verdict, reason = "fail", "rejected: " + "; ".join(failed)
     elif not checks:
@@ -277,7 +279,7 @@ def worse_beyond(candidate: list[float], reference: list[float], margin: float) 
     return float(ttest_1samp(excess, margin, alternative="greater").pvalue)
 
 
-def describe(name: str, c: dict) -> str:
+def describe(name: str, c: GateCheck) -> str:
     if name == "forgetting":
         return (f"forgetting {c['candidate']:+.1%} (limit {c['limit']:+.1%}, "
                 f"reference {c['reference']:+.1%})")
@@ -286,8 +288,10 @@ def describe(name: str, c: dict) -> str:
                 f"(limit {c['limit']:.1%})")
     sign = ">=" if name == "preference_accuracy" else "<="
     label = name.replace("_", " ")
-    text = f"{label} {c['candidate']:.3f} vs {c['reference']:.3f} (must be {sign} {c['limit']:.3f}"
-    outside = c["candidate"] < c["limit"] if sign == ">=" else c["candidate"] > c["limit"]
+    value, limit = c["candidate"], c["limit"]
+    assert value is not None and limit is not None  # both are measured for these checks
+    text = f"{label} {value:.3f} vs {c['reference']:.3f} (must be {sign} {limit:.3f}"
+    outside = value < limit if sign == ">=" else value > limit
     if c.get("p_worse") is not None and outside:
         text += f"; paired t-test p={c['p_worse']:.2f}"
     return text + ")"
@@ -298,7 +302,7 @@ def _round(x):
 
 
 def evaluate(model, tokenizer, sets: dict, gate: GateConfig, has_reference: bool,
-             reference_name: str) -> dict:
+             reference_name: str) -> GateReport:
     """Measure the candidate, the reference and the base model, and judge. `model` is a
     PeftModel holding a 'candidate' adapter, and a 'reference' adapter when `has_reference`
     (otherwise the base model is the reference)."""

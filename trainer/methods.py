@@ -13,10 +13,10 @@ a temporary name and renamed, so "the stage is done" is "the folder exists".
 """
 
 import json
-import os
 import shutil
 from pathlib import Path
 
+from storage.home import folder_atomically
 from trainer.config import MethodSettings, TrainConfig
 
 FIELDS = {"sft": ("prompt", "completion"), "dpo": ("prompt", "chosen", "rejected"),
@@ -155,14 +155,10 @@ def train_stage(method: str, model, tokenizer, train_rows: list[dict], eval_rows
         "processes": trainer.args.world_size, "backend": _backend(),
         "loss_curve": [round(x, 4) for x in losses], "eval_curve": [round(x, 4) for x in evals]}
     if trainer.is_world_process_zero():
-        final = stage_dir / "final"
-        tmp = stage_dir / f".final-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        trainer.model.save_pretrained(tmp, selected_adapters=["default"])
-        (tmp / "log_history.json").write_text(json.dumps(state.log_history, indent=1))
-        (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        with folder_atomically(stage_dir / "final", replace=True) as tmp:
+            trainer.model.save_pretrained(tmp, selected_adapters=["default"])
+            (tmp / "log_history.json").write_text(json.dumps(state.log_history, indent=1))
+            (tmp / "metrics.json").write_text(json.dumps(metrics, indent=1))
     model = trainer.model
     if "ref" in getattr(model, "peft_config", {}):  # DPO's frozen copy of a trained adapter
         model.delete_adapter("ref")

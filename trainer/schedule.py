@@ -12,11 +12,10 @@ The same nightly job without a resident process, for cron or a systemd timer, is
 """
 
 import logging
-import os
-import subprocess
 import sys
 from datetime import datetime
 
+from assistant.training_process import start_training
 from storage import Home, init_db, open_db, runs
 from storage import chat as store
 
@@ -46,17 +45,6 @@ def new_feedback(home: Home) -> tuple[int, str | None]:
             last["id"] if last else None)
 
 
-def _lower_priority(niceness: int):
-    def apply() -> None:  # runs in the child before it starts Python
-        os.nice(niceness)
-        try:
-            import psutil
-            psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)
-        except (ImportError, AttributeError, OSError):
-            pass  # I/O priority is a nicety where the platform lacks it
-    return apply
-
-
 def nightly(home: Home, train_args: list[str], min_new_feedback: int, niceness: int,
             keep_days: float | None = None) -> str:
     """Tonight's decision: skip, or train (and how it ended). Returns the logged line.
@@ -74,14 +62,9 @@ def nightly(home: Home, train_args: list[str], min_new_feedback: int, niceness: 
         log.info(line)
         return line
     log_path = home.runs_dir / f"nightly-{datetime.now():%Y%m%d-%H%M%S}.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [sys.executable, "-m", "flywheel.cli", "train", "--home", str(home.root),
-               *train_args]
-    log.info("train: %d new feedback since %s; running %s (nice %d), output in %s",
-             count, since or "the start", " ".join(command[1:]), niceness, log_path)
-    with open(log_path, "w") as out:
-        code = subprocess.call(command, stdout=out, stderr=subprocess.STDOUT,
-                               preexec_fn=_lower_priority(niceness))
+    log.info("train: %d new feedback since %s; running flywheel train %s (nice %d), output "
+             "in %s", count, since or "the start", " ".join(train_args), niceness, log_path)
+    code = start_training(home, train_args, log_path, niceness=niceness).wait()
     lines = [x for x in log_path.read_text(errors="replace").splitlines() if x.strip()]
     line = f"train finished with exit {code}: {lines[-1] if lines else '(no output)'}"
     (log.info if code == 0 else log.error)(line)

@@ -2,7 +2,8 @@
 
     lock         one run at a time (storage/lock.py); a crashed run does not hold it
     prepare      feedback -> SFT / DPO / KTO datasets (trainer/dataset.py), replay and
-                 anchor examples mixed in, the method picked (trainer/methods.py); all of it
+                 anchor examples mixed in (trainer/mixing.py), the gate's sets fixed
+                 (trainer/gate_sets.py), the method picked (trainer/methods.py); all of it
                  written to runs/<id>/ so a resumed run trains on exactly the same data
     train        each stage with TRL + LoRA, checkpointing as it goes (trainer/methods.py)
     gate         the candidate against the active adapter or the base (trainer/gate.py)
@@ -18,10 +19,8 @@ the data, evaluates and writes to the database.
 """
 
 import json
-import random
 import shutil
 import time
-from collections import Counter
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -29,17 +28,18 @@ from assistant import models
 from storage import Home, ab, adapters, init_db, lock, open_db, runs, write_atomic
 from storage import chat as store
 from storage.db import transaction
-from trainer import anchor, methods
+from storage.home import folder_atomically
+from storage.run_records import GateReport
+from trainer import methods
 from trainer.config import TrainConfig, as_dict, from_dict
+from trainer.gate_sets import gate_sets
 from trainer.methods import NotEnoughData
+from trainer.mixing import REPLAY_FILE, REPLAYED, gather
+from trainer.plan import TrainingPlan
 from trainer.progress import ProgressToDatabase, plot_losses, report_to, save_json, stop_reporting
 
-__all__ = ["run_cycle", "NotEnoughData", "NothingToResume", "TrainConfig", "gather"]
+__all__ = ["run_cycle", "NotEnoughData", "NothingToResume", "TrainConfig"]
 
-REPLAY_FILE = "sft-train.jsonl"  # a run's own feedback examples, replayed by later runs
-REPLAYED = ("replay", "anchor")
-# Sources whose preferred answer is a model's own text (the first of `message_ids`).
-WRITTEN_BY_MODEL = ("liked", "scored", "liked_vs_disliked", "side_by_side")
 
 
 class NothingToResume(Exception):
@@ -58,19 +58,20 @@ def run_cycle(home: Home, config: TrainConfig, resume: bool = False) -> dict | N
     state = PartialState(cpu=device == "cpu")
     main = state.is_main_process
     with ExitStack() as held:
-        plan = None
+        outcome: TrainingPlan | Exception | None = None
         if main:
             try:
                 held.enter_context(lock.training_lock(home))
-                plan = prepare(home, config, resume)
+                outcome = prepare(home, config, resume)
             except Exception as exc:  # every process must hear of it, or the others hang
                 stop_reporting()
-                plan = {"error": exc}
-        plan = _from_main(state, plan)
-        if "error" in plan:
-            raise plan["error"]
-        config = from_dict(plan["config"])
-        run_id, row = plan["run_id"], None
+                outcome = exc
+        outcome = _from_main(state, outcome)
+        if isinstance(outcome, Exception):
+            raise outcome
+        plan = outcome
+        config = from_dict(plan.config)
+        run_id, row = plan.run_id, None
         if main:
             report_to(home, run_id)  # the gate's bars show on the admin page
         try:
@@ -83,7 +84,7 @@ def run_cycle(home: Home, config: TrainConfig, resume: bool = False) -> dict | N
                 row = publish(home, plan, config, final, stage_metrics, histories)
         except Exception as exc:
             if main:
-                _discard_unregistered(home, plan["adapter_id"])
+                _discard_unregistered(home, plan.adapter_id)
                 with open_db(home) as db:
                     runs.fail(db, run_id, f"{type(exc).__name__}: {exc}")
             raise
@@ -116,7 +117,7 @@ def _from_main(state, value):
 
 # ---- prepare ---------------------------------------------------------------------------------
 
-def prepare(home: Home, config: TrainConfig, resume: bool) -> dict:
+def prepare(home: Home, config: TrainConfig, resume: bool) -> TrainingPlan:
     """A new run's data and plan, written under runs/<id>/; or the interrupted run's plan.
     The caller holds the lock, so every run still marked running has died."""
     with open_db(home) as db:
@@ -129,9 +130,8 @@ def prepare(home: Home, config: TrainConfig, resume: bool) -> dict:
             _abandon(home, other, "interrupted; a newer interrupted run was resumed instead")
         plan_file = home.runs_dir / run["id"] / "plan.json"
         if plan_file.is_file():
-            plan = json.loads(plan_file.read_text())
-            print(f"Resuming {run['id']} ({'+'.join(plan['stages'])}); {plan['reason']}",
-                  flush=True)
+            plan = TrainingPlan.load(plan_file)
+            print(f"Resuming {run['id']} ({plan.method}); {plan.reason}", flush=True)
             return plan
         print(f"Resuming {run['id']}: it stopped before its data was written; "
               "preparing the data again", flush=True)
@@ -141,7 +141,7 @@ def prepare(home: Home, config: TrainConfig, resume: bool) -> dict:
     return new_plan(home, config)
 
 
-def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> dict:
+def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> TrainingPlan:
     """Build the datasets, pick the method, start the run (or refill `run_id`, an
     interrupted run's row) and write everything the training processes read."""
     base = models.resolve(config.model, home)
@@ -197,11 +197,11 @@ def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> dict
                                         if e["source"] not in REPLAYED])
     save_json(workdir / "data" / "gate.json",
               gate_sets(home, base, sets, config, reference=active["id"] if active else None))
-    plan = {"run_id": run_id, "adapter_id": adapters.adapter_id_for_run(run_id),
-            "base": {"name": base.name, "folder": str(base.folder)}, "stages": stages,
-            "reason": reason, "start_from": start["id"] if start else None,
-            "start_path": start["path"] if start else None, "config": as_dict(config)}
-    save_json(workdir / "plan.json", plan)  # last: its presence means the data is complete
+    plan = TrainingPlan(run_id=run_id, adapter_id=adapters.adapter_id_for_run(run_id),
+                        base_name=base.name, base_folder=str(base.folder), stages=stages,
+                        reason=reason, start_from=start["id"] if start else None,
+                        start_path=start["path"] if start else None, config=as_dict(config))
+    plan.save(workdir / "plan.json")  # last: its presence means the data is complete
     return plan
 
 
@@ -224,128 +224,17 @@ def _trained_by(home: Home, run_id: str) -> set[str]:
             for e in fmt.get("examples", []) if e["split"] == "train"}
 
 
-def gather(home: Home, base: models.BaseModel, config: TrainConfig,
-           exclude: set[str] = frozenset()) -> tuple[dict, dict]:
-    """({format: {"train", "validation"}}, manifest): the pipeline's datasets (without the
-    examples in `exclude`), with a share of earlier runs' SFT examples and of the anchor set
-    mixed into the SFT training split."""
-    from storage import feedback
-    from storage.embeddings import EmbeddingCache
-    from trainer.dataset import (
-        MINILM,
-        DataConfig,
-        build,
-        default_embedder,
-        example_hash,
-        token_counter,
-    )
-
-    data_config = DataConfig(max_length=config.max_length,
-                             validation_share=config.validation_share,
-                             near_duplicate_threshold=config.near_duplicate_threshold)
-    data_config.min_examples.update(sft=config.min_examples, dpo=config.min_pairs,
-                                    kto=config.min_rated)
-    cache = EmbeddingCache.for_home(home, MINILM)  # a night embeds only new feedback
-    try:
-        with open_db(home) as db:
-            sets, manifest = build(db, data_config, count_tokens=token_counter(base.folder),
-                                   embed=default_embedder(cache), progress=True)
-    finally:
-        cache.close()
-    for sides in sets.values():
-        sides["train"] = [e for e in sides["train"] if e["sha256"] not in exclude]
-    train = [{**e, "message_id": e["message_ids"][0]} for e in sets["sft"]["train"]]
-    rng = random.Random(config.seed)
-    # Replay: earlier runs' examples that this run's data no longer holds, as long as their
-    # answer may still be trained on (not flagged, consent given, not held out). With the
-    # default (all accumulated feedback) that is rare; it matters when a run continues the
-    # active adapter on new feedback only.
-    held_out = {i for e in sets["sft"]["validation"] for i in e["message_ids"]}
-    seen = {e["sha256"] for e in train}  # not `exclude`: the continued adapter's own lessons
-    earlier = {e["sha256"]: e for path in sorted(home.runs_dir.glob(f"*/{REPLAY_FILE}"))
-               for e in _load_jsonl(path) if e["sha256"] not in seen
-               and e["message_id"] not in held_out}
-    with open_db(home) as db:  # flagged, withheld or pruned since: no longer trained on
-        allowed = feedback.trainable(db, [e["message_id"] for e in earlier.values()])
-    earlier = [e for e in earlier.values() if e["message_id"] in allowed]
-    replay = (rng.sample(earlier, min(len(earlier), round(config.replay_share * len(train))))
-              if train else [])
-    n_anchor = round(config.anchor_share * len(train))
-    chosen = rng.sample(anchor.TRAIN_PROMPTS, min(n_anchor, len(anchor.TRAIN_PROMPTS)))
-    anchors = [{**a, "source": "anchor", "message_id": None}
-               for a in (anchor.examples(home, base, chosen) if chosen else [])]
-    mixed = train + [{**e, "source": "replay"} for e in replay] + anchors
-    for e in mixed:
-        e.setdefault("sha256", example_hash(e))
-    sets["sft"]["train"] = mixed
-    manifest.update(count=len(mixed), sources=dict(Counter(e["source"] for e in mixed)),
-                    validation=len(sets["sft"]["validation"]),
-                    sft_feedback=len(train) + len(sets["sft"]["validation"]))
-    return sets, manifest
-
-
-def gate_sets(home: Home, base: models.BaseModel, sets: dict, config: TrainConfig,
-              reference: str | None = None) -> dict:
-    """What the gate measures on, fixed when the run starts: the validation split's preferred
-    answers and pairs, held-out anchor prompts with the base model's answers, and prompts to
-    answer (held-out questions first, then held-out anchor prompts). `reference` is the
-    adapter the candidate is compared with (None: the base model)."""
-    gate = config.gate
-    preferred = ([(e, e["completion"]) for e in sets["sft"]["validation"]]
-                 + [(e, e["chosen"]) for e in sets["dpo"]["validation"]])
-    own = _written_by(home, reference, [e["message_ids"][0] for e, _ in preferred
-                                        if e["source"] in WRITTEN_BY_MODEL])
-    preferred = [(e, answer) for e, answer in preferred
-                 if e["source"] not in WRITTEN_BY_MODEL or e["message_ids"][0] not in own] \
-        or preferred
-    heldout = [{"prompt": e["prompt"], "completion": answer} for e, answer in preferred]
-    heldout = _distinct(heldout)  # a correction is in both: an SFT completion, a DPO chosen
-    pairs = [{k: e[k] for k in ("prompt", "chosen", "rejected")}
-             for e in sets["dpo"]["validation"]]
-    anchors = anchor.examples(home, base, anchor.spread(anchor.HELDOUT_PROMPTS,
-                                                        gate.anchor_examples))
-    prompts = _distinct([e["prompt"] for side in ("sft", "dpo", "kto")
-                         for e in sets[side]["validation"]])
-    prompts = prompts[:gate.generation_prompts]
-    extra = anchor.spread(anchor.HELDOUT_PROMPTS, gate.generation_prompts - len(prompts))
-    prompts += [[{"role": "user", "content": p}] for p in extra]
-    # The answers this run trains towards (not replay or anchors), for the readability check.
-    feedback = [{"prompt": e["prompt"], "completion": e["completion"]}
-                for e in sets["sft"]["train"] if e.get("source") not in REPLAYED]
-    feedback += [{"prompt": e["prompt"], "completion": e["chosen"]} for e in sets["dpo"]["train"]]
-    feedback = _distinct(feedback)
-    if len(feedback) > gate.feedback_examples:
-        feedback = random.Random(config.seed).sample(feedback, gate.feedback_examples)
-    return {"heldout": heldout, "pairs": pairs, "anchor": anchors, "prompts": prompts,
-            "feedback": feedback}
-
-
-def _distinct(rows: list) -> list:
-    """Rows without repeats, in order."""
-    return list({json.dumps(r): r for r in rows}.values())
-
-
-def _written_by(home: Home, reference: str | None, answer_ids: list[str]) -> set[str]:
-    """Those of `answer_ids` that `reference` (an adapter id, None for the base model) wrote.
-    The held-out loss leaves out liked answers it wrote, because a model gives its own
-    samples a low loss: once most feedback is 👍 on the served adapter's answers, they would
-    favour it over any candidate, however good. (If nothing else is held out, they stay.)"""
-    from storage import feedback
-    with open_db(home) as db:
-        return feedback.written_by(db, answer_ids, reference)
-
-
 # ---- train -----------------------------------------------------------------------------------
 
-def train(home: Home, plan: dict, config: TrainConfig, device: str):
+def train(home: Home, plan: TrainingPlan, config: TrainConfig, device: str):
     """Every stage of the plan, skipping finished ones and resuming a cut one. Returns the
     last stage's adapter folder, each stage's metrics and log history."""
-    base = models.BaseModel(plan["base"]["name"], Path(plan["base"]["folder"]))
-    workdir = home.runs_dir / plan["run_id"]
-    adapter_path = plan["start_path"]
+    base = plan.base
+    workdir = home.runs_dir / plan.run_id
+    adapter_path = plan.start_path
     model = tokenizer = None
     metrics, histories = [], {}
-    for number, method in enumerate(plan["stages"], 1):
+    for number, method in enumerate(plan.stages, 1):
         stage_dir = workdir / f"{number}-{method}"
         done = methods.stage_result(stage_dir)
         if done is None:
@@ -353,8 +242,8 @@ def train(home: Home, plan: dict, config: TrainConfig, device: str):
                 model, tokenizer = _load_for_training(base, config, adapter_path, device)
             rows = {side: _load_jsonl(workdir / "data" / f"{method}-{side}.jsonl")
                     for side in ("train", "validation")}
-            progress = ProgressToDatabase(home, plan["run_id"], f"{number}/{len(plan['stages'])} "
-                                                               f"{method}")
+            progress = ProgressToDatabase(home, plan.run_id,
+                                          f"{number}/{len(plan.stages)} {method}")
             model, *done = methods.train_stage(method, model, tokenizer, rows["train"],
                                                rows["validation"], config, stage_dir, device,
                                                callbacks=[progress])
@@ -385,11 +274,11 @@ def _load_for_training(base: models.BaseModel, config: TrainConfig, adapter_path
 
 # ---- gate and publish ------------------------------------------------------------------------
 
-def publish(home: Home, plan: dict, config: TrainConfig, final: Path, stage_metrics: list,
+def publish(home: Home, plan: TrainingPlan, config: TrainConfig, final: Path, stage_metrics: list,
             histories: dict) -> dict:
     """Gate the finished adapter, then publish it and apply the promotion policy in one
     transaction. Each step is skipped when a resumed run finds it done."""
-    run_id, adapter_id = plan["run_id"], plan["adapter_id"]
+    run_id, adapter_id = plan.run_id, plan.adapter_id
     workdir = home.runs_dir / run_id
     with open_db(home) as db:
         existing = adapters.get(db, adapter_id)
@@ -399,11 +288,9 @@ def publish(home: Home, plan: dict, config: TrainConfig, final: Path, stage_metr
     staged = home.staging_dir / adapter_id
     if not (staged / "adapter_config.json").is_file() and not (
             home.adapters_dir / adapter_id / "adapter_config.json").is_file():
-        tmp = home.staging_dir / f".{adapter_id}-tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(final, tmp)
-        tmp.rename(staged)
-    plot = plot_losses(histories, workdir / "loss.png", f"{run_id}: {'+'.join(plan['stages'])}")
+        with folder_atomically(staged) as tmp:
+            shutil.copytree(final, tmp, dirs_exist_ok=True)
+    plot = plot_losses(histories, workdir / "loss.png", f"{run_id}: {plan.method}")
     gate_file = workdir / "gate.json"
     if gate_file.is_file():
         report = json.loads(gate_file.read_text())
@@ -414,7 +301,7 @@ def publish(home: Home, plan: dict, config: TrainConfig, final: Path, stage_metr
                           else home.adapters_dir / adapter_id)
         save_json(gate_file, report)
     print_gate(report)
-    metrics = {"method": "+".join(plan["stages"]), "stages": stage_metrics,
+    metrics = {"method": plan.method, "stages": stage_metrics,
                "steps": sum(m.get("steps", 0) for m in stage_metrics),
                "examples": sum(m.get("examples", 0) for m in stage_metrics),
                "train_loss": stage_metrics[-1].get("train_loss") if stage_metrics else None,
@@ -424,9 +311,9 @@ def publish(home: Home, plan: dict, config: TrainConfig, final: Path, stage_metr
     with open_db(home) as db:
         runs.set_progress(db, run_id, phase="publishing")
         with transaction(db):
-            row = adapters.publish(db, home, adapter_id, base_model=plan["base"]["name"],
+            row = adapters.publish(db, home, adapter_id, base_model=plan.base_name,
                                    method=metrics["method"], run_id=run_id,
-                                   parent_id=plan["start_from"], metrics=metrics,
+                                   parent_id=plan.start_from, metrics=metrics,
                                    status="candidate" if passed else "rejected")
             if passed and config.promotion == "auto":
                 row = adapters.promote(db, adapter_id, reason=f"gate passed in {run_id}")
@@ -454,17 +341,18 @@ def _finish_run(home: Home, run_id: str, metrics: dict, adapter_id: str) -> None
             runs.finish(db, run_id, metrics=metrics, adapter_id=adapter_id)
 
 
-def run_gate(home: Home, plan: dict, config: TrainConfig, candidate: Path) -> dict:
+def run_gate(home: Home, plan: TrainingPlan, config: TrainConfig,
+             candidate: Path) -> GateReport:
     """Load the base model with the candidate (and the active adapter as the reference, if
     any) and evaluate."""
     from peft import PeftModel
 
     from trainer import gate
-    base = models.BaseModel(plan["base"]["name"], Path(plan["base"]["folder"]))
-    sets = json.loads((home.runs_dir / plan["run_id"] / "data" / "gate.json").read_text())
+    base = plan.base
+    sets = json.loads((home.runs_dir / plan.run_id / "data" / "gate.json").read_text())
     with open_db(home) as db:
         active = adapters.active(db)
-    print(f"Evaluating {plan['adapter_id']} against "
+    print(f"Evaluating {plan.adapter_id} against "
           f"{active['id'] if active else 'the base model'} ...", flush=True)
     model, tokenizer = models.load(base)
     model = PeftModel.from_pretrained(model, str(candidate), adapter_name="candidate")
@@ -474,7 +362,7 @@ def run_gate(home: Home, plan: dict, config: TrainConfig, candidate: Path) -> di
                          reference_name=active["id"] if active else "base model")
 
 
-def print_gate(report: dict) -> None:
+def print_gate(report: GateReport) -> None:
     from trainer.gate import describe
     print(f"Evaluation gate (reference: {report['reference']}, {report.get('seconds', '?')} s):",
           flush=True)
