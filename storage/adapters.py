@@ -55,6 +55,7 @@ def publish(db: sqlite_utils.Database, home: Home, adapter_id: str, *, base_mode
 
 
 def get(db: sqlite_utils.Database, adapter_id: str) -> dict | None:
+    """The adapter with id `adapter_id`, its metrics decoded, or None if there is none."""
     rows = list(db["adapters"].rows_where("id = ?", [adapter_id]))
     return _decode(rows[0]) if rows else None
 

@@ -18,11 +18,13 @@ RATINGS = ("up", "down")
 
 
 def new_id(prefix: str) -> str:
+    """A new random id: `prefix`, a dash and 24 hex digits."""
     return f"{prefix}-{uuid.uuid4().hex[:24]}"
 
 
 def create_conversation(db: sqlite_utils.Database, user_id: int | None = None,
                         system_prompt: str | None = None, title: str | None = None) -> str:
+    """Start a new conversation and return its id."""
     conversation_id = new_id("conv")
     db.table("conversations").insert({"id": conversation_id, "user_id": user_id,
                                       "system_prompt": system_prompt, "title": title})
@@ -30,6 +32,7 @@ def create_conversation(db: sqlite_utils.Database, user_id: int | None = None,
 
 
 def get_conversation(db: sqlite_utils.Database, conversation_id: str) -> dict | None:
+    """The conversation with this id, or None if there is none or it was deleted."""
     rows = list(db["conversations"].rows_where("id = ? AND deleted_at IS NULL", [conversation_id]))
     return rows[0] if rows else None
 
@@ -156,6 +159,7 @@ def latest_leaf(db: sqlite_utils.Database, message_id: str) -> str:
 
 
 def last_message(db: sqlite_utils.Database, conversation_id: str) -> str | None:
+    """The id of the conversation's newest message, or None if it has none."""
     row = db.execute("SELECT id FROM messages WHERE conversation_id = ? "
                      "ORDER BY created_at DESC, rowid DESC LIMIT 1", [conversation_id]).fetchone()
     return row[0] if row else None
@@ -201,6 +205,7 @@ def store_transcript(db: sqlite_utils.Database, messages: list[dict[str, str]],
 
 
 def get_message(db: sqlite_utils.Database, message_id: str) -> dict | None:
+    """The message with this id (any owner's), or None if there is none."""
     rows = list(db["messages"].rows_where("id = ?", [message_id]))
     return rows[0] if rows else None
 
@@ -320,6 +325,7 @@ def set_flags(db: sqlite_utils.Database, message_id: str, kinds: list[str],
 
 
 def flags(db: sqlite_utils.Database, message_id: str) -> list[str]:
+    """The kinds of flag set on a message (empty when it has none)."""
     return [r["kind"] for r in db["flags"].rows_where("message_id = ?", [message_id])]
 
 

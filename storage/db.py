@@ -570,6 +570,7 @@ def without_waiting(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database
 
 
 def schema_version(db: sqlite_utils.Database) -> int:
+    """The schema version the database is at (0: a database not yet set up)."""
     if "schema_version" not in db.table_names():
         return 0
     return db.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()[0]
@@ -703,6 +704,7 @@ class Checkpointer:
         self.thread = threading.Thread(target=self._run, name="flywheel-checkpoint", daemon=True)
 
     def start(self) -> "Checkpointer":
+        """Start checkpointing on the background thread; returns self."""
         global _checkpointers
         _checkpointers += 1
         self.thread.start()
@@ -718,6 +720,7 @@ class Checkpointer:
             conn.close()
 
     def stop(self) -> None:
+        """Stop the checkpoint thread and wait for it (up to 30 s); a second stop does nothing."""
         global _checkpointers
         if not self.stopped.is_set():
             self.stopped.set()

@@ -23,6 +23,7 @@ CHUNK = 500  # keys per lookup (SQLite's parameter limit is far above)
 
 
 def key(model: str, text: str) -> bytes:
+    """The cache key of `text` for `model`: SHA-256 of the model's name and the text."""
     return hashlib.sha256(f"{model}\0{text}".encode()).digest()
 
 
@@ -40,6 +41,7 @@ class EmbeddingCache:
 
     @classmethod
     def for_home(cls, home: Home, model: str) -> "EmbeddingCache":
+        """The cache for `model` in `cache/embeddings.db` under `home`."""
         return cls(home.root / "cache" / "embeddings.db", model)
 
     def get(self, texts: list[str]) -> dict[str, np.ndarray]:
@@ -56,6 +58,7 @@ class EmbeddingCache:
         return found
 
     def put(self, vectors: dict[str, np.ndarray]) -> None:
+        """Store these vectors (as float16) by text, replacing any cached, in one transaction."""
         with self.conn:
             self.conn.execute("BEGIN")
             self.conn.executemany(
@@ -64,6 +67,7 @@ class EmbeddingCache:
                  for t, v in vectors.items()])
 
     def close(self) -> None:
+        """Close the cache's database connection."""
         self.conn.close()
 
 

@@ -33,22 +33,27 @@ class Home:
 
     @property
     def db_path(self) -> Path:
+        """The SQLite database file, `flywheel.db`."""
         return self.root / "flywheel.db"
 
     @property
     def adapters_dir(self) -> Path:
+        """The folder of published adapters, `adapters/`."""
         return self.root / "adapters"
 
     @property
     def staging_dir(self) -> Path:
+        """Where adapters are written before they are published, `adapters/.staging/`."""
         return self.adapters_dir / ".staging"
 
     @property
     def models_dir(self) -> Path:
+        """Base models converted to plain safetensors, `models/`."""
         return self.root / "models"
 
     @property
     def runs_dir(self) -> Path:
+        """Training runs' scratch space (checkpoints, logs), `runs/`."""
         return self.root / "runs"
 
     def page_secret(self) -> str:

@@ -24,6 +24,7 @@ class Page:
 
 
 def encode(key: list[Any]) -> str:
+    """The cursor for sort key `key`: its JSON in URL-safe base64 (what `decode` reads)."""
     return base64.urlsafe_b64encode(json.dumps(key).encode()).decode()
 
 

@@ -18,6 +18,7 @@ from storage.paging import Page
 
 def start(db: sqlite_utils.Database, *, base_model: str, method: str, config: dict,
           manifest: dict, start_from: str | None = None) -> str:
+    """Record a new run as `running` and return its id (run-<UTC time>-<4 hex digits>)."""
     run_id = f"run-{datetime.now(timezone.utc).strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
     db.table("training_runs").insert({
         "id": run_id, "status": "running", "base_model": base_model, "method": method,
@@ -63,17 +64,20 @@ def discard(db: sqlite_utils.Database, run_id: str) -> None:
 
 def finish(db: sqlite_utils.Database, run_id: str, *, metrics: dict,
            adapter_id: str | None) -> None:
+    """Mark a run `succeeded`, with its metrics and the adapter it published (if any)."""
     db.table("training_runs").update(run_id, {
         "status": "succeeded", "metrics": json.dumps(metrics), "adapter_id": adapter_id,
         "finished_at": utc_now()})
 
 
 def fail(db: sqlite_utils.Database, run_id: str, error: str) -> None:
+    """Mark a run `failed`, with the error that ended it."""
     db.table("training_runs").update(run_id, {"status": "failed", "error": error,
                                               "finished_at": utc_now()})
 
 
 def get(db: sqlite_utils.Database, run_id: str) -> dict | None:
+    """The run with this id, its JSON columns decoded, or None if there is none."""
     rows = list(db["training_runs"].rows_where("id = ?", [run_id]))
     if not rows:
         return None

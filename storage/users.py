@@ -32,6 +32,7 @@ def _key_hash(key: str) -> str:
 
 
 def get_user(db: sqlite_utils.Database, name: str) -> dict | None:
+    """The user with this name (password hash included), or None if there is none."""
     rows = list(db["users"].rows_where("name = ?", [name]))
     return rows[0] if rows else None
 
@@ -86,6 +87,7 @@ def user_for_key(db: sqlite_utils.Database, key: str) -> dict | None:
 
 
 def list_keys(db: sqlite_utils.Database) -> list[dict]:
+    """Every API key, live or revoked, with its user's name and role (no hashes)."""
     return db.execute_returning_dicts(
         """SELECT api_keys.id, users.name AS user, users.role, api_keys.created_at,
                   api_keys.revoked_at FROM api_keys JOIN users ON users.id = api_keys.user_id
@@ -93,6 +95,7 @@ def list_keys(db: sqlite_utils.Database) -> list[dict]:
 
 
 def revoke_key(db: sqlite_utils.Database, key_id: int) -> None:
+    """Revoke the live API key with this id; KeyError if there is none."""
     cursor = db.execute("UPDATE api_keys SET revoked_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now') "
                         "WHERE id = ? AND revoked_at IS NULL", [key_id])
     if cursor.rowcount == 0:
@@ -117,6 +120,7 @@ def has_admin(db: sqlite_utils.Database) -> bool:
 
 
 def set_password(db: sqlite_utils.Database, name: str, password: str) -> None:
+    """Set a user's password, ending their sessions and API keys; KeyError if no such user."""
     _check_password_rules(password)
     user = get_user(db, name)
     if user is None:
@@ -130,6 +134,7 @@ def set_password(db: sqlite_utils.Database, name: str, password: str) -> None:
 
 
 def set_disabled(db: sqlite_utils.Database, name: str, disabled: bool = True) -> None:
+    """Disable (or enable) a user; disabling ends their sessions. KeyError if no such user."""
     user = get_user(db, name)
     if user is None:
         raise KeyError(f"no user {name!r}")
@@ -161,6 +166,7 @@ def check_password(db: sqlite_utils.Database, name: str, password: str) -> dict 
 
 
 def start_session(db: sqlite_utils.Database, user_id: int, hours: float) -> str:
+    """Open a browser session of `hours` for a user; returns its token (only a hash is kept)."""
     token = secrets.token_urlsafe(32)
     db.table("sessions").insert({"token_hash": _key_hash(token), "user_id": user_id,
                                  "expires_at": utc_now(plus_hours=hours)})
@@ -168,6 +174,7 @@ def start_session(db: sqlite_utils.Database, user_id: int, hours: float) -> str:
 
 
 def user_for_session(db: sqlite_utils.Database, token: str) -> dict | None:
+    """The enabled user of an unexpired session token, or None."""
     rows = db.execute_returning_dicts(
         """SELECT users.* FROM sessions JOIN users ON users.id = sessions.user_id
            WHERE sessions.token_hash = ? AND sessions.expires_at > ? AND users.disabled = 0""",
@@ -176,4 +183,5 @@ def user_for_session(db: sqlite_utils.Database, token: str) -> dict | None:
 
 
 def end_session(db: sqlite_utils.Database, token: str) -> None:
+    """End the session with this token (sign out); an unknown token is ignored."""
     db.execute("DELETE FROM sessions WHERE token_hash = ?", [_key_hash(token)])

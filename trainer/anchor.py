@@ -37,6 +37,7 @@ TRAIN_PROMPTS = [p for i, p in enumerate(PROMPTS) if i % 5]
 
 
 def anchor_path(home, base_name: str) -> Path:
+    """The file of the anchor set for base model `base_name`: anchor/<name>.jsonl."""
     return home.root / "anchor" / f"{base_name}.jsonl"
 
 

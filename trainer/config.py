@@ -179,6 +179,7 @@ class TrainConfig:
             "The evaluation gate's thresholds and sample sizes.")})
 
     def validate(self) -> "TrainConfig":
+        """Check the settings (LoRA included, if served on vLLM); returns self, else ValueError."""
         if self.method not in METHODS:
             raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
         if self.start_from not in ("base", "active"):
@@ -204,6 +205,7 @@ class TrainConfig:
         return self
 
     def methods(self) -> dict[str, MethodSettings]:
+        """Each training method's settings, by method name (sft, dpo, kto)."""
         return {"sft": self.sft, "dpo": self.dpo, "kto": self.kto}
 
 
@@ -273,6 +275,7 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None,
 
 
 def as_dict(config: TrainConfig) -> dict:
+    """The config as nested plain dicts (what a run records and `from_dict` reads back)."""
     return dataclasses.asdict(config)
 
 

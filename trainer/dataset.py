@@ -61,6 +61,7 @@ class DataConfig:
 
 
 def example_hash(example: dict) -> str:
+    """SHA-256 (hex) of an example's prompt and answers (completion, chosen, rejected, label)."""
     keys = ["prompt", *[k for k in ("completion", "chosen", "rejected", "label") if k in example]]
     text = json.dumps([example[k] for k in keys], sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()
@@ -121,6 +122,7 @@ class TokenCounter:
         return self.skeletons[roles]
 
     def many(self, turn_lists: list[list[dict]]) -> list[int]:
+        """The token length of each list of messages, chat template included."""
         new = list(dict.fromkeys(t["content"] for turns in turn_lists for t in turns
                                  if t["content"] not in self.lengths))
         if len(self.lengths) + len(new) > self.remember:
@@ -384,6 +386,7 @@ class _ConversationSets:
         self.parent: dict[str, str] = {}
 
     def root(self, c: str) -> str:
+        """The representative of `c`'s merged set (shortening the path on the way)."""
         parent = self.parent
         while parent.get(c, c) != c:
             parent[c] = parent.get(parent[c], parent[c])
@@ -391,6 +394,7 @@ class _ConversationSets:
         return c
 
     def join(self, a: str, b: str) -> None:
+        """Merge the sets of conversations `a` and `b` (the smaller root id leads)."""
         a, b = self.root(a), self.root(b)
         if a != b:
             self.parent[max(a, b)] = min(a, b)
@@ -422,6 +426,7 @@ def _split(kept: Path, out_dir: Path, fmt: str, sets: _ConversationSets,
 
 
 def read_jsonl(path: Path) -> list[dict]:
+    """The records of a JSON Lines file, blank lines skipped."""
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
 

@@ -27,6 +27,7 @@ class _Rows:
         self.size = 0
 
     def extend(self, rows: np.ndarray) -> None:
+        """Append `rows` (as float16), adding a block whenever the last one is full."""
         for row in rows.astype(np.float16):
             if self.size % self.BLOCK == 0:
                 self.blocks.append(np.empty((self.BLOCK, rows.shape[1]), dtype=np.float16))
@@ -34,6 +35,7 @@ class _Rows:
             self.size += 1
 
     def row(self, i: int) -> np.ndarray:
+        """Row `i`, as float32."""
         return self.blocks[i // self.BLOCK][i % self.BLOCK].astype(np.float32)
 
     def all(self) -> np.ndarray:

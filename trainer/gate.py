@@ -132,6 +132,7 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
 
 
 def degenerate(answer: dict, unreadable_loss: float) -> str | None:
+    """Why an answer is degenerate (empty, unreadable, cut off, repetitive), or None."""
     if not answer["text"]:
         return "empty"
     if answer["base_loss"] > unreadable_loss:
@@ -280,6 +281,7 @@ def worse_beyond(candidate: list[float], reference: list[float], margin: float) 
 
 
 def describe(name: str, c: GateCheck) -> str:
+    """One line on gate check `name`: the candidate's value against its limit."""
     if name == "forgetting":
         return (f"forgetting {c['candidate']:+.1%} (limit {c['limit']:+.1%}, "
                 f"reference {c['reference']:+.1%})")

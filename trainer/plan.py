@@ -24,6 +24,7 @@ class TrainingPlan:
 
     @property
     def base(self) -> models.BaseModel:
+        """The base model the run trains: its name and the folder it is loaded from."""
         return models.BaseModel(self.base_name, Path(self.base_folder))
 
     @property
@@ -39,6 +40,7 @@ class TrainingPlan:
 
     @classmethod
     def load(cls, path: Path) -> "TrainingPlan":
+        """The plan saved at `path` (plan.json, as `save` writes it)."""
         data = json.loads(path.read_text())
         base = data.pop("base")
         return cls(base_name=base["name"], base_folder=base["folder"], **data)

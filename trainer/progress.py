@@ -39,12 +39,14 @@ class PhaseBar(tqdm):
         self._report()
 
     def update(self, n=1):
+        """Advance the bar by `n`; write to the run's progress at most once a second."""
         shown = super().update(n)
         if time.monotonic() - self._written >= 1 or self.n >= (self.total or 0):
             self._report()
         return shown
 
     def close(self):
+        """Close the bar, noting what it counted under the run's phase (if anything)."""
         if not self.disable and _REPORT_TO and self.n:  # what it did stays on the admin page
             with open_db(_REPORT_TO["home"]) as db:
                 runs.note_task_done(db, _REPORT_TO["run_id"],
@@ -76,12 +78,14 @@ class ProgressToDatabase(TrainerCallback):
                               epoch=round(state.epoch or 0, 3), task=None, **fields)
 
     def on_train_begin(self, args, state, control, **kwargs):
+        """Record the stage's start (step and time), its live losses emptied."""
         # Not the previous stage's losses; the stage's start time gives the time left.
         self.losses: list[list[float]] = []
         self._write(state, loss=None, eval_loss=None, losses=[], task_started=utc_now(),
                     first_step=state.global_step)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
+        """Write the logged loss and validation loss, the loss also to the live curve."""
         logs = logs or {}
         fields = {k: round(v, 4) for k, v in logs.items() if k in ("loss", "eval_loss")}
         if "loss" in fields:  # the live curve: every other point dropped when it is full

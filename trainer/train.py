@@ -363,6 +363,7 @@ def run_gate(home: Home, plan: TrainingPlan, config: TrainConfig,
 
 
 def print_gate(report: GateReport) -> None:
+    """Print the gate's report: each check passed, failed or skipped, and the verdict."""
     from trainer.gate import describe
     print(f"Evaluation gate (reference: {report['reference']}, {report.get('seconds', '?')} s):",
           flush=True)
