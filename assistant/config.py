@@ -4,7 +4,7 @@ its defaults and help from these fields, and `--limit NAME=VALUE` sets any of th
 
 Kept free of heavy imports: `flywheel --help` builds its parser from this module."""
 
-from dataclasses import dataclass, field, fields
+from dataclasses import Field, dataclass, field, fields
 from typing import Any, Literal, get_args
 
 Engine = Literal["local", "vllm"]
@@ -98,8 +98,7 @@ def literal_choices(annotation: Any) -> tuple[str, ...]:
     return tuple(c for arg in get_args(annotation) for c in literal_choices(arg))
 
 
-def help_of(config: type, name: str) -> str:
+def help_of(f: Field) -> str:
     """A setting's help line, with its default, for the command line."""
-    f = next(f for f in fields(config) if f.name == name)
     shown = f.default not in (None, "")
     return f"{f.metadata['help']}" + (f" (default: {f.default})" if shown else "")

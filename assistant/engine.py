@@ -355,7 +355,7 @@ class Engine:
     def _activate(self, adapter_id: str, path: Path) -> str:
         previous = self.active_adapter
         if adapter_id not in self.adapters.loaded:
-            self.adapters.load_checked(adapter_id, path, keep={previous, self.active_adapter})
+            self.adapters.load_checked(adapter_id, path, keep={previous})
         self._serve(adapter_id)
         self.adapters.evict(keep={adapter_id, previous})
         return adapter_id

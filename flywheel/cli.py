@@ -389,7 +389,7 @@ def parser() -> argparse.ArgumentParser:
         f = next(f for f in dataclasses.fields(ServeConfig) if f.name == name)
         kind = next((t for t in (int, float) if t in (f.type, *get_args(f.type))), str)
         s.add_argument(f"--{name.replace('_', '-')}", type=kind, default=f.default,
-                       choices=literal_choices(f.type) or None, help=help_of(ServeConfig, name))
+                       choices=literal_choices(f.type) or None, help=help_of(f))
     s.add_argument("--limit", action="append", metavar="NAME=VALUE",
                    help="change one limit, e.g. requests_per_minute=60 or max_body_bytes=2000000 "
                         "(README: Limits)")
