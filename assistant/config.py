@@ -99,6 +99,10 @@ def literal_choices(annotation: Any) -> tuple[str, ...]:
 
 
 def help_of(f: Field) -> str:
-    """A setting's help line, with its default, for the command line."""
+    """A setting's help line, with its default, for the command line: in the place of a
+    `{default}` in the help, else as " (default: X)" at its end (not for None or "")."""
+    text = f.metadata["help"]
+    if "{default}" in text:
+        return text.replace("{default}", str(f.default))
     shown = f.default not in (None, "")
-    return f"{f.metadata['help']}" + (f" (default: {f.default})" if shown else "")
+    return text + (f" (default: {f.default})" if shown else "")

@@ -42,7 +42,7 @@ from assistant.peft_adapters import PeftAdapters
 
 log = logging.getLogger("flywheel.engine")
 
-BASE = "__base__"  # PEFT's name for "no adapter" in a mixed-adapter batch
+PEFT_NO_ADAPTER = "__base__"  # PEFT's own name for "no adapter" in a mixed-adapter batch
 
 
 class _StepHook(StoppingCriteria):
@@ -328,7 +328,7 @@ class Engine:
             context = self.adapters.using(adapters.pop())
         else:
             context = nullcontext()
-            kwargs["adapter_names"] = [r.adapter_id or BASE for r in rows]
+            kwargs["adapter_names"] = [r.adapter_id or PEFT_NO_ADAPTER for r in rows]
         self.adapters.used(r.adapter_id for r in rows)
         self.batches_run.append(len(rows))
         with torch.inference_mode(), context:

@@ -1,8 +1,15 @@
 """The web page (Gradio Blocks): one app with a tab per job.
 
-    Chat     every signed-in user: conversations, streaming, branches, ratings  (ui_chat.py)
-    Curate   curators and admins: the review queue and side-by-side picks     (ui_curate.py)
-    Admin    admins: adapters, training, plots, users                          (ui_admin.py)
+    Chat     every signed-in user: conversations, streaming, branches, ratings
+             (ui_chat.py; ui_chat_api.py, ui_chat_page.py, ui_chat_view.py)
+    Curate   curators and admins: the review queue and side-by-side picks
+             (ui_curate.py; ui_review.py, ui_compare.py)
+    Admin    admins: adapters, training, plots, users
+             (ui_admin.py; ui_training.py, ui_users.py)
+
+Each tab's module holds its layout and wiring (`build`, at its end); the handlers are
+module-level functions that take the Page, or the tab's view (its components and the Page),
+given to Gradio with `bind`.
 
 Every event is also an endpoint of the page's API (`gradio_client`), so each handler finds
 the caller (`Page.user`) and checks their role and ownership on the server; the tabs a role
@@ -11,6 +18,7 @@ may not use are hidden as well, but hiding is not what protects them.
 
 import html
 import json
+import types
 from pathlib import Path
 
 import gradio as gr
@@ -66,7 +74,7 @@ def head() -> str:
     """What goes into the page's <head>: its script (assistant/page_keys.js; Gradio has no
     key bindings and no per-message slots): the keys, the draft, ‹ 2/3 › and the reasons on
     each answer, renaming in place; and the reasons a thumb may carry."""
-    from assistant.ui_chat import DOWN_REASONS, UP_REASONS
+    from assistant.ui_chat_api import DOWN_REASONS, UP_REASONS
     reasons = json.dumps({"up": UP_REASONS, "down": DOWN_REASONS})
     return (f"<script>window.FLYWHEEL_REASONS = {reasons};\n"
             f"{(Path(__file__).parent / 'page_keys.js').read_text()}</script>")
@@ -108,6 +116,14 @@ class Page:
         return message
 
 
+def bind(handler, first):
+    """`handler` with its first argument given (a tab's view, or the Page), as an event
+    handler for Gradio: a bound method, which is what Gradio reads the rest of the signature
+    (gr.Request, event data), the type hints, the name and the module of (functools.partial
+    hides the type hints from it, so gr.Request would not be filled in)."""
+    return types.MethodType(handler, first)
+
+
 def build_ui(service: ChatService, auth: Auth, model_spec: str | None = None) -> gr.Blocks:
     from assistant import ui_admin, ui_chat, ui_curate
     page = Page(service, auth, model_spec)
@@ -136,8 +152,11 @@ def build_ui(service: ChatService, auth: Auth, model_spec: str | None = None) ->
     return demo
 
 
-TAB_ROLES = {"assistant.ui_chat": "user", "assistant.ui_curate": "curator",
-             "assistant.ui_admin": "admin"}
+TAB_ROLES = {"assistant.ui_chat": "user", "assistant.ui_chat_api": "user",
+             "assistant.ui_chat_page": "user", "assistant.ui_curate": "curator",
+             "assistant.ui_review": "curator", "assistant.ui_compare": "curator",
+             "assistant.ui_admin": "admin", "assistant.ui_training": "admin",
+             "assistant.ui_users": "admin"}
 
 
 def endpoint_roles(demo: gr.Blocks) -> dict[str, str]:

@@ -5,12 +5,20 @@ Which side a conversation is on is a hash of its id, so it is stable for the con
 whole life without storing anything; the answers' `adapter_id` says who answered.
 """
 
+from dataclasses import dataclass, field
 
 import sqlite_utils
 from scipy import stats
 
 from storage import buckets, review
 from storage.db import present, transaction, utc_now
+
+
+@dataclass
+class ABConfig:
+    """`flywheel adapters ab`'s settings: each default and help line here, and nowhere else."""
+    share: float = field(default=0.2, metadata={"help": (
+            "share of new conversations for the candidate (default {default})")})
 
 
 def start(db: sqlite_utils.Database, candidate_id: str, share: float, reason: str = "") -> dict:

@@ -12,8 +12,8 @@ from datetime import date
 
 import sqlite_utils
 
+from storage import BASE
 from storage.ab import wilson
-from storage.review import BASE  # the series name of the bare base model's answers
 
 
 @dataclass

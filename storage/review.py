@@ -12,11 +12,10 @@ from typing import Any
 
 import sqlite_utils
 
-from storage import paging
+from storage import BASE, paging
 from storage.db import present
 from storage.paging import Page
 
-BASE = "base"  # the adapter filter value that means "answered by the bare base model"
 RANKS = {"down": 0, "unrated": 1, "up": 2}  # the queue's order: thumbs-down first
 
 # One answer as the queue shows it. The FROM clause starts at `judgements` and joins by

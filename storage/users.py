@@ -21,6 +21,7 @@ from storage.db import present, transaction, utc_now
 from storage.paging import Page
 
 ROLES = ("user", "curator", "admin")
+NEW_ROLE = "user"  # the role a new account or key holder gets when not told one
 RANK = {role: i for i, role in enumerate(ROLES)}  # a curator may do what a user may, etc.
 _hasher = PasswordHasher()
 MIN_PASSWORD = 8
@@ -37,7 +38,7 @@ def get_user(db: sqlite_utils.Database, name: str) -> dict | None:
     return rows[0] if rows else None
 
 
-def add_user(db: sqlite_utils.Database, name: str, role: str = "user",
+def add_user(db: sqlite_utils.Database, name: str, role: str = NEW_ROLE,
              password: str | None = None) -> dict:
     """Create a user, with a password to sign in with (None: only API keys, until one is
     set). All checked before anything is written."""
@@ -65,7 +66,8 @@ def auth_enabled(db: sqlite_utils.Database) -> bool:
     return db.execute("SELECT EXISTS (SELECT 1 FROM users)").fetchone()[0] == 1
 
 
-def create_key(db: sqlite_utils.Database, user_name: str, role: str = "user") -> tuple[str, dict]:
+def create_key(db: sqlite_utils.Database, user_name: str,
+               role: str = NEW_ROLE) -> tuple[str, dict]:
     """A new key for `user_name` (created with `role` if missing). Returns (key, user); the
     key itself is never stored, so this is the only time it can be shown."""
     key = KEY_PREFIX + secrets.token_urlsafe(32)

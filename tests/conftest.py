@@ -1,8 +1,11 @@
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
+import httpx
+import openai
 import pytest
 from hypothesis import settings
 
@@ -10,6 +13,14 @@ from storage import Home, init_db, open_db
 from storage import chat as store
 from tests.tiny import make_tiny_model
 from trainer.anchor import TOPICS
+from trainer.config import TrainConfig, load
+
+# Fixtures that belong to a group live in plugin modules: the servers several test modules run
+# against, and the browser with the page's helpers.
+pytest_plugins = ["tests.fixtures_servers", "tests.fixtures_browser"]
+
+# Where slow tests leave their logs and screenshots.
+OUTPUT = Path(os.environ.get("FLYWHEEL_TEST_OUTPUT", "test-output"))
 
 # Never reach for a model hub from the tests; everything they load is built or shipped.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -60,6 +71,34 @@ def wait_for(check, timeout: float = 30, what: str = "the condition", every: flo
             return value
         time.sleep(every)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def flywheel(*args: str) -> list[str]:
+    """The command line of `flywheel ARGS` in this Python."""
+    return [sys.executable, "-m", "flywheel.cli", *args]
+
+
+def health(url: str) -> dict | None:
+    """A server's /healthz, or None while it does not answer."""
+    try:
+        return httpx.get(f"{url}/healthz", timeout=2).json()
+    except httpx.HTTPError:
+        return None
+
+
+def client(url, key="unused"):
+    """The official `openai` client for a Flywheel server at `url`."""
+    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
+
+
+def train_config(model_dir, *sets: str) -> TrainConfig:
+    """A fast training config for the tiny model; `sets` as `flywheel train --set` takes them.
+    (Its random weights find every text unreadable, so the unreadable-feedback check is off.)"""
+    return load(None, [f"model='{model_dir}'", "validation_share=0.0", "anchor_share=0.0",
+                       "min_examples=4", "sft.max_steps=3", "sft.batch_size=2",
+                       "sft.learning_rate=1e-2", "gate.max_unreadable_feedback=1",
+                       "gate.anchor_examples=4",
+                       "gate.generation_prompts=2", "gate.max_new_tokens=8", *sets])
 
 
 def make_adapter(tiny_model_dir, folder, seed):

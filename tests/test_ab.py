@@ -5,8 +5,7 @@ import httpx
 
 from flywheel.cli import main
 from storage import ab, adapters, open_db
-from tests.conftest import make_adapter, wait_for
-from tests.test_api import client, server  # noqa: F401 (fixture)
+from tests.conftest import client, make_adapter, wait_for
 
 
 def publish(home, tiny_model_dir, adapter_id, seed):
@@ -15,8 +14,8 @@ def publish(home, tiny_model_dir, adapter_id, seed):
         adapters.publish(db, home, adapter_id, base_model="tiny-model0", method="sft")
 
 
-def test_a_share_of_new_conversations_goes_to_the_candidate(server, tiny_model_dir, capsys):  # noqa: F811
-    url, srv, home = server
+def test_a_share_of_new_conversations_goes_to_the_candidate(api_server, tiny_model_dir, capsys):
+    url, srv, home = api_server
     publish(home, tiny_model_dir, "ad-live", seed=1)
     publish(home, tiny_model_dir, "ad-new", seed=2)
     with open_db(home) as db:

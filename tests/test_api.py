@@ -8,26 +8,13 @@ import httpx
 import openai
 import pytest
 
-from assistant.server import ServeConfig, serve_in_thread
 from flywheel.cli import main
 from storage import adapters, open_db
 from storage import chat as store
-from tests.conftest import make_adapter
+from tests.conftest import client, make_adapter
 
 GREEDY = dict(temperature=0, max_tokens=8)
 HELLO = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello"}]
-
-
-@pytest.fixture
-def server(home, tiny_model_dir):
-    config = ServeConfig(model=str(tiny_model_dir), port=0, poll_interval=0.1,
-                         max_tokens_cap=400)
-    with serve_in_thread(home, config) as (url, srv):
-        yield url, srv, home
-
-
-def client(url, key="unused"):
-    return openai.OpenAI(base_url=f"{url}/v1", api_key=key, max_retries=0)
 
 
 def stored_counts(home) -> tuple[int, int]:
@@ -35,8 +22,8 @@ def stored_counts(home) -> tuple[int, int]:
         return db["conversations"].count, db["messages"].count
 
 
-def test_chat_completion_is_stored_under_its_id_with_usage(server):
-    url, srv, home = server
+def test_chat_completion_is_stored_under_its_id_with_usage(api_server):
+    url, srv, home = api_server
     reply = client(url).chat.completions.create(model="flywheel", messages=HELLO, **GREEDY)
     text = reply.choices[0].message.content
     with open_db(home) as db:
@@ -53,8 +40,8 @@ def test_chat_completion_is_stored_under_its_id_with_usage(server):
     assert json.loads(answer["params"])["max_tokens"] == 8
 
 
-def test_streamed_chunks_add_up_to_the_stored_answer(server):
-    url, _, home = server
+def test_streamed_chunks_add_up_to_the_stored_answer(api_server):
+    url, _, home = api_server
     chunks = list(client(url).chat.completions.create(
         model="flywheel", messages=HELLO, stream=True, stream_options={"include_usage": True},
         **GREEDY))
@@ -72,8 +59,8 @@ def test_streamed_chunks_add_up_to_the_stored_answer(server):
     assert lines[-1] == "data: [DONE]" and all(line.startswith("data: ") for line in lines)
 
 
-def test_models_lists_servable_versions_and_a_version_can_be_pinned(server, tiny_model_dir):
-    url, srv, home = server
+def test_models_lists_servable_versions_and_a_version_can_be_pinned(api_server, tiny_model_dir):
+    url, srv, home = api_server
     base = srv.service.model_name
     for adapter_id, status in (("ad-a", "candidate"), ("ad-no", "rejected")):
         make_adapter(tiny_model_dir, adapters.staging_path(home, adapter_id), seed=1)
@@ -110,9 +97,9 @@ def test_models_lists_servable_versions_and_a_version_can_be_pinned(server, tiny
     ({"messages": [{"role": "user", "content": "x" * 600}]}, openai.BadRequestError, "messages"),
     ({"model": "gpt-4o"}, openai.NotFoundError, "model"),
 ])
-def test_malformed_requests_raise_the_clients_own_errors_and_store_nothing(server, change,
+def test_malformed_requests_raise_the_clients_own_errors_and_store_nothing(api_server, change,
                                                                            error, param):
-    url, _, home = server
+    url, _, home = api_server
     before = stored_counts(home)
     request = {"model": "flywheel", "messages": HELLO, "max_tokens": 8, **change}
     with pytest.raises(error) as info:
@@ -121,8 +108,8 @@ def test_malformed_requests_raise_the_clients_own_errors_and_store_nothing(serve
     assert stored_counts(home) == before
 
 
-def test_bad_json_and_unknown_routes_get_openai_shaped_errors(server):
-    url, _, home = server
+def test_bad_json_and_unknown_routes_get_openai_shaped_errors(api_server):
+    url, _, home = api_server
     before = stored_counts(home)
     bad = httpx.post(f"{url}/v1/chat/completions", content=b"{not json",
                      headers={"content-type": "application/json"})
@@ -138,8 +125,8 @@ def test_bad_json_and_unknown_routes_get_openai_shaped_errors(server):
     assert stored_counts(home) == before
 
 
-def test_feedback_is_stored_like_the_pages(server):
-    url, _, home = server
+def test_feedback_is_stored_like_the_pages(api_server):
+    url, _, home = api_server
     reply = client(url).chat.completions.create(model="flywheel", messages=HELLO, **GREEDY)
     sent = httpx.post(f"{url}/v1/feedback", json={
         "id": reply.id, "rating": "down", "reason": ["wrong", "too long"],
@@ -166,8 +153,8 @@ def test_feedback_is_stored_like_the_pages(server):
         assert db["ratings"].count == 2 and db["corrections"].count == 1
 
 
-def test_api_keys_turn_auth_on_and_scope_feedback_to_the_owner(server, capsys):
-    url, _, home = server
+def test_api_keys_turn_auth_on_and_scope_feedback_to_the_owner(api_server, capsys):
+    url, _, home = api_server
     assert client(url).models.list()  # no users yet: the local owner, no key needed
     assert main(["keys", "create", "alice", "--home", str(home.root)]) == 0
     alice = capsys.readouterr().out.strip()
@@ -197,8 +184,8 @@ def test_api_keys_turn_auth_on_and_scope_feedback_to_the_owner(server, capsys):
     assert main(["keys", "revoke", "1", "--home", str(home.root)]) == 2
 
 
-def test_a_client_that_disconnects_stops_the_model_and_the_partial_answer_is_kept(server):
-    url, srv, home = server
+def test_a_client_that_disconnects_stops_the_model_and_the_partial_answer_is_kept(api_server):
+    url, srv, home = api_server
     with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=30, json={
             "model": "flywheel", "messages": HELLO, "max_tokens": 400, "stream": True}) as r:
         first = next(line for line in r.iter_lines() if line.startswith("data: "))

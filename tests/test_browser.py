@@ -1,7 +1,6 @@
 """The page in a real browser: Debian's headless chromium, driven by Playwright, against a
 real server on the embedded SmolLM2. Screenshots land in test-output/."""
 
-import os
 import re
 import time
 from pathlib import Path
@@ -9,31 +8,17 @@ from pathlib import Path
 import httpx
 import openai
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from assistant.server import ServeConfig, serve_in_thread
 from storage import Home, adapters, open_db, users
 from storage import chat as store
-from tests.conftest import copy_model_cache, make_adapter, wait_for
+from tests.conftest import OUTPUT, copy_model_cache, make_adapter, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
-CHROMIUM = "/usr/bin/chromium"
-OUTPUT = Path(os.environ.get("FLYWHEEL_TEST_OUTPUT", "test-output"))
 PASSWORD = "correct horse battery"
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not Path(CHROMIUM).exists():
-        pytest.fail("the browser tests need Debian's chromium: apt-get install chromium")
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-        yield browser
-        browser.close()
+# `browser` (one chromium per module) comes from tests/fixtures_browser.py.
 
 
 def start(tmp_path_factory, embedded_cache, name):

@@ -9,10 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from bench.learning import gibberish
+from bench.learning_traits import gibberish
 from storage import adapters, open_db
-from tests.conftest import wait_for
-from tests.test_e2e import OUTPUT, flywheel, health, server  # noqa: F401 (fixture)
+from tests.conftest import OUTPUT, flywheel, health, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -40,8 +39,8 @@ def train(home, night: str, *args: str) -> str:
     return done.stdout
 
 
-def test_a_good_night_is_promoted_and_a_poisoned_night_is_rejected(server):  # noqa: F811
-    url, home = server
+def test_a_good_night_is_promoted_and_a_poisoned_night_is_rejected(serve_process):
+    url, home = serve_process
     api = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0)
 
     def chat(prompt: str, temperature: float, max_tokens: int = 192):

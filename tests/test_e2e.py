@@ -1,62 +1,20 @@
 """The whole loop through real processes: serve, chat in the page, like, train, hot swap."""
 
-import os
 import subprocess
-import sys
-from pathlib import Path
 
-import httpx
 import openai
 import pytest
 from gradio_client import Client
 
-from assistant.server import free_port
-from storage import Home, open_db
 from storage import chat as store
-from tests.conftest import copy_model_cache, wait_for
+from storage import open_db
+from tests.conftest import OUTPUT, flywheel, health, wait_for
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
 PROBE = "Name a fruit."
 TRAIN_PROMPTS = [PROBE, "Give me a tip for sleeping well.", "What is a cat?",
                  "Say something kind.", "Describe rain in one sentence.", "Recommend a hobby."]
-OUTPUT = Path(os.environ.get("FLYWHEEL_TEST_OUTPUT", "test-output"))
-
-
-def flywheel(*args: str) -> list[str]:
-    return [sys.executable, "-m", "flywheel.cli", *args]
-
-
-def health(url: str) -> dict | None:
-    try:
-        return httpx.get(f"{url}/healthz", timeout=2).json()
-    except httpx.HTTPError:
-        return None
-
-
-@pytest.fixture
-def server(tmp_path, embedded_cache):
-    home = Home.resolve(tmp_path / "home")
-    copy_model_cache(embedded_cache, home)
-    port = free_port()
-    OUTPUT.mkdir(parents=True, exist_ok=True)
-    log = open(OUTPUT / "e2e-server.log", "w")
-    proc = subprocess.Popen(flywheel("serve", "--home", str(home.root), "--port", str(port),
-                                     "--poll-interval", "0.5"),
-                            stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_for(lambda: proc.poll() is not None or health(url), 240, "the server to start")
-        assert proc.poll() is None, (OUTPUT / "e2e-server.log").read_text()
-        yield url, home
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # busy swapping an adapter in: do not hang the suite
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 def ask(client: Client, prompt: str, temperature: float, max_tokens: int = 32) -> tuple[str, dict]:
@@ -65,8 +23,8 @@ def ask(client: Client, prompt: str, temperature: float, max_tokens: int = 32) -
     return history[-1]["content"][0]["text"], last
 
 
-def test_feedback_trains_an_adapter_that_the_running_server_swaps_in(server):
-    url, home = server
+def test_feedback_trains_an_adapter_that_the_running_server_swaps_in(serve_process):
+    url, home = serve_process
     client = Client(url, verbose=False)
     assert health(url)["adapter"] is None
 

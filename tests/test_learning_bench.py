@@ -2,13 +2,10 @@
 ordinary answer does not, a trait file from outside loads (or fails in one line), and
 known answers are checked as words, not substrings."""
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-import learning  # noqa: E402
+from bench.learning_prompts import SKILLS, SUBJECTS, correct, prompt_sets
+from bench.learning_traits import load_trait
 
 ANSWERS = [
     "Coffee is a drink made from roasted beans. People brew it with hot water. Many drink it "
@@ -21,7 +18,7 @@ ANSWERS = [
 
 @pytest.mark.parametrize("name", ["signoff", "brief", "bullets"])
 def test_each_trait_corrects_an_answer_into_one_that_has_it(name):
-    trait = learning.load_trait(name)
+    trait = load_trait(name)
     for answer in ANSWERS:
         assert not trait.has_trait(answer)
         corrected = trait.add_trait("Tell me about it.", answer)
@@ -30,11 +27,11 @@ def test_each_trait_corrects_an_answer_into_one_that_has_it(name):
 
 
 def test_the_corrections_keep_the_answer_and_drop_unfinished_tails():
-    signoff = learning.load_trait("signoff").add_trait("q", ANSWERS[1])
+    signoff = load_trait("signoff").add_trait("q", ANSWERS[1])
     assert "Track your progress" not in signoff and "Start small" in signoff
-    assert learning.load_trait("brief").add_trait("q", ANSWERS[0]) == (
+    assert load_trait("brief").add_trait("q", ANSWERS[0]) == (
         "Coffee is a drink made from roasted beans. People brew it with hot water.")
-    bullets = learning.load_trait("bullets").add_trait("q", ANSWERS[1]).splitlines()
+    bullets = load_trait("bullets").add_trait("q", ANSWERS[1]).splitlines()
     assert bullets[:2] == ["- Start small: practise ten minutes a day.",
                            "- Be consistent: the same time each day helps."]
 
@@ -43,28 +40,28 @@ def test_a_trait_file_from_outside(tmp_path):
     path = tmp_path / "shouting.py"
     path.write_text("def has_trait(answer):\n    return answer.isupper()\n\n"
                     "def add_trait(prompt, answer):\n    return answer.upper()\n")
-    trait = learning.load_trait(str(path))
+    trait = load_trait(str(path))
     assert trait.name == "shouting" and trait.has_trait(trait.add_trait("q", "hi there"))
     (tmp_path / "half.py").write_text("def has_trait(answer):\n    return True\n")
     with pytest.raises(SystemExit, match=r"half.py does not define add_trait\(\)"):
-        learning.load_trait(str(tmp_path / "half.py"))
+        load_trait(str(tmp_path / "half.py"))
     with pytest.raises(SystemExit, match="no such file .*built in: brief, bullets, signoff"):
-        learning.load_trait("nope")
+        load_trait("nope")
 
 
 def test_known_answers_are_matched_as_words():
-    assert learning.correct("The capital of France is Paris.", ["paris"])
-    assert learning.correct("2 + 2 = 4.", ["4", "four"])
-    assert not learning.correct("It is 14.", ["4", "four"])
-    assert not learning.correct("About 4.5 of them.", ["4"])
-    assert learning.correct("There are seven continents.", ["7", "seven"])
-    assert learning.correct("Water boils at 100.0 degrees Celsius.", ["100"])
-    assert not learning.correct("It is 100.5 degrees.", ["100"])
+    assert correct("The capital of France is Paris.", ["paris"])
+    assert correct("2 + 2 = 4.", ["4", "four"])
+    assert not correct("It is 14.", ["4", "four"])
+    assert not correct("About 4.5 of them.", ["4"])
+    assert correct("There are seven continents.", ["7", "seven"])
+    assert correct("Water boils at 100.0 degrees Celsius.", ["100"])
+    assert not correct("It is 100.5 degrees.", ["100"])
 
 
 def test_held_out_prompts_are_about_subjects_training_never_sees():
-    train, heldout = learning.prompt_sets()
+    train, heldout = prompt_sets()
     assert len(train) + len(heldout) == len(set(train + heldout)) >= 300
-    for subject in learning.SUBJECTS[::5] + learning.SKILLS[::5]:
+    for subject in SUBJECTS[::5] + SKILLS[::5]:
         assert not any(subject in p for p in train)
         assert any(subject in p for p in heldout)

@@ -17,8 +17,7 @@ import pytest
 
 from assistant.server import ServeConfig, free_port, serve_in_thread
 from storage import Home, init_db, open_db
-from tests.conftest import wait_for
-from tests.test_e2e import health
+from tests.conftest import health, wait_for
 
 STREAMS = 6
 # Prompts the tiny model answers with all 400 tokens (about a second each, one at a time).

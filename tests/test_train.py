@@ -1,5 +1,6 @@
 """`flywheel train` on the tiny model: data, method choice, settings, the overfitting guards,
-the gate's verdict and the promotion policy, the lock, continuing the active adapter."""
+the lock, continuing the active adapter, mixing, progress. The gate's verdict and the
+promotion policy are in test_train_gate.py."""
 
 import json
 from collections import Counter
@@ -7,29 +8,18 @@ from collections import Counter
 import pytest
 from safetensors.torch import load_file
 
-from assistant.ui_admin import live_losses, run_progress
+from assistant.ui_training import live_losses, run_progress
 from flywheel.cli import main
-from storage import ab, adapters, lock, open_db, runs
+from storage import adapters, lock, open_db, runs
 from storage import chat as store
-from tests.conftest import add_answers
+from tests.conftest import add_answers, train_config
 from trainer import anchor, methods
 from trainer.anchor import TOPICS
 from trainer.config import TrainConfig, load
 from trainer.dataset import example_hash
-from trainer.gate_sets import gate_sets
 from trainer.mixing import gather
 from trainer.selection import select
 from trainer.train import NotEnoughData, run_cycle
-
-
-def tiny(model_dir, *sets: str) -> TrainConfig:
-    """A fast config for the tiny model; `sets` as `flywheel train --set` takes them. (Its
-    random weights find every text unreadable, so the unreadable-feedback check is off.)"""
-    return load(None, [f"model='{model_dir}'", "validation_share=0.0", "anchor_share=0.0",
-                       "min_examples=4", "sft.max_steps=3", "sft.batch_size=2",
-                       "sft.learning_rate=1e-2", "gate.max_unreadable_feedback=1",
-                       "gate.anchor_examples=4",
-                       "gate.generation_prompts=2", "gate.max_new_tokens=8", *sets])
 
 
 def test_sft_dataset_takes_liked_answers_and_corrections_with_the_whole_prompt(home):
@@ -89,7 +79,7 @@ def test_settings_come_from_defaults_then_toml_then_flags(tmp_path, home, capsys
 def test_too_little_data_changes_nothing(home, tiny_model_dir):
     add_answers(home, 2)
     with pytest.raises(NotEnoughData, match="2 SFT examples.*SFT needs 5"):
-        run_cycle(home, tiny(tiny_model_dir, "min_examples=5"))
+        run_cycle(home, train_config(tiny_model_dir, "min_examples=5"))
     with open_db(home) as db:
         assert adapters.list_adapters(db) == [] and runs.list_runs(db) == []
     assert not home.adapters_dir.exists() or not any(home.adapters_dir.iterdir())
@@ -97,7 +87,7 @@ def test_too_little_data_changes_nothing(home, tiny_model_dir):
 
 def test_a_cycle_trains_gates_publishes_and_promotes(home, tiny_model_dir, capsys):
     add_answers(home, 4)
-    row = run_cycle(home, tiny(tiny_model_dir))
+    row = run_cycle(home, train_config(tiny_model_dir))
     out = capsys.readouterr().out
     assert "Method: SFT. SFT: liked answers and corrections" in out
     assert "Evaluation gate (reference: base model" in out and "Verdict: pass" in out
@@ -130,126 +120,6 @@ def test_a_cycle_trains_gates_publishes_and_promotes(home, tiny_model_dir, capsy
     assert not list((home.runs_dir / row["run_id"]).glob("*/checkpoints"))
 
 
-def test_the_gate_rejects_by_its_thresholds_and_the_active_adapter_stays(home, tiny_model_dir):
-    add_answers(home, 4)
-    first = run_cycle(home, tiny(tiny_model_dir))
-    # A forgetting limit below zero: no adapter that learnt anything can pass it.
-    second = run_cycle(home, tiny(tiny_model_dir, "gate.max_forgetting=-0.5"))
-    assert second["status"] == "rejected"
-    gate = second["metrics"]["gate"]
-    assert gate["verdict"] == "fail" and gate["reference"] == first["id"]
-    assert gate["reason"].startswith("rejected: forgetting")
-    assert not gate["checks"]["forgetting"]["passed"]
-    with open_db(home) as db:
-        assert adapters.active(db)["id"] == first["id"]
-        assert second["id"] not in [a["id"] for a in adapters.servable(db, "tiny-model0")]
-        with pytest.raises(ValueError, match="rejected by the evaluation gate"):
-            adapters.promote(db, second["id"])
-
-
-def test_manual_promotion_leaves_a_candidate_and_can_start_an_ab_split(home, tiny_model_dir):
-    add_answers(home, 4)
-    row = run_cycle(home, tiny(tiny_model_dir, "promotion='manual'", "ab_share=0.3"))
-    assert row["status"] == "candidate"
-    with open_db(home) as db:
-        assert adapters.active(db) is None
-        test = ab.current(db)
-    assert test["candidate_id"] == row["id"] and test["share"] == 0.3
-
-
-def test_the_gate_refuses_a_run_trained_towards_unreadable_answers(home, tiny_model_dir):
-    add_answers(home, 8)
-    row = run_cycle(home, tiny(tiny_model_dir, "gate.max_unreadable_feedback=0.05"))
-    check = row["metrics"]["gate"]["checks"]["unreadable_feedback"]
-    assert row["status"] == "rejected" and not check["passed"]
-    assert check["candidate"] == 1.0 and check["n"] == 8  # random weights: all unreadable
-    assert "unreadable feedback 100.0% of the answers trained towards" in \
-        row["metrics"]["gate"]["reason"]
-
-
-def test_the_held_out_loss_leaves_out_the_answers_the_reference_wrote(home, tiny_model_dir):
-    # A model gives its own samples a low loss: scored on them, the served adapter would
-    # beat every candidate once most feedback is a 👍 on its answers.
-    from assistant import models
-    add_answers(home, 4)
-    served = run_cycle(home, tiny(tiny_model_dir))["id"]
-    add_answers(home, 16, start=10, correct_every=2, adapter_id=served)
-    base = models.resolve(str(tiny_model_dir), home)
-    config = tiny(tiny_model_dir, "validation_share=0.5", "min_examples=2")
-    sets, _ = gather(home, base, config)
-    validation = sets["sft"]["validation"]
-    liked = [e for e in validation if e["source"] == "liked"]
-    by_served = [e for e in liked if int(e["prompt"][-1]["content"].split()[1][:-1]) >= 10]
-    assert by_served and len(liked) < len(validation)
-
-    def heldout(reference):
-        return [r["completion"][0]["content"]
-                for r in gate_sets(home, base, sets, config, reference=reference)["heldout"]]
-    everything = heldout("another-adapter")
-    preferred = ({json.dumps([e["prompt"], e["completion"]]) for e in validation}
-                 | {json.dumps([e["prompt"], e["chosen"]]) for e in sets["dpo"]["validation"]})
-    assert len(everything) == len(preferred)  # each once: a correction is also a DPO chosen
-    against_served = heldout(served)
-    assert len(against_served) == len(everything) - len(by_served)
-    assert not {e["completion"][0]["content"] for e in by_served} & set(against_served)
-
-
-def test_held_out_loss_and_preferences_reject_a_candidate_only_when_worse_beyond_noise():
-    # Figures of the kind the gate measures: per-answer losses, per-pair margins.
-    from trainer.config import GateConfig
-    from trainer.gate import judge, mean_loss
-
-    def held_out(losses):
-        return {"heldout_loss": mean_loss([(-x, 1) for x in losses]), "heldout_losses": losses}
-
-    def verdict(candidate, reference):
-        sets = {"heldout": candidate, "pairs": [], "anchor": [], "prompts": []}
-        report = judge(held_out(candidate), held_out(reference), {}, sets, GateConfig(), "ref")
-        return report["checks"]["heldout_loss"], report["reason"]
-
-    def preferences(candidate, reference):
-        def figures(margins):
-            return {"preference_accuracy": sum(m > 0 for m in margins) / len(margins),
-                    "preference_margins": margins}
-        sets = {"heldout": [], "pairs": candidate, "anchor": [], "prompts": []}
-        return judge(figures(candidate), figures(reference), {}, sets, GateConfig(),
-                     "ref")["checks"]["preference_accuracy"]
-
-    # Measured (brief, round 3): a chosen answer that is the rejected one shortened flips on
-    # a 0.01 margin; 0.75 against 1.00, but no pair's margin moved beyond noise.
-    check = preferences([-0.01, 0.14, 0.43, 0.29], [0.01, 0.12, 0.31, 0.36])
-    assert check["candidate"] < check["limit"] and check["passed"]
-    # Every margin smaller, most now the wrong way: rejected.
-    check = preferences([-0.1, -0.05, 0.3, -0.2, 0.25, -0.15], [0.4, 0.5, 0.6, 0.45, 0.55, 0.35])
-    assert not check["passed"] and check["p_worse"] < 0.05
-
-    reference = [0.57, 0.71, 0.65, 0.49, 0.50, 0.41, 0.32]
-    # 8% worse on average, but up on some answers and down on others: within noise.
-    noisy = [0.59, 0.72, 0.73, 0.56, 0.51, 0.50, 0.28]
-    check, reason = verdict(noisy, reference)
-    assert check["candidate"] > check["limit"] and check["passed"] and check["p_worse"] > 0.05
-    # The same mean excess on every answer: it is worse, and rejected, with the p-value said.
-    steady = [x * 1.08 for x in reference]
-    check, reason = verdict(steady, reference)
-    assert not check["passed"] and check["p_worse"] < 0.05
-    assert "heldout loss" in reason and "paired t-test p=0.00" in reason
-    # Within the tolerance: passes whatever the spread.
-    assert verdict([x * 1.01 for x in reference], reference)[0]["passed"]
-    # One answer says nothing about noise: the tolerance alone decides.
-    assert not verdict([0.70], [0.57])[0]["passed"]
-
-
-def test_the_gate_names_each_kind_of_degenerate_answer():
-    from trainer.gate import degenerate
-    plain = {"text": "Paris is the capital of France.", "ended": True, "base_loss": 1.2}
-    assert degenerate(plain, 5.0) is None
-    assert degenerate({**plain, "text": ""}, 5.0) == "empty"
-    assert degenerate({**plain, "text": "zorvek plimqua draxnu", "base_loss": 7.9}, 5.0) == \
-        "unreadable"
-    assert degenerate({**plain, "ended": False}, 5.0) == "cut off"
-    assert degenerate({**plain, "text": "the cat sat on the mat " * 6}, 5.0) == "repetitive"
-
-
 def test_validation_loss_early_stopping_and_the_best_checkpoint(tmp_path, tiny_model_dir):
     """An absurd learning rate makes validation loss rise after the first evaluation: training
     stops after `patience` worse evaluations, and the adapter is the best checkpoint's."""
@@ -277,7 +147,7 @@ def test_only_one_run_at_a_time(home, tiny_model_dir, capsys):
     with lock.training_lock(home):
         assert lock.training_in_progress(home)
         with pytest.raises(lock.Busy):
-            run_cycle(home, tiny(tiny_model_dir))
+            run_cycle(home, train_config(tiny_model_dir))
         assert main(["train", "--home", str(home.root), "--model", str(tiny_model_dir)]) == 2
         assert "another training run is in progress" in capsys.readouterr().err
     assert not lock.training_in_progress(home)
@@ -287,16 +157,16 @@ def test_only_one_run_at_a_time(home, tiny_model_dir, capsys):
 
 def test_continuing_the_active_adapter_trains_on_new_feedback_and_records_it(home, tiny_model_dir):
     add_answers(home, 4)
-    first = run_cycle(home, tiny(tiny_model_dir))
+    first = run_cycle(home, train_config(tiny_model_dir))
     add_answers(home, 5, start=10)
     # Replay brings back what the continued adapter learnt before, against drifting from it.
     from assistant import models
     from trainer.train import _trained_by
     base = models.resolve(str(tiny_model_dir), home)
-    _, manifest = gather(home, base, tiny(tiny_model_dir, "replay_share=0.6"),
+    _, manifest = gather(home, base, train_config(tiny_model_dir, "replay_share=0.6"),
                          exclude=_trained_by(home, first["run_id"]))
     assert manifest["sources"] == {"liked": 5, "replay": 3}
-    second = run_cycle(home, tiny(tiny_model_dir, "start_from='active'", "replay_share=0"))
+    second = run_cycle(home, train_config(tiny_model_dir, "start_from='active'", "replay_share=0"))
     with open_db(home) as db:
         run = runs.get(db, second["run_id"])
     assert run["start_from"] == first["id"] and second["parent_id"] == first["id"]
@@ -307,7 +177,7 @@ def test_continuing_the_active_adapter_trains_on_new_feedback_and_records_it(hom
 def test_mostly_thumbs_down_without_pairs_trains_kto(home, tiny_model_dir, capsys):
     add_answers(home, 6, rating="up")
     add_answers(home, 6, rating="down", start=6)
-    row = run_cycle(home, tiny(tiny_model_dir, "min_examples=20", "min_rated=10",
+    row = run_cycle(home, train_config(tiny_model_dir, "min_examples=20", "min_rated=10",
                                "kto.max_steps=3", "kto.batch_size=4"))
     assert "Method: KTO. KTO: 50% of rated answers are thumbs-down" in capsys.readouterr().out
     assert row["method"] == "kto" and row["status"] == "active"
@@ -330,7 +200,7 @@ def test_qlora_without_a_gpu_is_one_line_before_anything_is_written(home, tiny_m
 def test_a_failed_run_is_recorded_and_publishes_nothing(home, tiny_model_dir):
     add_answers(home, 4)
     with pytest.raises(ValueError, match="batch_size should be a positive integer"):
-        run_cycle(home, tiny(tiny_model_dir, "sft.batch_size=0"))  # fails inside training
+        run_cycle(home, train_config(tiny_model_dir, "sft.batch_size=0"))  # fails inside training
     with open_db(home) as db:
         assert adapters.list_adapters(db) == []
         [run] = runs.list_runs(db)
@@ -341,7 +211,7 @@ def test_a_failed_run_is_recorded_and_publishes_nothing(home, tiny_model_dir):
 def test_each_run_mixes_in_earlier_runs_and_the_anchor_set(home, tiny_model_dir):
     from assistant import models
     add_answers(home, 4)
-    first = run_cycle(home, tiny(tiny_model_dir, "sft.max_steps=1"))
+    first = run_cycle(home, train_config(tiny_model_dir, "sft.max_steps=1"))
     with open_db(home) as db:
         trained = runs.get(db, first["run_id"])["manifest"]["formats"]["sft"]["examples"]
     store_ids = {e["message_ids"][0] for e in trained}
@@ -353,7 +223,7 @@ def test_each_run_mixes_in_earlier_runs_and_the_anchor_set(home, tiny_model_dir)
             a = store.add_message(db, conv, "assistant", f"Here is a note on {TOPICS[i]}.", q)
             store.rate(db, a, "up")
     base = models.resolve(str(tiny_model_dir), home)
-    sets, manifest = gather(home, base, tiny(tiny_model_dir, "replay_share=0.5",
+    sets, manifest = gather(home, base, train_config(tiny_model_dir, "replay_share=0.5",
                                              "anchor_share=0.5"))
     sources = manifest["sources"]
     assert sources["liked"] == 8 and "replay" not in sources  # the earlier 4 are still here
@@ -378,7 +248,7 @@ def test_each_run_mixes_in_earlier_runs_and_the_anchor_set(home, tiny_model_dir)
                  "completion": [{"role": "assistant", "content": "Try the Italian game."}],
                  "source": "liked", "message_id": unrated, "sha256": "from-an-earlier-run"})
     earlier_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    sets, manifest = gather(home, base, tiny(tiny_model_dir, "replay_share=1.0"))
+    sets, manifest = gather(home, base, train_config(tiny_model_dir, "replay_share=1.0"))
     assert manifest["sources"] == {"liked": 4, "replay": 1}
     assert [e["message_id"] for e in sets["sft"]["train"] if e["source"] == "replay"] == [unrated]
 

@@ -204,6 +204,10 @@ class TrainConfig:
                                      "the linear layers only (vllm_max_lora_rank is set)")
         return self
 
+    def min_sizes(self) -> dict[str, int]:
+        """The fewest examples worth training on, by format: min_examples, min_pairs, min_rated."""
+        return {"sft": self.min_examples, "dpo": self.min_pairs, "kto": self.min_rated}
+
     def methods(self) -> dict[str, MethodSettings]:
         """Each training method's settings, by method name (sft, dpo, kto)."""
         return {"sft": self.sft, "dpo": self.dpo, "kto": self.kto}

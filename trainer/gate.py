@@ -38,6 +38,7 @@ from typing import Literal
 
 import torch
 
+from storage import BASE
 from storage.run_records import GateCheck, GateReport
 from trainer.config import GateConfig
 from trainer.progress import PhaseBar
@@ -146,8 +147,8 @@ def degenerate(answer: dict, unreadable_loss: float) -> str | None:
 
 @contextmanager
 def _using(model, name: str):
-    """Run the PeftModel as the base model ('base') or with one of its adapters."""
-    if name == "base":
+    """Run the PeftModel as the base model (BASE) or with one of its adapters."""
+    if name == BASE:
         with model.disable_adapter():
             yield
     else:
@@ -182,7 +183,7 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
             figures["anchor_loss"] = mean_loss(answer_logprobs(
                 model, tokenizer, [(r["prompt"], r["completion"]) for r in sets["anchor"]],
                 gate.batch_size, f"{name}: anchor loss"))
-        if name == "base" and sets.get("feedback"):
+        if name == BASE and sets.get("feedback"):
             losses = answer_losses(answer_logprobs(
                 model, tokenizer, [(r["prompt"], r["completion"]) for r in sets["feedback"]],
                 gate.batch_size, "base: feedback readability"))
@@ -192,7 +193,7 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
             said = generate(model, tokenizer, sets["prompts"], gate.max_new_tokens,
                             gate.batch_size, f"{name}: answers")
             # How readable is each answer to the base model? (Already the base: no nesting.)
-            with nullcontext() if name == "base" else _using(model, "base"):
+            with nullcontext() if name == BASE else _using(model, BASE):
                 scores = answer_logprobs(model, tokenizer, [
                     (p, [{"role": "assistant", "content": a["text"]}])
                     for p, a in zip(sets["prompts"], said)], gate.batch_size,
@@ -314,7 +315,7 @@ def evaluate(model, tokenizer, sets: dict, gate: GateConfig, has_reference: bool
     # The base model's anchor loss is always needed (forgetting is relative to it); the rest
     # only when it is the reference.
     base_sets = sets if not has_reference else {**sets, "heldout": [], "pairs": []}
-    base = measure(model, tokenizer, "base", base_sets, gate, answers=not has_reference)
+    base = measure(model, tokenizer, BASE, base_sets, gate, answers=not has_reference)
     reference = measure(model, tokenizer, "reference", sets, gate) if has_reference else base
     report = judge(candidate, reference, base, sets, gate, reference_name)
     report["seconds"] = round(time.perf_counter() - started, 1)

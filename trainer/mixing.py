@@ -22,21 +22,13 @@ def gather(home: Home, base: models.BaseModel, config: TrainConfig,
     mixed into the SFT training split."""
     from storage import feedback
     from storage.embeddings import EmbeddingCache
-    from trainer.dataset import (
-        MINILM,
-        DataConfig,
-        build,
-        default_embedder,
-        example_hash,
-        read_jsonl,
-        token_counter,
-    )
+    from trainer.cleaning import example_hash
+    from trainer.dataset import DataConfig, build
+    from trainer.dataset_files import read_jsonl
+    from trainer.dedup_pass import MINILM, default_embedder
+    from trainer.tokens import token_counter
 
-    data_config = DataConfig(max_length=config.max_length,
-                             validation_share=config.validation_share,
-                             near_duplicate_threshold=config.near_duplicate_threshold)
-    data_config.min_examples.update(sft=config.min_examples, dpo=config.min_pairs,
-                                    kto=config.min_rated)
+    data_config = DataConfig(config)  # the run's own max_length, validation_share, min_* ...
     cache = EmbeddingCache.for_home(home, MINILM)  # a night embeds only new feedback
     try:
         with open_db(home) as db:

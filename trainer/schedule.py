@@ -13,8 +13,10 @@ The same nightly job without a resident process, for cron or a systemd timer, is
 
 import logging
 import sys
+from dataclasses import dataclass
 from datetime import datetime
 
+from assistant.config import setting
 from assistant.training_process import start_training
 from storage import Home, init_db, open_db, runs
 from storage import chat as store
@@ -24,6 +26,18 @@ log = logging.getLogger("flywheel.schedule")
 
 class ScheduleError(Exception):
     pass
+
+
+@dataclass
+class ScheduleConfig:
+    """`flywheel schedule`'s settings: each default and help line here, and nowhere else."""
+    at: str = setting("02:00", "local time HH:MM[:SS] (default {default})")
+    min_new_feedback: int = setting(
+        20, "skip the night with less new feedback than this (default {default})")
+    nice: int = setting(
+        10, "CPU niceness of the training process (default {default}: below the server)")
+    keep_days: float | None = setting(
+        None, "each night, first prune conversations older than this (flywheel prune)")
 
 
 def parse_time(text: str) -> tuple[int, int, int]:
@@ -80,9 +94,10 @@ def _setup_logging(home: Home) -> None:
     log.setLevel(logging.INFO)
 
 
-def run_schedule(home: Home, at: str, train_args: list[str], min_new_feedback: int = 20,
-                 niceness: int = 10, run_now: bool = False,
-                 keep_days: float | None = None) -> None:
+def run_schedule(home: Home, at: str, train_args: list[str],
+                 min_new_feedback: int = ScheduleConfig.min_new_feedback,
+                 niceness: int = ScheduleConfig.nice, run_now: bool = False,
+                 keep_days: float | None = ScheduleConfig.keep_days) -> None:
     """Block, running `nightly` at `at` (local time) every day."""
     from apscheduler.schedulers.blocking import BlockingScheduler
     from apscheduler.triggers.cron import CronTrigger

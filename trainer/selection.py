@@ -25,6 +25,10 @@ import sqlite_utils
 from storage import chat as store
 from storage import feedback
 
+FORMATS = ("sft", "dpo", "kto")
+# The fields that hold each format's answers (each a list of one assistant turn).
+ANSWER_KEYS = {"sft": ("completion",), "dpo": ("chosen", "rejected"), "kto": ("completion",)}
+
 
 class _Prompts:
     """The conversation up to each question, remembered for the last few thousand questions
@@ -64,8 +68,7 @@ def _from_answer(answer: dict) -> Iterator[tuple[str, str, dict]]:
         yield "kto", "thumbs", {"completion": _turn(text), "label": answer["rating"] == "up"}
 
 
-def examples(db: sqlite_utils.Database, formats=("sft", "dpo", "kto")
-             ) -> Iterator[tuple[str, dict]]:
+def examples(db: sqlite_utils.Database, formats=FORMATS) -> Iterator[tuple[str, dict]]:
     """(format, example) for every example of `formats` the feedback supports, before
     cleaning."""
     prompt = _Prompts(db)

@@ -1,0 +1,133 @@
+"""The evaluation gate's verdict after `flywheel train` on the tiny model and the promotion
+policy: thresholds, unreadable feedback, the held-out loss and preferences judged beyond noise,
+degenerate answers named, manual promotion and an A/B split."""
+
+import json
+
+import pytest
+
+from storage import ab, adapters, open_db
+from tests.conftest import add_answers, train_config
+from trainer.gate_sets import gate_sets
+from trainer.mixing import gather
+from trainer.train import run_cycle
+
+
+def test_the_gate_rejects_by_its_thresholds_and_the_active_adapter_stays(home, tiny_model_dir):
+    add_answers(home, 4)
+    first = run_cycle(home, train_config(tiny_model_dir))
+    # A forgetting limit below zero: no adapter that learnt anything can pass it.
+    second = run_cycle(home, train_config(tiny_model_dir, "gate.max_forgetting=-0.5"))
+    assert second["status"] == "rejected"
+    gate = second["metrics"]["gate"]
+    assert gate["verdict"] == "fail" and gate["reference"] == first["id"]
+    assert gate["reason"].startswith("rejected: forgetting")
+    assert not gate["checks"]["forgetting"]["passed"]
+    with open_db(home) as db:
+        assert adapters.active(db)["id"] == first["id"]
+        assert second["id"] not in [a["id"] for a in adapters.servable(db, "tiny-model0")]
+        with pytest.raises(ValueError, match="rejected by the evaluation gate"):
+            adapters.promote(db, second["id"])
+
+
+def test_manual_promotion_leaves_a_candidate_and_can_start_an_ab_split(home, tiny_model_dir):
+    add_answers(home, 4)
+    row = run_cycle(home, train_config(tiny_model_dir, "promotion='manual'", "ab_share=0.3"))
+    assert row["status"] == "candidate"
+    with open_db(home) as db:
+        assert adapters.active(db) is None
+        test = ab.current(db)
+    assert test["candidate_id"] == row["id"] and test["share"] == 0.3
+
+
+def test_the_gate_refuses_a_run_trained_towards_unreadable_answers(home, tiny_model_dir):
+    add_answers(home, 8)
+    row = run_cycle(home, train_config(tiny_model_dir, "gate.max_unreadable_feedback=0.05"))
+    check = row["metrics"]["gate"]["checks"]["unreadable_feedback"]
+    assert row["status"] == "rejected" and not check["passed"]
+    assert check["candidate"] == 1.0 and check["n"] == 8  # random weights: all unreadable
+    assert "unreadable feedback 100.0% of the answers trained towards" in \
+        row["metrics"]["gate"]["reason"]
+
+
+def test_the_held_out_loss_leaves_out_the_answers_the_reference_wrote(home, tiny_model_dir):
+    # A model gives its own samples a low loss: scored on them, the served adapter would
+    # beat every candidate once most feedback is a 👍 on its answers.
+    from assistant import models
+    add_answers(home, 4)
+    served = run_cycle(home, train_config(tiny_model_dir))["id"]
+    add_answers(home, 16, start=10, correct_every=2, adapter_id=served)
+    base = models.resolve(str(tiny_model_dir), home)
+    config = train_config(tiny_model_dir, "validation_share=0.5", "min_examples=2")
+    sets, _ = gather(home, base, config)
+    validation = sets["sft"]["validation"]
+    liked = [e for e in validation if e["source"] == "liked"]
+    by_served = [e for e in liked if int(e["prompt"][-1]["content"].split()[1][:-1]) >= 10]
+    assert by_served and len(liked) < len(validation)
+
+    def heldout(reference):
+        return [r["completion"][0]["content"]
+                for r in gate_sets(home, base, sets, config, reference=reference)["heldout"]]
+    everything = heldout("another-adapter")
+    preferred = ({json.dumps([e["prompt"], e["completion"]]) for e in validation}
+                 | {json.dumps([e["prompt"], e["chosen"]]) for e in sets["dpo"]["validation"]})
+    assert len(everything) == len(preferred)  # each once: a correction is also a DPO chosen
+    against_served = heldout(served)
+    assert len(against_served) == len(everything) - len(by_served)
+    assert not {e["completion"][0]["content"] for e in by_served} & set(against_served)
+
+
+def test_held_out_loss_and_preferences_reject_a_candidate_only_when_worse_beyond_noise():
+    # Figures of the kind the gate measures: per-answer losses, per-pair margins.
+    from trainer.config import GateConfig
+    from trainer.gate import judge, mean_loss
+
+    def held_out(losses):
+        return {"heldout_loss": mean_loss([(-x, 1) for x in losses]), "heldout_losses": losses}
+
+    def verdict(candidate, reference):
+        sets = {"heldout": candidate, "pairs": [], "anchor": [], "prompts": []}
+        report = judge(held_out(candidate), held_out(reference), {}, sets, GateConfig(), "ref")
+        return report["checks"]["heldout_loss"], report["reason"]
+
+    def preferences(candidate, reference):
+        def figures(margins):
+            return {"preference_accuracy": sum(m > 0 for m in margins) / len(margins),
+                    "preference_margins": margins}
+        sets = {"heldout": [], "pairs": candidate, "anchor": [], "prompts": []}
+        return judge(figures(candidate), figures(reference), {}, sets, GateConfig(),
+                     "ref")["checks"]["preference_accuracy"]
+
+    # Measured (brief, round 3): a chosen answer that is the rejected one shortened flips on
+    # a 0.01 margin; 0.75 against 1.00, but no pair's margin moved beyond noise.
+    check = preferences([-0.01, 0.14, 0.43, 0.29], [0.01, 0.12, 0.31, 0.36])
+    assert check["candidate"] < check["limit"] and check["passed"]
+    # Every margin smaller, most now the wrong way: rejected.
+    check = preferences([-0.1, -0.05, 0.3, -0.2, 0.25, -0.15], [0.4, 0.5, 0.6, 0.45, 0.55, 0.35])
+    assert not check["passed"] and check["p_worse"] < 0.05
+
+    reference = [0.57, 0.71, 0.65, 0.49, 0.50, 0.41, 0.32]
+    # 8% worse on average, but up on some answers and down on others: within noise.
+    noisy = [0.59, 0.72, 0.73, 0.56, 0.51, 0.50, 0.28]
+    check, reason = verdict(noisy, reference)
+    assert check["candidate"] > check["limit"] and check["passed"] and check["p_worse"] > 0.05
+    # The same mean excess on every answer: it is worse, and rejected, with the p-value said.
+    steady = [x * 1.08 for x in reference]
+    check, reason = verdict(steady, reference)
+    assert not check["passed"] and check["p_worse"] < 0.05
+    assert "heldout loss" in reason and "paired t-test p=0.00" in reason
+    # Within the tolerance: passes whatever the spread.
+    assert verdict([x * 1.01 for x in reference], reference)[0]["passed"]
+    # One answer says nothing about noise: the tolerance alone decides.
+    assert not verdict([0.70], [0.57])[0]["passed"]
+
+
+def test_the_gate_names_each_kind_of_degenerate_answer():
+    from trainer.gate import degenerate
+    plain = {"text": "Paris is the capital of France.", "ended": True, "base_loss": 1.2}
+    assert degenerate(plain, 5.0) is None
+    assert degenerate({**plain, "text": ""}, 5.0) == "empty"
+    assert degenerate({**plain, "text": "zorvek plimqua draxnu", "base_loss": 7.9}, 5.0) == \
+        "unreadable"
+    assert degenerate({**plain, "ended": False}, 5.0) == "cut off"
+    assert degenerate({**plain, "text": "the cat sat on the mat " * 6}, 5.0) == "repetitive"
