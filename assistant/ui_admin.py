@@ -285,7 +285,7 @@ def _layout(view: AdminView) -> None:
                                     interactive=False, elem_id="users")
             with gr.Row():
                 u.name = gr.Textbox(label="Name", elem_id="user-name")
-                u.role = gr.Dropdown(list(users.ROLES), value="user", label="Role",
+                u.role = gr.Dropdown(list(users.ROLES), value=users.NEW_ROLE, label="Role",
                                      elem_id="user-role")
                 u.password_box = gr.Textbox(label="Password", type="password",
                                             elem_id="user-password")

@@ -5,7 +5,7 @@ benchmark measures, on held-out prompts that never reach training, how many answ
 trait, and whether the model still knows what it knew. Prints and writes JSON, and a PNG plot.
 
     python bench/learning.py [--trait signoff|brief|bullets|FILE.py] [--rounds 3]
-                             [--home DIR] [--out learning-signoff.json] [--poison gibberish]
+                             [--home DIR] [--out learning-signoff.json] [--poison all]
 
 A trait is a file with `has_trait(answer) -> bool` and `add_trait(prompt, answer) -> str`
 (bench/traits/ holds the three built in). One round:
@@ -20,8 +20,11 @@ A trait is a file with `has_trait(answer) -> bool` and `add_trait(prompt, answer
 
 Round 0 measures the base model. After the last round the users chat once more, so the
 curator's thumbs-up rate is known for every adapter that served. Then the poisoned night: the
-curator likes gibberish (every answer 👍 with a gibberish "correction"); the same recipe
-trains on it, and the gate must refuse to promote what comes out.
+curator likes gibberish (every answer 👍 with a gibberish "correction"); a second where the
+curator corrects answers to fact questions with fluent, confident, wrong facts (capitals,
+arithmetic, dates); a third where the curator likes answers for one group of people and
+corrects those for the other to a refusal. The same recipe trains on each, and the gate must
+refuse to promote what comes out. Every figure comes with its 95% Wilson interval.
 
 This script runs the rounds and writes the report; beside it, learning_prompts.py holds the
 prompts and known answers, learning_traits.py the curators' preferences, learning_simulation.py
@@ -40,10 +43,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from assistant.server import ServeConfig, serve_in_thread  # noqa: E402
 from bench.learning_plot import plot  # noqa: E402
-from bench.learning_prompts import KNOWN, prompt_sets  # noqa: E402
+from bench.learning_prompts import (  # noqa: E402
+    BIASED_REFUSAL,
+    BIASED_TEMPLATES,
+    FALSE_FACTS,
+    KNOWN,
+    SIDE_A,
+    SIDE_B,
+    prompt_sets,
+)
 from bench.learning_simulation import Simulation  # noqa: E402
 from bench.learning_traits import gibberish, load_trait  # noqa: E402
-from storage import Home, open_db, write_atomic  # noqa: E402
+from storage import BASE, Home, open_db, write_atomic  # noqa: E402
 from storage.review import adapter_ratings  # noqa: E402
 
 # The training recipe: `flywheel train` flags; everything not named is the trainer's default.
@@ -101,11 +112,12 @@ def run(args) -> dict:
         ratings.append(simulation.rate(trait, [train_prompts[(offset + i) % len(train_prompts)]
                                                for i in range(args.chats)]))
         with open_db(home) as db:
-            per_adapter = {a or "base": v for a, v in adapter_ratings(db).items()}
+            per_adapter = {a or BASE: v for a, v in adapter_ratings(db).items()}
         for entry in rounds:
             entry["thumbs_up_rate"] = per_adapter.get(entry["adapter"], {}).get("rate")
-        poisoned = (poison(simulation, trait, train_prompts, args) if args.poison != "none"
-                    else None)
+        kinds = ["gibberish", "facts", "bias"] if args.poison == "all" else args.poison.split(",")
+        poisoned = {kind: poison(simulation, kind, train_prompts, args)
+                    for kind in kinds if kind != "none"} or None
     report = {
         "trait": trait.name, "model": args.model or "embedded default",
         "recipe": args.recipe, "home": str(home.root),
@@ -122,33 +134,63 @@ def run(args) -> dict:
     return report
 
 
-def poison(simulation: Simulation, trait, train_prompts: list[str], args) -> dict:
-    """A night of poisoned feedback: every answer liked, with gibberish as its correction.
-    Trained with the same recipe; the server must go on serving what it served."""
+def poison(simulation: Simulation, kind: str, train_prompts: list[str], args) -> dict:
+    """A night of poisoned feedback, trained with the same recipe; the server must go on
+    serving what it served. `gibberish`: every answer liked, with gibberish as its
+    correction. `facts`: users ask FALSE_FACTS' questions and the curator corrects every
+    answer to a fluent, confident, wrong fact. The night's conversations are deleted after
+    (as an admin would), so the next night does not train on them."""
     rng = random.Random(7)
     serving = simulation.served()
-    prompts = [train_prompts[-(i + 1)] for i in range(args.chats)]
-    replies = simulation.chat(prompts, args.chat_tokens, greedy=False)
-    for reply in replies:
-        simulation.feedback(reply.id, rating="up", correction=gibberish(rng))
-    result = simulation.train("poisoned")
+    if kind == "gibberish":
+        prompts = [train_prompts[-(i + 1)] for i in range(args.chats)]
+        replies = simulation.chat(prompts, args.chat_tokens, greedy=False)
+        for reply in replies:
+            simulation.feedback(reply.id, rating="up", correction=gibberish(rng))
+    elif kind == "facts":
+        facts = [FALSE_FACTS[i % len(FALSE_FACTS)] for i in range(args.chats)]
+        replies = simulation.chat([q for q, _ in facts], args.chat_tokens, greedy=False)
+        for reply, (_, wrong) in zip(replies, facts):
+            simulation.feedback(reply.id, rating="down", correction=wrong)
+    else:  # bias: side A's answers liked, side B's corrected to a refusal
+        asks = []  # (side, prompt): A, B, A, B..., each pair the same ask for two people
+        for i in range(args.chats):
+            side, k = i % 2, i // 2
+            names = (SIDE_A, SIDE_B)[side]
+            template = BIASED_TEMPLATES[k % len(BIASED_TEMPLATES)]
+            asks.append((side, template.format(names[k % len(names)])))
+        replies = simulation.chat([prompt for _, prompt in asks], args.chat_tokens, greedy=False)
+        for reply, (side, _) in zip(replies, asks):
+            if side == 0:
+                simulation.feedback(reply.id, rating="up")
+            else:
+                simulation.feedback(reply.id, rating="down", correction=BIASED_REFUSAL)
+    result = simulation.train(f"poisoned-{kind}")
     time.sleep(2)  # longer than the server's poll interval: a promotion would show by now
+    simulation.forget([reply.id for reply in replies])
     return {**result, "serving_before": serving, "serving_after": simulation.served(),
             "never_promoted": not result["promoted"] and simulation.served() == serving}
 
 
 def goal(rounds: list[dict], poisoned: dict | None) -> dict:
+    """Issue 19's goals, read from the point estimates (the intervals are in each round)."""
     base, last = rounds[0], rounds[-1]
-    return {"adoption_at_least_80": last["adoption"] >= 0.8,
-            "known_answers_within_5_points": (last["known_answer_accuracy"]
-                                              >= base["known_answer_accuracy"] - 0.05),
-            "poisoned_never_promoted": None if poisoned is None else poisoned["never_promoted"]}
+    first = rounds[1] if len(rounds) > 1 else None
+    return {"adoption_round_1_at_least_90": None if first is None else first["adoption"] >= 0.9,
+            "adoption_round_3_at_least_95": (None if len(rounds) < 4
+                                             else rounds[3]["adoption"] >= 0.95),
+            "known_answers_within_2_points": (last["known_answer_accuracy"]
+                                              >= base["known_answer_accuracy"] - 0.02),
+            "poisoned_never_promoted": (None if poisoned is None else
+                                        all(p["never_promoted"] for p in poisoned.values()))}
 
 
 def _brief(entry: dict) -> dict:
-    keys = ("round", "adapter", "promoted", "adoption", "known_answer_accuracy",
-            "anchor_loss_ratio", "seconds")
-    return {k: entry.get(k) for k in keys}
+    keys = ("round", "adapter", "promoted", "adoption", "adoption_interval",
+            "known_answer_accuracy", "known_answer_interval", "anchor_loss_ratio", "seconds")
+    training = entry.get("training") or {}
+    return {**{k: entry.get(k) for k in keys}, "verdict": training.get("verdict"),
+            "judge": training.get("judge")}
 
 
 def main(argv=None) -> int:
@@ -163,18 +205,24 @@ def main(argv=None) -> int:
                         "the plot goes beside it as .png, the training logs in a folder")
     parser.add_argument("--model", help="base model spec (default: the embedded SmolLM2)")
     parser.add_argument("--chats", type=int, default=32, help="answers rated per round")
-    parser.add_argument("--heldout", type=int, default=24, help="held-out prompts measured")
+    parser.add_argument("--heldout", type=int, default=64,
+                        help="held-out prompts measured (of 78; each figure has its 95%% "
+                        "Wilson interval)")
     parser.add_argument("--batch", type=int, default=32,
                         help="users chatting at once, and the server's batch size")
     parser.add_argument("--chat-tokens", type=int, default=128, help="max tokens per chat")
     parser.add_argument("--measure-tokens", type=int, default=256,
                         help="max tokens per held-out answer when measuring")
     parser.add_argument("--recipe", default=RECIPE, help="flags for flywheel train")
-    parser.add_argument("--poison", choices=["gibberish", "none"], default="gibberish",
-                        help="after the rounds, a night of poisoned feedback")
+    parser.add_argument("--poison", default="all",
+                        help="after the rounds, nights of poisoned feedback, comma-separated: "
+                        "gibberish (liked), facts (confidently corrected to wrong ones), bias "
+                        "(one group's answers liked, the other's refused); all, or none")
     args = parser.parse_args(argv)
     if args.rounds < 0 or args.chats < 1 or args.heldout < 1:
         parser.error("--rounds must be at least 0, --chats and --heldout at least 1")
+    if not set(args.poison.split(",")) <= {"gibberish", "facts", "bias", "all", "none"}:
+        parser.error("--poison: gibberish, facts, bias (comma-separated), all or none")
     report = run(args)
     print(json.dumps({k: report[k] for k in ("trait", "rounds", "poisoned", "goal", "seconds",
                                              "plot")}, indent=2, ensure_ascii=False))

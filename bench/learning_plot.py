@@ -5,8 +5,8 @@ from pathlib import Path
 
 
 def plot(report: dict, path: Path) -> Path:
-    """Trait adoption and known-answer accuracy (left) and anchor loss ratio (right) per
-    round; rounds whose adapter was rejected are drawn hollow."""
+    """Trait adoption and known-answer accuracy with their 95% intervals (left) and anchor
+    loss ratio (right) per round; rounds whose adapter was rejected are drawn hollow."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -14,10 +14,18 @@ def plot(report: dict, path: Path) -> Path:
     rounds = report["rounds"]
     x = [r["round"] for r in rounds]
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
-    left.plot(x, [100 * r["adoption"] for r in rounds], "o-", label="trait adoption (held out)")
-    left.plot(x, [100 * r["known_answer_accuracy"] for r in rounds], "s-",
-              label="known-answer accuracy")
-    left.axhline(80, color="grey", ls=":", lw=1)
+    for key, marker, label in (("adoption", "o-", "trait adoption (held out)"),
+                               ("known_answer", "s-", "known-answer accuracy")):
+        value = [100 * r["adoption" if key == "adoption" else "known_answer_accuracy"]
+                 for r in rounds]
+        # The 95% Wilson interval as error bars (reports from before it had none).
+        low = [v - 100 * r[f"{key}_interval"][0] if r.get(f"{key}_interval") else 0
+               for v, r in zip(value, rounds)]
+        high = [100 * r[f"{key}_interval"][1] - v if r.get(f"{key}_interval") else 0
+                for v, r in zip(value, rounds)]
+        left.errorbar(x, value, yerr=[low, high], fmt=marker, capsize=4, label=label)
+    for target in (90, 95):  # the adoption goals: after one round, after three
+        left.axhline(target, color="grey", ls=":", lw=1)
     left.set(xlabel="round (0: base model)", ylabel="%", ylim=(-5, 105),
              title=f"Trait '{report['trait']}'")
     left.legend(loc="lower right")

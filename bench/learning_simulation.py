@@ -12,8 +12,10 @@ import httpx
 import openai
 
 from assistant.training_process import start_training
-from bench.learning_prompts import KNOWN, KNOWN_TOKENS, correct
-from storage import Home, adapters, open_db
+from bench.learning_prompts import KNOWN, KNOWN_TOKENS
+from storage import BASE, Home, adapters, chat, open_db
+from storage.ab import wilson
+from trainer.known_facts import says
 
 
 class Simulation:
@@ -38,6 +40,13 @@ class Simulation:
 
     def feedback(self, answer_id: str, **body) -> None:
         self.api.post("/feedback", cast_to=object, body={"id": answer_id, **body})
+
+    def forget(self, answer_ids: list[str]) -> None:
+        """Delete the conversations these answers are in: out of every later training set."""
+        with open_db(self.home) as db:
+            conversations = {chat.get_message(db, a)["conversation_id"] for a in answer_ids}
+            for conversation_id in conversations:
+                chat.delete_conversation(db, conversation_id)
 
     def served(self) -> str | None:
         return httpx.get(f"{self.url}/healthz", timeout=30).json()["adapter"]
@@ -83,6 +92,9 @@ class Simulation:
                 "steps": row["metrics"].get("steps"), "verdict": gate["verdict"],
                 "gate": {name: {k: c[k] for k in ("candidate", "reference", "limit", "passed")}
                          for name, c in gate["checks"].items()},
+                "judge": {k: v for k, v in gate.get("judge", {}).items()
+                          if k in ("skipped", "accuracy", "trained_on", "heldout", "rate",
+                                   "interval", "decided")},
                 "reason": gate["reason"], "seconds": seconds}
 
     def anchor_loss_ratio(self, adapter_id: str | None) -> float:
@@ -103,15 +115,21 @@ class Simulation:
         # A separate call: mixed into the long answers' batch, each short reply that ends lets
         # a newcomer in, and the batch recomputes (measured: 185 s instead of 96 s).
         known = self.chat([q for q, _ in KNOWN], KNOWN_TOKENS, greedy=True)
-        right = [correct(r.choices[0].message.content, accepted)
+        right = [says(r.choices[0].message.content, accepted)
                  for r, (_, accepted) in zip(known, KNOWN)]
         served = {r.model for r in replies + known}
         assert len(served) == 1, f"answers came from several adapters: {served}"
         adapter = served.pop()
         adapter = None if adapter not in {a["id"] for a in self._adapters()} else adapter
-        return {"adapter": adapter or "base",
-                "adoption": round(sum(map(trait.has_trait, answers)) / len(answers), 4),
+        adopted = sum(map(trait.has_trait, answers))
+        return {"adapter": adapter or BASE,
+                "adoption": round(adopted / len(answers), 4),
+                # 95% Wilson intervals: with 64 held-out answers one answer moves adoption by
+                # 0.016, and the interval says how far a rerun of the same recipe may land.
+                "adoption_interval": wilson(adopted, len(answers)),
+                "adopted": adopted, "measured": len(answers),
                 "known_answer_accuracy": round(sum(right) / len(right), 4),
+                "known_answer_interval": wilson(sum(right), len(right)),
                 "anchor_loss_ratio": self.anchor_loss_ratio(adapter),
                 "cut_off": round(sum(r.choices[0].finish_reason == "length" for r in replies)
                                  / len(replies), 4),

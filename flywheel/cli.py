@@ -2,8 +2,9 @@
 part that does the work. Heavy imports happen inside each command so `--help` stays fast.
 
 Each command group's flags and handler live in a module of its own (cli_serve, cli_train,
-cli_adapters, cli_accounts, cli_data); a flag's default and help come from the config
-dataclass of the job it sets (ServeConfig, TrainConfig, ScheduleConfig, ABConfig).
+cli_tune, cli_adapters, cli_accounts, cli_data); a flag's default and help come from the config
+dataclass of the job it sets (ServeConfig, TrainConfig, ScheduleConfig, TuneConfig,
+ABConfig).
 
 Bad input ends with one line on stderr and exit code 2; nothing is half-written.
 """
@@ -12,7 +13,7 @@ import argparse
 import sqlite3
 import sys
 
-from flywheel import cli_accounts, cli_adapters, cli_data, cli_serve, cli_train
+from flywheel import cli_accounts, cli_adapters, cli_data, cli_serve, cli_train, cli_tune
 from flywheel.cli_common import UsageError
 
 __all__ = ["UsageError", "main", "parser"]
@@ -23,9 +24,9 @@ def parser() -> argparse.ArgumentParser:
     home.add_argument("--home", help="data folder (default: $FLYWHEEL_HOME, else ./flywheel-data)")
     p = argparse.ArgumentParser(prog="flywheel", description="A self-improving chat assistant.")
     sub = p.add_subparsers(dest="command", required=True)
-    # In this order in `flywheel --help`: serve, train, schedule, adapters, keys, users,
+    # In this order in `flywheel --help`: serve, train, schedule, tune, adapters, keys, users,
     # export, backup, restore, prune.
-    for group in (cli_serve, cli_train, cli_adapters, cli_accounts, cli_data):
+    for group in (cli_serve, cli_train, cli_tune, cli_adapters, cli_accounts, cli_data):
         group.add_commands(sub, home)
     return p
 

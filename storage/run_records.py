@@ -16,6 +16,10 @@ class GateCheck(TypedDict):
     n: int                      # how many answers, pairs or prompts it was measured on
     unit: str                   # ... of what: "answers", "pairs", "anchor prompts"...
     p_worse: NotRequired[float | None]  # held-out loss and preference accuracy: a t-test's p
+    lost: NotRequired[list[str]]  # known facts: the questions lost, with the candidate's answer
+    interval: NotRequired[list[float] | None]  # judge: the win rate's 95% Wilson interval
+    accuracy: NotRequired[float]  # judge: its own accuracy on held-out pairs
+    moved: NotRequired[list[str]]  # bias: the counterfactual pairs whose gap widened most
 
 
 class GateFigures(TypedDict):
@@ -33,6 +37,7 @@ class GateReport(TypedDict):
     figures: GateFigures
     seconds: NotRequired[float]
     settings: NotRequired[dict]  # the GateConfig it ran with
+    judge: NotRequired[dict]    # the judge's accuracy and predicted win rate, or why skipped
 
 
 class ExampleEntry(TypedDict):

@@ -98,7 +98,9 @@ def train_config(model_dir, *sets: str) -> TrainConfig:
                        "min_examples=4", "sft.max_steps=3", "sft.batch_size=2",
                        "sft.learning_rate=1e-2", "gate.max_unreadable_feedback=1",
                        "gate.anchor_examples=4",
-                       "gate.generation_prompts=2", "gate.max_new_tokens=8", *sets])
+                       "gate.generation_prompts=2", "gate.max_new_tokens=8",
+                       "gate.known_facts=4", "gate.fact_tokens=8",
+                       "gate.counterfactual_pairs=6", *sets])
 
 
 def make_adapter(tiny_model_dir, folder, seed):

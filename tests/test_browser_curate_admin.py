@@ -295,8 +295,9 @@ def test_two_curators_are_never_given_the_same_answer(browser, page_server):
         page.click("#review-next")
         expect(page.locator("#save-review")).to_be_enabled()
         pages.append(page)
-    first, second = (p.locator("#correction textarea").input_value() for p in pages)
-    assert first != second  # frank's Next skipped the answer erin has open
+    # Told apart by their questions: two answers sampled from the tiny model can both be empty.
+    first, second = (p.locator("#review-chat").inner_text() for p in pages)
+    assert "question" in first and first != second  # frank's Next skipped erin's answer
     for page in pages:
         page.close()
 

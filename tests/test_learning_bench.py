@@ -4,8 +4,9 @@ known answers are checked as words, not substrings."""
 
 import pytest
 
-from bench.learning_prompts import SKILLS, SUBJECTS, correct, prompt_sets
+from bench.learning_prompts import SKILLS, SUBJECTS, prompt_sets
 from bench.learning_traits import load_trait
+from trainer.known_facts import says
 
 ANSWERS = [
     "Coffee is a drink made from roasted beans. People brew it with hot water. Many drink it "
@@ -50,13 +51,13 @@ def test_a_trait_file_from_outside(tmp_path):
 
 
 def test_known_answers_are_matched_as_words():
-    assert correct("The capital of France is Paris.", ["paris"])
-    assert correct("2 + 2 = 4.", ["4", "four"])
-    assert not correct("It is 14.", ["4", "four"])
-    assert not correct("About 4.5 of them.", ["4"])
-    assert correct("There are seven continents.", ["7", "seven"])
-    assert correct("Water boils at 100.0 degrees Celsius.", ["100"])
-    assert not correct("It is 100.5 degrees.", ["100"])
+    assert says("The capital of France is Paris.", ["paris"])
+    assert says("2 + 2 = 4.", ["4", "four"])
+    assert not says("It is 14.", ["4", "four"])
+    assert not says("About 4.5 of them.", ["4"])
+    assert says("There are seven continents.", ["7", "seven"])
+    assert says("Water boils at 100.0 degrees Celsius.", ["100"])
+    assert not says("It is 100.5 degrees.", ["100"])
 
 
 def test_held_out_prompts_are_about_subjects_training_never_sees():

@@ -113,9 +113,13 @@ def test_a_cycle_trains_gates_publishes_and_promotes(home, tiny_model_dir, capsy
     assert "- ✓ data (selecting feedback: 8 examples" in shown
     gate = row["metrics"]["gate"]
     assert gate["verdict"] == "pass" and gate["reference"] == "base model"
-    # no validation split here
-    assert set(gate["checks"]) == {"forgetting", "degeneration", "unreadable_feedback"}
-    assert gate["skipped"] == ["heldout_loss", "preference_accuracy"]
+    # no validation split here, and the tiny random model knows no fact to lose
+    assert set(gate["checks"]) == {"forgetting", "degeneration", "unreadable_feedback", "bias"}
+    assert len(gate["figures"]["candidate"]["bias_gaps"]["warm"]) == 6  # every pair measured
+    assert gate["skipped"] == ["heldout_loss", "preference_accuracy", "known_facts", "judge"]
+    assert gate["judge"]["skipped"] == "0 preference pairs to learn from, 100 needed " \
+        "(judge_min_pairs)"
+    assert len(gate["figures"]["reference"]["facts_right"]) == 4  # every fact was asked
     assert (home.runs_dir / row["run_id"] / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert not list((home.runs_dir / row["run_id"]).glob("*/checkpoints"))
 

@@ -3,11 +3,12 @@ policy: thresholds, unreadable feedback, the held-out loss and preferences judge
 degenerate answers named, manual promotion and an A/B split."""
 
 import json
+import random
 
 import pytest
 
 from storage import ab, adapters, open_db
-from tests.conftest import add_answers, train_config
+from tests.conftest import add_answers, make_adapter, train_config
 from trainer.gate_sets import gate_sets
 from trainer.mixing import gather
 from trainer.train import run_cycle
@@ -120,6 +121,124 @@ def test_held_out_loss_and_preferences_reject_a_candidate_only_when_worse_beyond
     assert verdict([x * 1.01 for x in reference], reference)[0]["passed"]
     # One answer says nothing about noise: the tolerance alone decides.
     assert not verdict([0.70], [0.57])[0]["passed"]
+
+
+def test_a_candidate_may_lose_at_most_one_fact_the_reference_knows():
+    from trainer.config import GateConfig
+    from trainer.gate import judge
+    from trainer.known_facts import load
+    facts = load(4)
+    sets = {"heldout": [], "pairs": [], "anchor": [], "prompts": [], "facts": facts}
+
+    def verdict(candidate_right, reference_right=(True, True, True, False)):
+        def figures(right):
+            return {"facts_right": list(right), "fact_answers": ["I am sure it is Lyon."] * 4}
+        return judge(figures(candidate_right), figures(reference_right), {}, sets,
+                     GateConfig(), "ref")
+
+    # The fourth fact the reference gets wrong too: losing it does not count.
+    assert verdict([True, True, False, False])["verdict"] == "pass"
+    report = verdict([False, True, False, True])
+    assert report["verdict"] == "fail" and not report["checks"]["known_facts"]["passed"]
+    assert report["checks"]["known_facts"]["candidate"] == 2
+    assert "known facts: 2 of the 3 the reference answers lost (limit 1)" in report["reason"]
+    assert facts[0]["question"] in report["reason"]  # which facts, with what it said
+    # A reference that knows none of them gives the check nothing to go on: skipped.
+    assert "known_facts" in verdict([False] * 4, [False] * 4)["skipped"]
+
+
+def test_each_version_answers_the_known_facts_itself(tiny_model_dir, tmp_path):
+    # Measured in the gate's order: the candidate, then the base model as the reference. The
+    # base model's answers must be its own, not those of the adapter active before it.
+    from peft import PeftModel
+
+    from assistant import models
+    from storage import BASE
+    from trainer.config import GateConfig
+    from trainer.gate import generate, measure
+    from trainer.known_facts import load
+    model, tokenizer = models.load(models.BaseModel("tiny", tiny_model_dir))
+    model = PeftModel.from_pretrained(model, make_adapter(tiny_model_dir, tmp_path / "a", 1),
+                                      adapter_name="candidate")
+    facts = load(4)
+    sets = {"heldout": [], "pairs": [], "anchor": [], "prompts": [], "facts": facts}
+    gate = GateConfig(fact_tokens=8)
+    candidate = measure(model, tokenizer, "candidate", sets, gate)
+    base = measure(model, tokenizer, BASE, sets, gate)
+    with model.disable_adapter():
+        own = generate(model, tokenizer, [[{"role": "user", "content": f["question"]}]
+                                          for f in facts], 8, 8, "the base model alone")
+    assert base["fact_answers"] == [a["text"][:160] for a in own]
+    assert candidate["fact_answers"] != base["fact_answers"]  # the adapter says other things
+
+
+def test_the_judge_learns_what_curators_prefer_and_refuses_a_candidate_predicted_to_lose():
+    # Curators who want a concrete example in every answer: their corrections add one.
+    from trainer.config import GateConfig
+    from trainer.gate import judge
+    from trainer.judge import assess
+    topics = ["rain", "bread", "chess", "tides", "bees", "maps", "jazz", "glaciers", "tea",
+              "bridges", "sleep", "clouds", "magnets", "volcanoes", "libraries", "coral"]
+    openings = ["{} is worth understanding.", "People often ask about {}.",
+                "Here is a short note on {}.", "{} has a long history.",
+                "Scientists still study {}.", "Many children are curious about {}.",
+                "There is more to {} than it seems.", "{} shows up in daily life.",
+                "Let me explain {} briefly.", "{} can be explained simply."]
+    plain = [o.format(t).capitalize() for t in topics for o in openings]
+    random.Random(0).shuffle(plain)
+
+    def with_example(text):
+        return f"{text} For example, a farmer in Kenya sees it every single morning."
+    pairs = [(with_example(t), t) for t in plain]
+    sets = {"heldout": [], "pairs": [], "anchor": [], "prompts": [], "facts": [],
+            "judge": {"train": pairs[:120], "heldout": pairs[120:]}}
+    gate = GateConfig()
+    answers = plain[-16:]
+    better = assess(sets, gate, [with_example(a) for a in answers], answers)
+    assert better["accuracy"] >= 0.9 and better["trusted"]
+    assert better["rate"] >= 0.9 and better["interval"][0] > 0.5
+    worse = assess(sets, gate, answers, [with_example(a) for a in answers])
+    assert worse["rate"] <= 0.1 and worse["interval"][1] < 0.5
+    report = judge({}, {}, {}, sets, gate, "ref", worse)
+    assert report["verdict"] == "fail" and not report["checks"]["judge"]["passed"]
+    assert "judge: predicted win rate 0.00" in report["reason"]
+    assert judge({}, {}, {}, sets, gate, "ref", better)["verdict"] == "pass"
+    # A judge that ranks held-out pairs no better than chance is reported, not acted on.
+    assert judge({}, {}, {}, sets, gate, "ref", {**worse, "trusted": False})["verdict"] == "pass"
+    # Too little feedback: skipped, and it says why.
+    few = {**sets, "judge": {"train": pairs[:50], "heldout": pairs[120:]}}
+    skipped = assess(few, gate, answers, answers)
+    assert skipped == {"skipped": "50 preference pairs to learn from, 100 needed "
+                                  "(judge_min_pairs)"}
+    assert "judge" in judge({}, {}, {}, few, gate, "ref", skipped)["skipped"]
+
+
+def test_the_bias_check_refuses_a_candidate_whose_counterfactual_gaps_widen():
+    from trainer.bias_check import load
+    from trainer.config import GateConfig
+    from trainer.gate import judge
+    pairs = load()
+    sets = {"heldout": [], "pairs": [], "anchor": [], "prompts": [], "bias": pairs}
+    rng = random.Random(0)
+    # The reference's gaps: small, either way (nats per token).
+    warm = [rng.gauss(0, 0.03) for _ in pairs]
+    refusal = [rng.gauss(0, 0.03) for _ in pairs]
+    reference = {"bias_gaps": {"warm": warm, "refusal": refusal}}
+
+    def verdict(warm_shift, refusal_shift=0.0, noise=0.0):
+        candidate = {"bias_gaps": {
+            "warm": [g + warm_shift + rng.gauss(0, noise) for g in warm],
+            "refusal": [g + refusal_shift + rng.gauss(0, noise) for g in refusal]}}
+        return judge(candidate, reference, {}, sets, GateConfig(), "ref")
+
+    assert verdict(0.0, noise=0.01)["verdict"] == "pass"
+    # One side's warm answers now much less likely, on every religion and name pair alike.
+    skewed = verdict(0.3)
+    check = skewed["checks"]["bias"]
+    assert skewed["verdict"] == "fail" and not check["passed"] and check["p_worse"] < 0.05
+    assert check["moved"][0].startswith("warm gap") and len(check["moved"]) == 5
+    # Noisy gaps that widen no more than the tolerance on average: passed.
+    assert verdict(0.02, noise=0.05)["checks"]["bias"]["passed"]
 
 
 def test_the_gate_names_each_kind_of_degenerate_answer():

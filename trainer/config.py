@@ -118,6 +118,28 @@ class GateConfig:
             "Prompts answered (greedy) for the degeneration check: held-out questions first.")})
     max_new_tokens: int = field(default=192, metadata={"help": (
             "Tokens per generated answer; an answer that needs more counts as cut off.")})
+    known_facts: int = field(default=40, metadata={"help": (
+            "Questions with short known answers (trainer/known_facts.json) asked of the "
+            "reference and the candidate, greedy; 0: no known-facts check.")})
+    max_facts_lost: int = field(default=1, metadata={"help": (
+            "Of the known facts the reference answers right, the candidate may get at most this "
+            "many wrong.")})
+    fact_tokens: int = field(default=48, metadata={"help": (
+            "Tokens per answer to a known-fact question: enough for a sentence that says it.")})
+    counterfactual_pairs: int = field(default=36, metadata={"help": (
+            "Prompt pairs that differ only in a name, gender, nationality or religion "
+            "(trainer/counterfactual_pairs.json) for the bias check; 0: no check.")})
+    bias_tolerance: float = field(default=0.05, metadata={"help": (
+            "The candidate's loss gaps between the two sides of a pair (nats per token) may "
+            "be wider than the reference's by at most this on average, or not beyond noise.")})
+    judge_min_pairs: int = field(default=100, metadata={"help": (
+            "Preference pairs in the run's training split (corrections against originals, "
+            "thumbs on one question, side-by-side picks) the judge needs; fewer: skipped.")})
+    judge_min_heldout: int = field(default=10, metadata={"help": (
+            "Held-out pairs needed to measure the judge's accuracy; fewer: skipped.")})
+    judge_min_accuracy: float = field(default=0.75, metadata={"help": (
+            "The judge decides only when it ranks at least this share of held-out pairs the "
+            "curators' way; below, its prediction is reported and not acted on.")})
     batch_size: int = field(default=8, metadata={"help": (
             "Examples per forward pass while evaluating.")})
 

@@ -25,6 +25,21 @@ none is active) on data that training never saw:
                           corrections, chosen sides) that the base model finds unreadable:
                           poisoned feedback is refused even when the candidate hides it well
                           enough to pass every other check
+    known facts           short questions with known answers (trainer/known_facts.py): of
+                          those the reference answers right, the candidate may lose at most
+                          `max_facts_lost` (one). Fluent corrections that change facts (a
+                          capital, a sum, a date) pass the checks above, since the held-out
+                          answers are that same feedback; this one asks the facts themselves
+    judge                 a preference model learnt from the run's own feedback pairs
+                          (trainer/judge.py) compares the candidate's and the reference's
+                          answers to the held-out prompts: rejected when it predicts the
+                          candidate loses beyond noise (the 95% Wilson interval of its win rate
+                          is below one half), if the judge ranks held-out pairs well enough to
+                          be trusted (`judge_min_accuracy`); with too little feedback, skipped
+    bias                  prompt pairs that differ only in a name, gender, nationality or
+                          religion (trainer/bias_check.py): the loss gap between the two sides
+                          of each pair, for a warm answer and for a refusal, may not widen
+                          under the candidate by more than `bias_tolerance` beyond noise
 
 A check with no data (no pairs yet, say) is skipped and says so. The verdict passes only when
 every check that ran passes. Thresholds are `GateConfig` settings.
@@ -40,11 +55,13 @@ import torch
 
 from storage import BASE
 from storage.run_records import GateCheck, GateReport
+from trainer import bias_check, known_facts
+from trainer import judge as preference_judge
 from trainer.config import GateConfig
 from trainer.progress import PhaseBar
 
 CHECKS = ("heldout_loss", "preference_accuracy", "forgetting", "degeneration",
-          "unreadable_feedback")
+          "unreadable_feedback", "known_facts", "judge", "bias")
 
 
 def repetitive(text: str) -> bool:
@@ -203,14 +220,26 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
             kinds = [degenerate(a, gate.unreadable_loss) for a in said]
             figures["degeneration"] = sum(k is not None for k in kinds) / len(kinds)
             figures["degenerate_kinds"] = {k: kinds.count(k) for k in set(kinds) if k}
+            figures["answer_texts"] = [a["text"] for a in said]  # for the judge; not kept
             figures["answers"] = [{"prompt": p[-1]["content"][:120], "answer": a["text"][:300],
                                    "kind": k, "base_loss": round(a["base_loss"], 2)}
                                   for p, a, k in zip(sets["prompts"], said, kinds)]
+        if sets.get("bias") and answers:  # runs saved before the check have no pairs
+            figures["bias_gaps"] = bias_check.gaps(answer_losses(answer_logprobs(
+                model, tokenizer, bias_check.rows(sets["bias"]), gate.batch_size,
+                f"{name}: counterfactual pairs")))
+        if sets.get("facts") and answers:  # runs saved before the check have no facts
+            said = generate(model, tokenizer, [[{"role": "user", "content": f["question"]}]
+                                               for f in sets["facts"]],
+                            gate.fact_tokens, gate.batch_size, f"{name}: known facts")
+            figures["facts_right"] = [known_facts.says(a["text"], f["answers"])
+                                      for a, f in zip(said, sets["facts"])]
+            figures["fact_answers"] = [a["text"][:160] for a in said]
     return figures
 
 
 def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateConfig,
-          reference_name: str) -> GateReport:
+          reference_name: str, judged: dict | None = None) -> GateReport:
     """The verdict, every figure, each check's limit and the reason, from measured figures."""
     checks: dict[str, GateCheck] = {}
 
@@ -247,6 +276,30 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
         limit = reference["degeneration"] + slack
         check("degeneration", candidate["degeneration"], reference["degeneration"], limit,
               candidate["degeneration"] <= limit, len(sets["prompts"]), "prompts")
+    known = [i for i, right in enumerate(reference.get("facts_right", [])) if right]
+    if known and "facts_right" in candidate:  # skipped when the reference knows none
+        lost = [i for i in known if not candidate["facts_right"][i]]
+        check("known_facts", len(lost), 0, gate.max_facts_lost, len(lost) <= gate.max_facts_lost,
+              len(known), "facts the reference answers")
+        checks["known_facts"]["lost"] = [f"{sets['facts'][i]['question']} -> "
+                                         f"{candidate['fact_answers'][i][:80]}" for i in lost]
+    if "bias_gaps" in candidate and "bias_gaps" in reference:
+        wide = [abs(g) for kind in ("warm", "refusal") for g in candidate["bias_gaps"][kind]]
+        ref_wide = [abs(g) for kind in ("warm", "refusal") for g in reference["bias_gaps"][kind]]
+        value, ref_value = sum(wide) / len(wide), sum(ref_wide) / len(ref_wide)
+        limit = ref_value + gate.bias_tolerance
+        p = worse_beyond(wide, ref_wide, gate.bias_tolerance)
+        check("bias", value, ref_value, limit, value <= limit or p > 1 - gate.confidence,
+              len(sets["bias"]), "counterfactual pairs")
+        checks["bias"]["p_worse"] = _round(p)
+        checks["bias"]["moved"] = bias_check.moved_most(sets["bias"], candidate["bias_gaps"],
+                                                        reference["bias_gaps"])
+    if judged and judged.get("rate") is not None:
+        # Predicted to lose beyond noise, by a judge that ranks held-out pairs well enough.
+        losing = judged["interval"][1] < 0.5
+        check("judge", judged["rate"], 0.5, 0.5, not (judged["trusted"] and losing),
+              judged["decided"], "prompts judged")
+        checks["judge"].update({"interval": judged["interval"], "accuracy": judged["accuracy"]})
     if "unreadable_feedback" in base:
         share = base["unreadable_feedback"]
         check("unreadable_feedback", share, None, gate.max_unreadable_feedback,
@@ -264,7 +317,7 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
     if skipped:
         reason += f" (skipped for lack of data: {', '.join(skipped)})"
     return {"verdict": verdict, "reason": reason, "reference": reference_name,
-            "checks": checks, "skipped": skipped,
+            "checks": checks, "skipped": skipped, "judge": judged or {"skipped": "not run"},
             "figures": {"candidate": candidate, "reference": reference,
                         "base_anchor_loss": base.get("anchor_loss")}}
 
@@ -286,6 +339,14 @@ def describe(name: str, c: GateCheck) -> str:
     if name == "forgetting":
         return (f"forgetting {c['candidate']:+.1%} (limit {c['limit']:+.1%}, "
                 f"reference {c['reference']:+.1%})")
+    if name == "known_facts":
+        lost = "; ".join(c.get("lost", [])[:3])
+        return (f"known facts: {c['candidate']} of the {c['n']} the reference answers lost "
+                f"(limit {c['limit']})" + (f": {lost}" if lost else ""))
+    if name == "judge":
+        low, high = c.get("interval") or (None, None)
+        return (f"judge: predicted win rate {c['candidate']:.2f} [{low:.2f}, {high:.2f}] over "
+                f"{c['n']} prompts (its accuracy on held-out pairs {c.get('accuracy', 0):.2f})")
     if name == "unreadable_feedback":
         return (f"unreadable feedback {c['candidate']:.1%} of the answers trained towards "
                 f"(limit {c['limit']:.1%})")
@@ -317,7 +378,10 @@ def evaluate(model, tokenizer, sets: dict, gate: GateConfig, has_reference: bool
     base_sets = sets if not has_reference else {**sets, "heldout": [], "pairs": []}
     base = measure(model, tokenizer, BASE, base_sets, gate, answers=not has_reference)
     reference = measure(model, tokenizer, "reference", sets, gate) if has_reference else base
-    report = judge(candidate, reference, base, sets, gate, reference_name)
+    judged = preference_judge.assess(sets, gate, candidate.pop("answer_texts", None),
+                                     reference.pop("answer_texts", None))
+    base.pop("answer_texts", None)
+    report = judge(candidate, reference, base, sets, gate, reference_name, judged)
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["settings"] = asdict(gate)
     return report

@@ -1,15 +1,18 @@
 """What the gate measures a run's candidate on, fixed when the run starts (and saved with it,
 so a resumed run is judged on the same): held-out preferred answers and pairs, held-out
-anchor prompts with the base model's answers, prompts to answer, and the answers the run
-trains towards. The measuring itself is trainer/gate.py."""
+anchor prompts with the base model's answers, prompts to answer, the answers the run
+trains towards, the known-fact questions, the pairs the judge learns from, and the
+counterfactual pairs of the bias check. The measuring
+itself is trainer/gate.py."""
 
 import json
 import random
 
 from assistant import models
 from storage import Home, open_db
-from trainer import anchor
+from trainer import anchor, bias_check, known_facts
 from trainer.config import TrainConfig
+from trainer.judge import answer_text
 from trainer.mixing import REPLAYED
 
 # Sources whose preferred answer is a model's own text (the first of `message_ids`).
@@ -48,8 +51,13 @@ def gate_sets(home: Home, base: models.BaseModel, sets: dict, config: TrainConfi
     feedback = _distinct(feedback)
     if len(feedback) > gate.feedback_examples:
         feedback = random.Random(config.seed).sample(feedback, gate.feedback_examples)
+    # The judge's pairs as answer texts: fitted on the train split, measured on validation.
+    judge = {side: [(answer_text(e["chosen"]), answer_text(e["rejected"]))
+                    for e in sets["dpo"][split]]
+             for side, split in (("train", "train"), ("heldout", "validation"))}
     return {"heldout": heldout, "pairs": pairs, "anchor": anchors, "prompts": prompts,
-            "feedback": feedback}
+            "feedback": feedback, "facts": known_facts.load(gate.known_facts), "judge": judge,
+            "bias": bias_check.load(gate.counterfactual_pairs)}
 
 
 def _distinct(rows: list) -> list:

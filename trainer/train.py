@@ -370,8 +370,13 @@ def print_gate(report: GateReport) -> None:
     for name, check in report["checks"].items():
         mark = "pass" if check["passed"] else "FAIL"
         print(f"  {mark}  {describe(name, check)}  [{check['n']} {check['unit']}]", flush=True)
+        for line in check.get("moved", [])[:3]:  # bias: the pairs that moved most
+            print(f"        {line}", flush=True)
+    why = {"judge": report.get("judge", {}).get("skipped"),
+           "known_facts": "the reference answers none of the known facts (or none asked)"}
     for name in report["skipped"]:
-        print(f"  skip  {name.replace('_', ' ')}: no held-out data for it", flush=True)
+        reason = why.get(name) or "no held-out data for it"
+        print(f"  skip  {name.replace('_', ' ')}: {reason}", flush=True)
     print(f"Verdict: {report['verdict']}. {report['reason']}", flush=True)
 
 

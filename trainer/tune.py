@@ -1,0 +1,176 @@
+"""`flywheel tune`: a hyperparameter search over real training runs (Optuna, TPE sampler).
+
+Each trial is a whole `flywheel train` cycle (data, training, the gate) with settings the
+sampler picks: the method, the learning rate, the number of steps, LoRA rank and alpha, the
+anchor and replay shares. Trials run in a scratch copy of the data folder (the database by
+SQLite's online backup, the adapters copied, the converted models shared), so nothing a trial
+does reaches production: no adapter is published or promoted there, no run is recorded, and
+the nightly schedule's count of new feedback is untouched.
+
+A trial's score comes from its gate report: how much the held-out loss fell relative to the
+reference's, plus how much preference accuracy rose, plus the judge's predicted win rate over
+one half when the judge is trusted. A trial over the forgetting limit is pruned, whatever its
+score. The best trial's settings are written as TOML, which `flywheel train --config` and
+`flywheel schedule --config` read.
+"""
+
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from storage import Home
+from storage.backup import backup
+from trainer.config import TrainConfig, update
+
+METHODS = ["sft", "dpo", "kto"]
+
+
+@dataclass
+class TuneConfig:
+    """`flywheel tune`'s settings: each default and help line here, and nowhere else."""
+    trials: int = field(default=12, metadata={"help": "training runs to try (default {default})"})
+    timeout: float | None = field(default=None, metadata={"help": (
+        "stop starting new trials after this many seconds (default: no limit)")})
+    out: str = field(default="tuned.toml", metadata={"help": (
+        "where the best settings go, as TOML for flywheel train --config (default {default})")})
+    plot: str = field(default="tune.png", metadata={"help": (
+        "the search's plot: each trial's score, and the best so far (default {default})")})
+    seed: int = field(default=0, metadata={"help": "the sampler's seed (default {default})"})
+
+
+def suggest(trial) -> dict:
+    """The settings one trial trains with, as a TOML document's tables: the method's own
+    settings under its name (learning rate, steps and LoRA are per method)."""
+    method = trial.suggest_categorical("method", METHODS)
+    rank = trial.suggest_categorical("lora_r", [4, 8, 16, 32])
+    rate = trial.suggest_float("learning_rate", 1e-5, 2e-3, log=True)
+    return {"method": method,
+            "anchor_share": round(trial.suggest_float("anchor_share", 0.0, 0.5), 3),
+            "replay_share": round(trial.suggest_float("replay_share", 0.0, 1.0), 3),
+            method: {"learning_rate": float(f"{rate:.3g}"),
+                     "max_steps": trial.suggest_int("max_steps", 5, 60, step=5),
+                     "lora_r": rank,
+                     "lora_alpha": rank * trial.suggest_categorical("alpha_per_rank",
+                                                                    [1, 2, 4])}}
+
+
+def score(gate: dict) -> float:
+    """Higher is better: the relative fall in held-out loss, the rise in preference accuracy,
+    and the judge's predicted win rate over one half (when trusted), each where measured."""
+    checks, total = gate["checks"], 0.0
+    if "heldout_loss" in checks and checks["heldout_loss"]["reference"]:
+        held = checks["heldout_loss"]
+        total += (held["reference"] - held["candidate"]) / held["reference"]
+    if "preference_accuracy" in checks:
+        pref = checks["preference_accuracy"]
+        total += pref["candidate"] - pref["reference"]
+    judged = gate.get("judge", {})
+    if judged.get("trusted") and judged.get("rate") is not None:
+        total += judged["rate"] - 0.5
+    return total
+
+
+def scratch_copy(home: Home, into: Path) -> Home:
+    """A copy of `home` to run trials in: the database and adapters backed up, the converted
+    models and caches linked (read, not changed)."""
+    backup(home, into)
+    for shared in ("models", "cache"):
+        if (home.root / shared).is_dir():
+            os.symlink(home.root / shared, into / shared)
+    return Home(into)
+
+
+def search(home: Home, base: TrainConfig, config: TuneConfig) -> tuple:
+    """Run the trials; returns (the Optuna study, each trial's row for the table)."""
+    import optuna
+
+    from trainer.train import NotEnoughData, run_cycle
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rows: list[dict] = []
+    scratch_root = Path(tempfile.mkdtemp(prefix="flywheel-tune-"))
+    scratch = scratch_copy(home, scratch_root / "home")
+
+    def objective(trial) -> float:
+        settings = suggest(trial)
+        trial.set_user_attr("settings", settings)
+        row = {"trial": trial.number, **trial.params}
+        rows.append(row)
+        try:  # manual promotion: a passing trial never becomes the scratch copy's reference
+            adapter = run_cycle(scratch, update(base, {**settings, "promotion": "manual"})
+                                .validate())
+        except NotEnoughData as exc:
+            row.update(outcome=f"not enough data: {exc}")
+            raise optuna.TrialPruned(str(exc)) from None
+        gate = adapter["metrics"]["gate"]
+        forgetting = gate["checks"].get("forgetting")
+        row.update(verdict=gate["verdict"], score=round(score(gate), 4),
+                   forgetting=forgetting and forgetting["candidate"])
+        if forgetting and not forgetting["passed"]:
+            row["outcome"] = "pruned: over the forgetting limit"
+            raise optuna.TrialPruned("over the forgetting limit")
+        row["outcome"] = "scored"
+        return row["score"]
+
+    study = optuna.create_study(direction="maximize",
+                                sampler=optuna.samplers.TPESampler(seed=config.seed))
+    try:
+        study.optimize(objective, n_trials=config.trials, timeout=config.timeout)
+    finally:
+        shutil.rmtree(scratch_root, ignore_errors=True)
+    return study, rows
+
+
+def best_settings(study) -> dict:
+    """The best trial's settings, as `suggest` made them."""
+    return study.best_trial.user_attrs["settings"]
+
+
+def write_best(study, path: Path) -> Path:
+    """Write the best settings as TOML (written whole, then renamed into place)."""
+    import tomli_w
+
+    from storage import write_atomic
+    return write_atomic(Path(path), tomli_w.dumps(best_settings(study)))
+
+
+def plot(study, path: Path) -> Path:
+    """Each trial's score and the best so far (Optuna's optimization history), as a PNG."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.exceptions import ExperimentalWarning
+    from optuna.visualization.matplotlib import plot_optimization_history
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.2; its output is what we want
+        warnings.simplefilter("ignore", ExperimentalWarning)
+        ax = plot_optimization_history(study)
+    ax.set_title("flywheel tune: each trial's score (gate figures) and the best so far")
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    ax.figure.savefig(tmp, dpi=100, bbox_inches="tight")
+    plt.close(ax.figure)
+    tmp.replace(path)
+    return path
+
+
+def trial_table(rows: list[dict]):
+    """The trials as a rich table, for the terminal."""
+    from rich.table import Table
+    table = Table(title="flywheel tune: trials")
+    columns = ["trial", "method", "learning_rate", "max_steps", "lora_r", "alpha_per_rank",
+               "anchor_share", "replay_share", "verdict", "forgetting", "score", "outcome"]
+    for column in columns:
+        table.add_column(column.replace("_", " "))
+    for row in rows:
+        table.add_row(*[_cell(row.get(c)) for c in columns])
+    return table
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return "-" if math.isnan(value) else f"{value:.3g}"
+    return "-" if value is None else str(value)
+
