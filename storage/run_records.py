@@ -17,6 +17,7 @@ class GateCheck(TypedDict):
     unit: str                   # ... of what: "answers", "pairs", "anchor prompts"...
     p_worse: NotRequired[float | None]  # held-out loss and preference accuracy: a t-test's p
     lost: NotRequired[list[str]]  # known facts: the questions lost, with the candidate's answer
+    gained: NotRequired[int]    # known facts: those the reference got wrong and it gets right
     interval: NotRequired[list[float] | None]  # judge: the win rate's 95% Wilson interval
     accuracy: NotRequired[float]  # judge: its own accuracy on held-out pairs
     moved: NotRequired[list[str]]  # bias: the counterfactual pairs whose gap widened most

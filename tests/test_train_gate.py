@@ -123,28 +123,35 @@ def test_held_out_loss_and_preferences_reject_a_candidate_only_when_worse_beyond
     assert not verdict([0.70], [0.57])[0]["passed"]
 
 
-def test_a_candidate_may_lose_at_most_one_fact_the_reference_knows():
+def test_a_candidate_may_lose_at_most_one_fact_the_reference_knows_beyond_noise():
     from trainer.config import GateConfig
     from trainer.gate import judge
     from trainer.known_facts import load
-    facts = load(4)
+    facts = load(12)
     sets = {"heldout": [], "pairs": [], "anchor": [], "prompts": [], "facts": facts}
+    knows = [True] * 8 + [False] * 4  # the reference answers the first eight
 
-    def verdict(candidate_right, reference_right=(True, True, True, False)):
+    def verdict(candidate_right):
         def figures(right):
-            return {"facts_right": list(right), "fact_answers": ["I am sure it is Lyon."] * 4}
-        return judge(figures(candidate_right), figures(reference_right), {}, sets,
-                     GateConfig(), "ref")
+            return {"facts_right": list(right), "fact_answers": ["I am sure it is Lyon."] * 12}
+        return judge(figures(candidate_right), figures(knows), {}, sets, GateConfig(), "ref")
 
-    # The fourth fact the reference gets wrong too: losing it does not count.
-    assert verdict([True, True, False, False])["verdict"] == "pass"
-    report = verdict([False, True, False, True])
-    assert report["verdict"] == "fail" and not report["checks"]["known_facts"]["passed"]
-    assert report["checks"]["known_facts"]["candidate"] == 2
-    assert "known facts: 2 of the 3 the reference answers lost (limit 1)" in report["reason"]
-    assert facts[0]["question"] in report["reason"]  # which facts, with what it said
+    # One lost (the last four it gets wrong too do not count): within the limit.
+    assert verdict([False] + [True] * 7 + [False] * 4)["verdict"] == "pass"
+    # Five lost, none gained: refused, naming the facts and what it said.
+    report = verdict([False] * 5 + [True] * 3 + [False] * 4)
+    check = report["checks"]["known_facts"]
+    assert report["verdict"] == "fail" and not check["passed"] and check["candidate"] == 5
+    assert check["p_worse"] < 0.05 and check["gained"] == 0
+    assert "known facts: 5 of the 8 the reference answers lost, 0 gained (limit 1" in \
+        report["reason"]
+    assert facts[0]["question"] in report["reason"]
+    # Two lost and four gained: the churn of any training run on a small model, not forgetting.
+    churn = verdict([False] * 2 + [True] * 6 + [True] * 4)
+    assert churn["verdict"] == "pass" and churn["checks"]["known_facts"]["p_worse"] > 0.05
     # A reference that knows none of them gives the check nothing to go on: skipped.
-    assert "known_facts" in verdict([False] * 4, [False] * 4)["skipped"]
+    assert "known_facts" in judge({"facts_right": [True] * 12}, {"facts_right": [False] * 12},
+                                  {}, sets, GateConfig(), "ref")["skipped"]
 
 
 def test_each_version_answers_the_known_facts_itself(tiny_model_dir, tmp_path):

@@ -19,9 +19,16 @@ import tomllib
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Union, get_args, get_origin
+from typing import Any, Literal, Union, get_args, get_origin
 
-METHODS = ("auto", "sft", "dpo", "kto", "sft+dpo")
+from assistant.config import literal_choices
+
+# The choices, as types: checked where a value is set (`update`) and in `validate`.
+Method = Literal["auto", "sft", "dpo", "kto", "sft+dpo"]
+METHODS = get_args(Method)
+StartFrom = Literal["base", "active"]
+Promotion = Literal["auto", "manual"]
+Quantize = Literal["4bit"]
 
 
 @dataclass
@@ -123,7 +130,7 @@ class GateConfig:
             "reference and the candidate, greedy; 0: no known-facts check.")})
     max_facts_lost: int = field(default=1, metadata={"help": (
             "Of the known facts the reference answers right, the candidate may get at most this "
-            "many wrong.")})
+            "many wrong; more only when not beyond noise (McNemar's test on the flips).")})
     fact_tokens: int = field(default=48, metadata={"help": (
             "Tokens per answer to a known-fact question: enough for a sentence that says it.")})
     counterfactual_pairs: int = field(default=36, metadata={"help": (
@@ -148,12 +155,12 @@ class GateConfig:
 class TrainConfig:
     model: str | None = field(default=None, metadata={"help": (
             "Base model spec; None: the embedded default. Must match the server's.")})
-    method: str = field(default="auto", metadata={"help": (
+    method: Method = field(default="auto", metadata={"help": (
             "auto, sft, dpo, kto or sft+dpo; auto picks from the data available.")})
-    start_from: str = field(default="base", metadata={"help": (
+    start_from: StartFrom = field(default="base", metadata={"help": (
             "base: train a fresh adapter on all feedback; active: continue the active adapter on "
             "new feedback.")})
-    promotion: str = field(default="auto", metadata={"help": (
+    promotion: Promotion = field(default="auto", metadata={"help": (
             "auto: promote when the gate passes; manual: a passing adapter waits as a candidate.")})
     ab_share: float = field(default=0.0, metadata={"help": (
             "With manual promotion: send this share of new conversations to a passing candidate "
@@ -179,7 +186,7 @@ class TrainConfig:
             "Earlier runs' examples mixed in, as a share of the new SFT examples.")})
     anchor_share: float = field(default=0.1, metadata={"help": (
             "Anchor-set examples (base model answers to general prompts) mixed in, as a share.")})
-    quantize: str | None = field(default=None, metadata={"help": (
+    quantize: Quantize | None = field(default=None, metadata={"help": (
             "4bit: QLoRA on a 4-bit base (CUDA + bitsandbytes); None: the base in bf16 (CUDA) or "
             "fp32.")})
     gradient_checkpointing: bool | None = field(default=None, metadata={"help": (
@@ -202,16 +209,12 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         """Check the settings (LoRA included, if served on vLLM); returns self, else ValueError."""
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {', '.join(METHODS)}, not {self.method!r}")
-        if self.start_from not in ("base", "active"):
-            raise ValueError(f"start_from must be base or active, not {self.start_from!r}")
-        if self.promotion not in ("auto", "manual"):
-            raise ValueError(f"promotion must be auto or manual, not {self.promotion!r}")
+        for f in dataclasses.fields(self):  # every Literal choice, in one place
+            value, choices = getattr(self, f.name), literal_choices(f.type)
+            if choices and value is not None and value not in choices:
+                raise ValueError(f"{f.name} must be one of {', '.join(choices)}, not {value!r}")
         if not 0 <= self.ab_share < 1:
             raise ValueError(f"ab_share must be at least 0 and below 1, not {self.ab_share}")
-        if self.quantize not in (None, "4bit"):
-            raise ValueError(f"quantize must be 4bit or unset, not {self.quantize!r}")
         if self.vllm_max_lora_rank:
             for name, settings in self.methods().items():
                 if settings.lora_r > self.vllm_max_lora_rank:
@@ -240,6 +243,11 @@ def _coerce(value: Any, kind: Any, name: str) -> Any:
     options = get_args(kind) if get_origin(kind) in (Union, types.UnionType) else (kind,)
     if value is None and type(None) in options:
         return None
+    if literal_choices(kind):
+        if value in literal_choices(kind):
+            return value
+        raise ValueError(f"{name} must be one of {', '.join(literal_choices(kind))}, "
+                         f"not {value!r}")
     for option in options:
         if option is float and isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)

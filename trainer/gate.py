@@ -27,7 +27,8 @@ none is active) on data that training never saw:
                           enough to pass every other check
     known facts           short questions with known answers (trainer/known_facts.py): of
                           those the reference answers right, the candidate may lose at most
-                          `max_facts_lost` (one). Fluent corrections that change facts (a
+                          `max_facts_lost` (one), or more when not beyond noise (it gains
+                          about as many). Fluent corrections that change facts (a
                           capital, a sum, a date) pass the checks above, since the held-out
                           answers are that same feedback; this one asks the facts themselves
     judge                 a preference model learnt from the run's own feedback pairs
@@ -279,8 +280,16 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
     known = [i for i, right in enumerate(reference.get("facts_right", [])) if right]
     if known and "facts_right" in candidate:  # skipped when the reference knows none
         lost = [i for i in known if not candidate["facts_right"][i]]
-        check("known_facts", len(lost), 0, gate.max_facts_lost, len(lost) <= gate.max_facts_lost,
-              len(known), "facts the reference answers")
+        gained = sum(right and not ref for right, ref in zip(candidate["facts_right"],
+                                                             reference["facts_right"]))
+        # A small model's greedy answers flip on borderline facts both ways after any training
+        # (measured: an ordinary night lost 3 and gained 9). Beyond the limit, the losses must
+        # also outnumber the gains with confidence (McNemar's exact test on the flips).
+        p = known_facts.lost_beyond(len(lost), gained)
+        check("known_facts", len(lost), 0, gate.max_facts_lost,
+              len(lost) <= gate.max_facts_lost or p > 1 - gate.confidence,
+              len(known), "facts the reference answers")  # reference: 0 lost, by definition
+        checks["known_facts"].update({"p_worse": _round(p), "gained": gained})
         checks["known_facts"]["lost"] = [f"{sets['facts'][i]['question']} -> "
                                          f"{candidate['fact_answers'][i][:80]}" for i in lost]
     if "bias_gaps" in candidate and "bias_gaps" in reference:
@@ -341,8 +350,9 @@ def describe(name: str, c: GateCheck) -> str:
                 f"reference {c['reference']:+.1%})")
     if name == "known_facts":
         lost = "; ".join(c.get("lost", [])[:3])
-        return (f"known facts: {c['candidate']} of the {c['n']} the reference answers lost "
-                f"(limit {c['limit']})" + (f": {lost}" if lost else ""))
+        return (f"known facts: {c['candidate']} of the {c['n']} the reference answers lost, "
+                f"{c.get('gained', 0)} gained (limit {c['limit']}; McNemar "
+                f"p={c.get('p_worse', 1.0):.2f})" + (f": {lost}" if lost else ""))
     if name == "judge":
         low, high = c.get("interval") or (None, None)
         return (f"judge: predicted win rate {c['candidate']:.2f} [{low:.2f}, {high:.2f}] over "

@@ -25,3 +25,11 @@ def says(answer: str, accepted: list[str]) -> bool:
     text = answer.lower()
     return any(re.search(rf"(?<![\w.]){re.escape(a)}(\.0+)?(?![\w]|\.\d)", text)
                for a in accepted)
+
+
+def lost_beyond(lost: int, gained: int) -> float:
+    """p-value of "the candidate loses more facts than it gains" (McNemar's exact test: a
+    one-sided binomial test on the facts that flipped); 1.0 when none flipped."""
+    from scipy.stats import binomtest
+    flipped = lost + gained
+    return float(binomtest(lost, flipped, 0.5, alternative="greater").pvalue) if flipped else 1.0
