@@ -44,9 +44,11 @@ def test_feedback_trains_an_adapter_that_the_running_server_swaps_in(serve_proce
                                     # about the gate): a hot learning rate on 6 sampled,
                                     # cut-off answers may forget, and loop or cut off on a
                                     # few prompts, more than a nightly run would be allowed
-                                    # to (seen in CI: 3 of 8 cut off against 1 of 8).
+                                    # to (seen in CI: 3 of 8 cut off against 1 of 8), and
+                                    # lose known facts (seen in CI: 12 of 23 lost, 3 gained).
                                     "--set", "gate.max_forgetting=0.5",
-                                    "--set", "gate.degeneration_tolerance=0.5"),
+                                    "--set", "gate.degeneration_tolerance=0.5",
+                                    "--set", "gate.max_facts_lost=40"),
                            capture_output=True, text=True, timeout=900)
     (OUTPUT / "e2e-train.log").write_text(train.stdout + train.stderr)
     assert train.returncode == 0, train.stderr[-2000:]
