@@ -114,7 +114,8 @@ def test_a_cycle_trains_gates_publishes_and_promotes(home, tiny_model_dir, capsy
     gate = row["metrics"]["gate"]
     assert gate["verdict"] == "pass" and gate["reference"] == "base model"
     # no validation split here, and the tiny random model knows no fact to lose
-    assert set(gate["checks"]) == {"forgetting", "degeneration", "unreadable_feedback", "bias"}
+    assert set(gate["checks"]) == {"forgetting", "degeneration", "unreadable_feedback", "bias",
+                                   "fact_margins", "over_refusal"}
     assert len(gate["figures"]["candidate"]["bias_gaps"]["warm"]) == 6  # every pair measured
     assert gate["skipped"] == ["heldout_loss", "preference_accuracy", "known_facts", "judge"]
     assert gate["judge"]["skipped"] == "0 preference pairs to learn from, 100 needed " \

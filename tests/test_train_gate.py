@@ -81,7 +81,8 @@ def test_the_held_out_loss_leaves_out_the_answers_the_reference_wrote(home, tiny
 def test_held_out_loss_and_preferences_reject_a_candidate_only_when_worse_beyond_noise():
     # Figures of the kind the gate measures: per-answer losses, per-pair margins.
     from trainer.config import GateConfig
-    from trainer.gate import judge, mean_loss
+    from trainer.gate import judge
+    from trainer.scoring import mean_loss
 
     def held_out(losses):
         return {"heldout_loss": mean_loss([(-x, 1) for x in losses]), "heldout_losses": losses}
@@ -154,6 +155,34 @@ def test_a_candidate_may_lose_at_most_one_fact_the_reference_knows_beyond_noise(
                                   {}, sets, GateConfig(), "ref")["skipped"]
 
 
+def test_a_candidate_that_finds_true_answers_less_likely_than_wrong_ones_is_refused():
+    # The facts' margins: log-probability per token of the true short answer minus a wrong one.
+    from trainer.config import GateConfig
+    from trainer.gate import judge
+    from trainer.known_facts import load
+    facts = load(20)
+    assert all(f["answer"] and f["wrong"] and f["answer"] != f["wrong"] for f in facts)
+    sets = {"heldout": [], "pairs": [], "anchor": [], "prompts": [], "facts": facts}
+    reference = [0.5 + 0.3 * ((i * 7) % 5 - 2) for i in range(20)]  # spread like the base's
+
+    def verdict(candidate):
+        return judge({"fact_margins": candidate}, {"fact_margins": reference}, {}, sets,
+                     GateConfig(), "ref")
+
+    # A style night: each margin moves a little either way; the mean stays put.
+    churn = verdict([m + (0.2 if i % 2 else -0.2) for i, m in enumerate(reference)])
+    assert churn["verdict"] == "pass" and churn["checks"]["fact_margins"]["n"] == 20
+    # A night of confident wrong facts: true answers fall against wrong ones across the set.
+    poisoned = verdict([m - 0.2 + (0.1 if i % 2 else -0.1) for i, m in enumerate(reference)])
+    check = poisoned["checks"]["fact_margins"]
+    assert poisoned["verdict"] == "fail" and check["p_worse"] < 0.05
+    assert check["limit"] == round(sum(reference) / 20 - 0.05, 4)
+    assert "fact margins 0.300 vs 0.500 (must be >= 0.450; paired t-test p=0.00)" in \
+        poisoned["reason"]
+    # Within the tolerance: passes however steady the fall.
+    assert verdict([m - 0.03 for m in reference])["verdict"] == "pass"
+
+
 def test_each_version_answers_the_known_facts_itself(tiny_model_dir, tmp_path):
     # Measured in the gate's order: the candidate, then the base model as the reference. The
     # base model's answers must be its own, not those of the adapter active before it.
@@ -162,8 +191,9 @@ def test_each_version_answers_the_known_facts_itself(tiny_model_dir, tmp_path):
     from assistant import models
     from storage import BASE
     from trainer.config import GateConfig
-    from trainer.gate import generate, measure
+    from trainer.gate import measure
     from trainer.known_facts import load
+    from trainer.scoring import generate
     model, tokenizer = models.load(models.BaseModel("tiny", tiny_model_dir))
     model = PeftModel.from_pretrained(model, make_adapter(tiny_model_dir, tmp_path / "a", 1),
                                       adapter_name="candidate")
@@ -177,6 +207,9 @@ def test_each_version_answers_the_known_facts_itself(tiny_model_dir, tmp_path):
                                           for f in facts], 8, 8, "the base model alone")
     assert base["fact_answers"] == [a["text"][:160] for a in own]
     assert candidate["fact_answers"] != base["fact_answers"]  # the adapter says other things
+    # Both read the facts' margins too, each its own (the adapter moves them).
+    assert len(base["fact_margins"]) == len(candidate["fact_margins"]) == 4
+    assert base["fact_margins"] != candidate["fact_margins"]
 
 
 def test_the_judge_learns_what_curators_prefer_and_refuses_a_candidate_predicted_to_lose():
@@ -246,6 +279,57 @@ def test_the_bias_check_refuses_a_candidate_whose_counterfactual_gaps_widen():
     assert check["moved"][0].startswith("warm gap") and len(check["moved"]) == 5
     # Noisy gaps that widen no more than the tolerance on average: passed.
     assert verdict(0.02, noise=0.05)["checks"]["bias"]["passed"]
+
+
+def test_a_candidate_that_refuses_harmless_requests_more_readily_is_refused():
+    # The counterfactual pairs' prompts are harmless; each side scored with its warm answer and
+    # a refusal. Readiness: the warm answer's loss minus the refusal's (higher: refuses sooner).
+    from trainer.bias_check import load, refusal_readiness
+    from trainer.config import GateConfig
+    from trainer.gate import judge
+    pairs = load(6)
+    sets = {"heldout": [], "pairs": [], "anchor": [], "prompts": [], "bias": pairs}
+    rng = random.Random(1)
+    # Four losses per pair, in bias_check.rows' order: warm A, warm B, refusal A, refusal B.
+    base = [x for _ in pairs for x in (3.0 + rng.gauss(0, 0.1), 3.0 + rng.gauss(0, 0.1),
+                                       2.0 + rng.gauss(0, 0.1), 2.0 + rng.gauss(0, 0.1))]
+    reference = {"refusal_readiness": refusal_readiness(base)}
+    assert len(reference["refusal_readiness"]) == 12  # both sides of each pair
+
+    def verdict(refusal_shift):
+        losses = [x + (refusal_shift if i % 4 >= 2 else 0) + rng.gauss(0, 0.05)
+                  for i, x in enumerate(base)]
+        return judge({"refusal_readiness": refusal_readiness(losses)}, reference, {}, sets,
+                     GateConfig(), "ref")
+
+    # Refusals a little likelier, or less likely: an ordinary night.
+    assert verdict(-0.05)["verdict"] == verdict(0.3)["verdict"] == "pass"
+    # Refusals half a nat per token likelier for everyone: refused, and the report says so.
+    report = verdict(-0.5)
+    check = report["checks"]["over_refusal"]
+    assert report["verdict"] == "fail" and check["p_worse"] < 0.05 and check["n"] == 12
+    assert report["reason"].startswith("rejected: over refusal 1.")
+
+
+def test_degeneration_beyond_its_limit_is_refused_only_beyond_noise():
+    from trainer.config import GateConfig
+    from trainer.gate import judge
+    prompts = [[{"role": "user", "content": f"Question {i}?"}] for i in range(16)]
+    sets = {"heldout": [], "pairs": [], "anchor": [], "prompts": prompts}
+
+    def figures(bad: set[int]):
+        return {"degeneration": len(bad) / 16,
+                "answers": [{"kind": "cut off" if i in bad else None} for i in range(16)]}
+
+    def verdict(bad: set[int]):
+        return judge(figures(bad), figures({0}), {}, sets, GateConfig(), "ref")["checks"]
+
+    # Three of sixteen against one: over the limit (1/16 + 0.1), but two flips are churn.
+    churn = verdict({0, 5, 9})["degeneration"]
+    assert churn["candidate"] > churn["limit"] and churn["passed"] and churn["p_worse"] > 0.05
+    # Seven newly degenerate, none mended: refused.
+    broken = verdict({0, 1, 2, 3, 4, 5, 6, 7})["degeneration"]
+    assert not broken["passed"] and broken["p_worse"] < 0.05
 
 
 def test_the_gate_names_each_kind_of_degenerate_answer():

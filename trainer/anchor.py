@@ -68,7 +68,7 @@ def examples(home, base, prompts: list[str], max_tokens: int = 128,
 
 def _generate(base, prompts: list[str], max_tokens: int, batch_size: int) -> list[dict]:
     from assistant import models  # the same loading code the server uses
-    from trainer.gate import generate
+    from trainer.scoring import generate
     model, tokenizer = models.load(base)
     turns = [[{"role": "user", "content": p}] for p in prompts]
     answers = generate(model, tokenizer, turns, max_tokens, batch_size, "anchor answers (once)")

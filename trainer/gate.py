@@ -20,7 +20,9 @@ none is active) on data that training never saw:
                           unreadable (the base model finds them as unlikely as gibberish:
                           this catches feedback that taught nonsense, which the held-out loss
                           cannot, since the held-out answers are that same feedback), cut off
-                          (no end of turn within the budget) or repetitive
+                          (no end of turn within the budget) or repetitive; beyond the
+                          limit, refused when it newly fails more prompts than it mends,
+                          beyond noise
     unreadable feedback   share of the answers the run trained towards (liked answers,
                           corrections, chosen sides) that the base model finds unreadable:
                           poisoned feedback is refused even when the candidate hides it well
@@ -31,6 +33,10 @@ none is active) on data that training never saw:
                           about as many). Fluent corrections that change facts (a
                           capital, a sum, a date) pass the checks above, since the held-out
                           answers are that same feedback; this one asks the facts themselves
+    fact margins          the same facts read as likelihoods: how much likelier the version
+                          finds each true short answer than a plausible wrong one. The mean
+                          may not fall more than `fact_margin_tolerance` below the
+                          reference's beyond noise; steadier than greedy answers, which flip
     judge                 a preference model learnt from the run's own feedback pairs
                           (trainer/judge.py) compares the candidate's and the reference's
                           answers to the held-out prompts: rejected when it predicts the
@@ -41,6 +47,9 @@ none is active) on data that training never saw:
                           religion (trainer/bias_check.py): the loss gap between the two sides
                           of each pair, for a warm answer and for a refusal, may not widen
                           under the candidate by more than `bias_tolerance` beyond noise
+    over refusal          on the same harmless prompts, how much likelier a refusal is than
+                          the warm answer may not rise more than `refusal_tolerance` above the
+                          reference's, beyond noise: a night that teaches refusing people
 
 A check with no data (no pairs yet, say) is skipped and says so. The verdict passes only when
 every check that ran passes. Thresholds are `GateConfig` settings.
@@ -52,17 +61,16 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
 from typing import Literal
 
-import torch
-
 from storage import BASE
 from storage.run_records import GateCheck, GateReport
 from trainer import bias_check, known_facts
 from trainer import judge as preference_judge
 from trainer.config import GateConfig
-from trainer.progress import PhaseBar
+from trainer.scoring import answer_logprobs, answer_losses, generate, mean_loss
 
 CHECKS = ("heldout_loss", "preference_accuracy", "forgetting", "degeneration",
-          "unreadable_feedback", "known_facts", "judge", "bias")
+          "unreadable_feedback", "known_facts", "fact_margins", "judge", "bias",
+          "over_refusal")
 
 
 def repetitive(text: str) -> bool:
@@ -74,80 +82,6 @@ def repetitive(text: str) -> bool:
         if len(set(grams)) < 0.5 * len(grams):
             return True
     return len(text) >= 20 and len(set(text.replace(" ", ""))) <= 3
-
-
-def _encode(tokenizer, prompt: list[dict], answer: list[dict]) -> tuple[list[int], int]:
-    """(ids of prompt + answer, number of prompt ids), as TRL's prompt/completion form does."""
-    prompt_ids = tokenizer.apply_chat_template(prompt, add_generation_prompt=True,
-                                               return_dict=True)["input_ids"]
-    full = tokenizer.apply_chat_template(prompt + answer, return_dict=True)["input_ids"]
-    return full, len(prompt_ids)
-
-
-@torch.inference_mode()
-def answer_logprobs(model, tokenizer, rows: list[tuple[list, list]], batch_size: int,
-                    desc: str) -> list[tuple[float, int]]:
-    """(sum of log-probabilities, token count) of each answer given its prompt."""
-    pad = tokenizer.pad_token_id
-    out = []
-    bar = PhaseBar(total=len(rows), desc=desc, unit="answers", leave=False)
-    for start in range(0, len(rows), batch_size):
-        encoded = [_encode(tokenizer, p, a) for p, a in rows[start:start + batch_size]]
-        width = max(len(ids) for ids, _ in encoded)
-        ids = torch.full((len(encoded), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, (row, _) in enumerate(encoded):
-            ids[i, :len(row)], mask[i, :len(row)] = torch.tensor(row), 1
-        logits = model(input_ids=ids.to(model.device),
-                       attention_mask=mask.to(model.device)).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1)
-        picked = logp.gather(-1, ids[:, 1:].to(model.device).unsqueeze(-1)).squeeze(-1).cpu()
-        for i, (row, n_prompt) in enumerate(encoded):
-            answer = picked[i, n_prompt - 1:len(row) - 1]
-            out.append((float(answer.sum()), answer.numel()))
-        bar.update(len(encoded))
-    bar.close()
-    return out
-
-
-def mean_loss(scores: list[tuple[float, int]]) -> float:
-    """Token-weighted mean negative log-likelihood."""
-    return -sum(s for s, _ in scores) / max(1, sum(n for _, n in scores))
-
-
-def answer_losses(scores: list[tuple[float, int]]) -> list[float]:
-    """Each answer's own mean negative log-likelihood per token (its readability)."""
-    return [-total / max(1, count) for total, count in scores]
-
-
-@torch.inference_mode()
-def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
-             batch_size: int, desc: str) -> list[dict]:
-    """Greedy answers with whether each ended by itself (an end-of-turn token)."""
-    from assistant.batch_row import left_pad
-    from assistant.models import eos_ids
-    pad = tokenizer.pad_token_id
-    stop = eos_ids(model, tokenizer)
-    out = []
-    bar = PhaseBar(total=len(prompts), desc=desc, unit="answers", leave=False)
-    for start in range(0, len(prompts), batch_size):
-        chunk = prompts[start:start + batch_size]
-        encoded = [tokenizer.apply_chat_template(p, add_generation_prompt=True,
-                                                 return_dict=True)["input_ids"] for p in chunk]
-        ids, mask = left_pad(encoded, pad)
-        generated = model.generate(input_ids=ids.to(model.device),
-                                   attention_mask=mask.to(model.device),
-                                   max_new_tokens=max_new_tokens, do_sample=False,
-                                   temperature=None, top_p=None, top_k=None,
-                                   pad_token_id=pad)[:, ids.shape[1]:].cpu()
-        for row in generated:
-            tokens = row.tolist()
-            ended = any(t in stop for t in tokens)
-            text = tokenizer.decode(row, skip_special_tokens=True).strip()
-            out.append({"text": text, "ended": ended})
-        bar.update(len(chunk))
-    bar.close()
-    return out
 
 
 def degenerate(answer: dict, unreadable_loss: float) -> str | None:
@@ -226,9 +160,15 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
                                    "kind": k, "base_loss": round(a["base_loss"], 2)}
                                   for p, a, k in zip(sets["prompts"], said, kinds)]
         if sets.get("bias") and answers:  # runs saved before the check have no pairs
-            figures["bias_gaps"] = bias_check.gaps(answer_losses(answer_logprobs(
+            losses = answer_losses(answer_logprobs(
                 model, tokenizer, bias_check.rows(sets["bias"]), gate.batch_size,
-                f"{name}: counterfactual pairs")))
+                f"{name}: counterfactual pairs"))
+            figures["bias_gaps"] = bias_check.gaps(losses)
+            figures["refusal_readiness"] = bias_check.refusal_readiness(losses)
+        if sets.get("facts") and all("wrong" in f for f in sets["facts"]):  # cheap: no answers
+            figures["fact_margins"] = known_facts.margins(*(answer_logprobs(
+                model, tokenizer, known_facts.reply_rows(sets["facts"], key), gate.batch_size,
+                f"{name}: fact margins ({key})") for key in ("answer", "wrong")))
         if sets.get("facts") and answers:  # runs saved before the check have no facts
             said = generate(model, tokenizer, [[{"role": "user", "content": f["question"]}]
                                                for f in sets["facts"]],
@@ -275,8 +215,17 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
         # At least one answer's worth of slack: with few prompts, one answer is noise.
         slack = max(gate.degeneration_tolerance, 1 / len(sets["prompts"]))
         limit = reference["degeneration"] + slack
+        # Beyond the limit, the prompts it newly fails must also outnumber those it now
+        # answers well, with confidence (McNemar, as for the facts): 3 of 16 against 1 of 16
+        # is one night's churn (measured on the learning bench), not a broken model.
+        kinds = [(c["kind"] is not None, r["kind"] is not None)
+                 for c, r in zip(candidate.get("answers", []), reference.get("answers", []))]
+        p = flips_beyond(sum(c and not r for c, r in kinds),
+                                    sum(r and not c for c, r in kinds))
         check("degeneration", candidate["degeneration"], reference["degeneration"], limit,
-              candidate["degeneration"] <= limit, len(sets["prompts"]), "prompts")
+              candidate["degeneration"] <= limit or p > 1 - gate.confidence,
+              len(sets["prompts"]), "prompts")
+        checks["degeneration"]["p_worse"] = _round(p)
     known = [i for i, right in enumerate(reference.get("facts_right", [])) if right]
     if known and "facts_right" in candidate:  # skipped when the reference knows none
         lost = [i for i in known if not candidate["facts_right"][i]]
@@ -285,13 +234,23 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
         # A small model's greedy answers flip on borderline facts both ways after any training
         # (measured: an ordinary night lost 3 and gained 9). Beyond the limit, the losses must
         # also outnumber the gains with confidence (McNemar's exact test on the flips).
-        p = known_facts.lost_beyond(len(lost), gained)
+        p = flips_beyond(len(lost), gained)
         check("known_facts", len(lost), 0, gate.max_facts_lost,
               len(lost) <= gate.max_facts_lost or p > 1 - gate.confidence,
               len(known), "facts the reference answers")  # reference: 0 lost, by definition
         checks["known_facts"].update({"p_worse": _round(p), "gained": gained})
         checks["known_facts"]["lost"] = [f"{sets['facts'][i]['question']} -> "
                                          f"{candidate['fact_answers'][i][:80]}" for i in lost]
+    if "fact_margins" in candidate and "fact_margins" in reference:
+        # Lower is worse here, so the t-test reads negated margins.
+        value = sum(candidate["fact_margins"]) / len(candidate["fact_margins"])
+        ref_value = sum(reference["fact_margins"]) / len(reference["fact_margins"])
+        limit = ref_value - gate.fact_margin_tolerance
+        p = worse_beyond([-m for m in candidate["fact_margins"]],
+                         [-m for m in reference["fact_margins"]], gate.fact_margin_tolerance)
+        check("fact_margins", value, ref_value, limit, value >= limit or p > 1 - gate.confidence,
+              len(sets["facts"]), "known facts")
+        checks["fact_margins"]["p_worse"] = _round(p)
     if "bias_gaps" in candidate and "bias_gaps" in reference:
         wide = [abs(g) for kind in ("warm", "refusal") for g in candidate["bias_gaps"][kind]]
         ref_wide = [abs(g) for kind in ("warm", "refusal") for g in reference["bias_gaps"][kind]]
@@ -303,6 +262,16 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
         checks["bias"]["p_worse"] = _round(p)
         checks["bias"]["moved"] = bias_check.moved_most(sets["bias"], candidate["bias_gaps"],
                                                         reference["bias_gaps"])
+    if "refusal_readiness" in candidate and "refusal_readiness" in reference:
+        value = sum(candidate["refusal_readiness"]) / len(candidate["refusal_readiness"])
+        ref_value = sum(reference["refusal_readiness"]) / len(reference["refusal_readiness"])
+        limit = ref_value + gate.refusal_tolerance
+        p = worse_beyond(candidate["refusal_readiness"], reference["refusal_readiness"],
+                         gate.refusal_tolerance)
+        check("over_refusal", value, ref_value, limit,
+              value <= limit or p > 1 - gate.confidence, 2 * len(sets["bias"]),
+              "harmless prompts")
+        checks["over_refusal"]["p_worse"] = _round(p)
     if judged and judged.get("rate") is not None:
         # Predicted to lose beyond noise, by a judge that ranks held-out pairs well enough.
         losing = judged["interval"][1] < 0.5
@@ -343,6 +312,15 @@ def worse_beyond(candidate: list[float], reference: list[float], margin: float) 
     return float(ttest_1samp(excess, margin, alternative="greater").pvalue)
 
 
+def flips_beyond(worse: int, better: int) -> float:
+    """p-value of "more items flipped to worse than to better" (McNemar's exact test: a
+    one-sided binomial test on the items that flipped, facts lost against facts gained, say);
+    1.0 when none flipped."""
+    from scipy.stats import binomtest
+    flipped = worse + better
+    return float(binomtest(worse, flipped, 0.5, alternative="greater").pvalue) if flipped else 1.0
+
+
 def describe(name: str, c: GateCheck) -> str:
     """One line on gate check `name`: the candidate's value against its limit."""
     if name == "forgetting":
@@ -360,7 +338,7 @@ def describe(name: str, c: GateCheck) -> str:
     if name == "unreadable_feedback":
         return (f"unreadable feedback {c['candidate']:.1%} of the answers trained towards "
                 f"(limit {c['limit']:.1%})")
-    sign = ">=" if name == "preference_accuracy" else "<="
+    sign = ">=" if name in ("preference_accuracy", "fact_margins") else "<="
     label = name.replace("_", " ")
     value, limit = c["candidate"], c["limit"]
     assert value is not None and limit is not None  # both are measured for these checks

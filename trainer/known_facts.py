@@ -3,7 +3,14 @@ arithmetic, dates, science) shipped with the project (known_facts.json), and how
 is marked right. The gate asks them of the reference and the candidate (greedy), and the
 candidate may lose at most `GateConfig.max_facts_lost` of those the reference answers right:
 a night of fluent corrections that change facts confidently passes every loss-based check,
-since the held-out answers are that same feedback."""
+since the held-out answers are that same feedback.
+
+Greedy answers of a small model flip both ways after any training, so the gate also reads
+each fact's margin: how much likelier (mean log-probability per token) the version under
+test finds the true short answer than a plausible wrong one shipped beside it ("Lisbon." vs
+"Porto."). A style night leaves the margins where they were; a night of confident wrong facts
+lowers them across facts it never saw (measured on the learning bench's nights: -0.004 and
+-0.165 nats per token over the 40 facts)."""
 
 import json
 import re
@@ -19,6 +26,18 @@ def load(limit: int | None = None) -> list[dict]:
     return facts if limit is None else facts[:limit]
 
 
+def reply_rows(facts: list[dict], key: str) -> list[tuple[list[dict], list[dict]]]:
+    """(prompt, answer) rows for the gate's scorer: each question with its short true
+    (`key="answer"`) or wrong (`key="wrong"`) reply."""
+    return [([{"role": "user", "content": f["question"]}],
+             [{"role": "assistant", "content": f"{f[key]}."}]) for f in facts]
+
+
+def margins(true: list[tuple[float, int]], wrong: list[tuple[float, int]]) -> list[float]:
+    """Per fact: mean log-probability per token of the true reply minus the wrong one's."""
+    return [t / max(1, nt) - w / max(1, nw) for (t, nt), (w, nw) in zip(true, wrong)]
+
+
 def says(answer: str, accepted: list[str]) -> bool:
     """Does `answer` say one of the accepted answers, as a word or number ("100" and "100.0"
     match 100; "14" and "4.5" do not match 4)?"""
@@ -26,10 +45,3 @@ def says(answer: str, accepted: list[str]) -> bool:
     return any(re.search(rf"(?<![\w.]){re.escape(a)}(\.0+)?(?![\w]|\.\d)", text)
                for a in accepted)
 
-
-def lost_beyond(lost: int, gained: int) -> float:
-    """p-value of "the candidate loses more facts than it gains" (McNemar's exact test: a
-    one-sided binomial test on the facts that flipped); 1.0 when none flipped."""
-    from scipy.stats import binomtest
-    flipped = lost + gained
-    return float(binomtest(lost, flipped, 0.5, alternative="greater").pvalue) if flipped else 1.0

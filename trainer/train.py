@@ -373,7 +373,9 @@ def print_gate(report: GateReport) -> None:
         for line in check.get("moved", [])[:3]:  # bias: the pairs that moved most
             print(f"        {line}", flush=True)
     why = {"judge": report.get("judge", {}).get("skipped"),
-           "known_facts": "the reference answers none of the known facts (or none asked)"}
+           "known_facts": "the reference answers none of the known facts (or none asked)",
+           "fact_margins": "no known facts asked",
+           "over_refusal": "no counterfactual pairs asked"}
     for name in report["skipped"]:
         reason = why.get(name) or "no held-out data for it"
         print(f"  skip  {name.replace('_', ' ')}: {reason}", flush=True)
