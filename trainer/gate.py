@@ -67,6 +67,7 @@ from trainer import bias_check, known_facts
 from trainer import judge as preference_judge
 from trainer.config import GateConfig
 from trainer.scoring import answer_logprobs, answer_losses, generate, mean_loss
+from trainer.scoring import margins as scoring_margins
 
 CHECKS = ("heldout_loss", "preference_accuracy", "forgetting", "degeneration",
           "unreadable_feedback", "known_facts", "fact_margins", "judge", "bias",
@@ -127,8 +128,7 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
             rejected = answer_logprobs(model, tokenizer, [(r["prompt"], r["rejected"])
                                                           for r in sets["pairs"]],
                                        gate.batch_size, f"{name}: rejected")
-            margins = [c / max(1, nc) - r / max(1, nr)
-                       for (c, nc), (r, nr) in zip(chosen, rejected)]
+            margins = scoring_margins(chosen, rejected)
             figures["preference_accuracy"] = sum(m > 0 for m in margins) / len(margins)
             figures["preference_margins"] = margins
         if sets["anchor"]:
@@ -166,7 +166,7 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
             figures["bias_gaps"] = bias_check.gaps(losses)
             figures["refusal_readiness"] = bias_check.refusal_readiness(losses)
         if sets.get("facts") and all("wrong" in f for f in sets["facts"]):  # cheap: no answers
-            figures["fact_margins"] = known_facts.margins(*(answer_logprobs(
+            figures["fact_margins"] = scoring_margins(*(answer_logprobs(
                 model, tokenizer, known_facts.reply_rows(sets["facts"], key), gate.batch_size,
                 f"{name}: fact margins ({key})") for key in ("answer", "wrong")))
         if sets.get("facts") and answers:  # runs saved before the check have no facts
@@ -221,7 +221,7 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
         kinds = [(c["kind"] is not None, r["kind"] is not None)
                  for c, r in zip(candidate.get("answers", []), reference.get("answers", []))]
         p = flips_beyond(sum(c and not r for c, r in kinds),
-                                    sum(r and not c for c, r in kinds))
+                         sum(r and not c for c, r in kinds))
         check("degeneration", candidate["degeneration"], reference["degeneration"], limit,
               candidate["degeneration"] <= limit or p > 1 - gate.confidence,
               len(sets["prompts"]), "prompts")

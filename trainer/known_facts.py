@@ -33,11 +33,6 @@ def reply_rows(facts: list[dict], key: str) -> list[tuple[list[dict], list[dict]
              [{"role": "assistant", "content": f"{f[key]}."}]) for f in facts]
 
 
-def margins(true: list[tuple[float, int]], wrong: list[tuple[float, int]]) -> list[float]:
-    """Per fact: mean log-probability per token of the true reply minus the wrong one's."""
-    return [t / max(1, nt) - w / max(1, nw) for (t, nt), (w, nw) in zip(true, wrong)]
-
-
 def says(answer: str, accepted: list[str]) -> bool:
     """Does `answer` say one of the accepted answers, as a word or number ("100" and "100.0"
     match 100; "14" and "4.5" do not match 4)?"""

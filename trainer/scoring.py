@@ -79,3 +79,8 @@ def generate(model, tokenizer, prompts: list[list[dict]], max_new_tokens: int,
         bar.update(len(chunk))
     bar.close()
     return out
+
+
+def margins(preferred: list[tuple[float, int]], other: list[tuple[float, int]]) -> list[float]:
+    """Per row: mean log-probability per token of the preferred answer minus the other's."""
+    return [p / max(1, n_p) - o / max(1, n_o) for (p, n_p), (o, n_o) in zip(preferred, other)]
