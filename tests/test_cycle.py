@@ -13,7 +13,10 @@ from bench.learning_traits import gibberish
 from storage import adapters, open_db
 from tests.conftest import OUTPUT, flywheel, health, wait_for
 
-pytestmark = [pytest.mark.slow, pytest.mark.integration]
+# Two real training runs, each with the whole gate on SmolLM2: about 480 s a night on two
+# cores since the gate reads fact margins and over-refusal too (CI on 5413939: train 215 s,
+# gate 257 s), so the whole test is over the suite's 900 s default.
+pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(1800)]
 
 PROMPTS = [
     "Name a fruit.", "Give me a tip for sleeping well.", "What is a cat?", "Say something kind.",
