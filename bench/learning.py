@@ -64,7 +64,7 @@ from storage.review import adapter_ratings  # noqa: E402
 # what one night needed (signoff, one round, 64 held-out prompts): SFT alone reached adoption
 # 0.28 [0.19, 0.40] (bench/results/learning-signoff-gate-checks.json), SFT then DPO 0.94
 # [0.85, 0.98] (learning-signoff-sft-dpo.json), its forgetting +11% (limit 15%); a round took
-# 831 s against 575 s. The method is `auto` (SFT then DPO when a night has 10 correction
+# 831 s against 575 s. The method is `auto` (SFT then DPO when a night has 10 preference
 # pairs, SFT alone when it has fewer), not a fixed sft+dpo, which the trainer refuses outright
 # on a night with fewer pairs (an unseen trait the base model mostly had already). The DPO
 # stage does not carry over to every trait: on brief (round 1, 823 s) it was refused for

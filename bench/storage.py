@@ -29,6 +29,7 @@ import random
 import sys
 import tempfile
 import time
+from contextlib import closing
 from pathlib import Path
 
 # This file's name is the package's: the project, not bench/, must come first on the path.
@@ -43,10 +44,19 @@ from bench.storage_queries import (  # noqa: E402
     page_endpoints,
     queue_queries,
 )
-from bench.storage_seeding import seed  # noqa: E402
+from bench.storage_seeding import a_days_feedback, seed  # noqa: E402
 from bench.storage_stages import child, peak_rss_mb, stage  # noqa: E402
 from bench.storage_writers import backup_during_writes, writers  # noqa: E402
 from storage import Home, init_db, open_db  # noqa: E402
+
+
+def cached_texts(cache: str) -> int:
+    """How many texts the embedding cache holds."""
+    import sqlite3
+    if not Path(cache).exists():
+        return 0
+    with closing(sqlite3.connect(cache)) as conn:
+        return conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
 
 
 def table(report: dict) -> str:
@@ -82,7 +92,8 @@ def table(report: dict) -> str:
     for name, r in report.get("page", {}).items():
         line(f"page through gradio_client: {name}", r["p95_ms"])
     for name in ("old-select", "select", "build", "build_again_warm_cache", "build_no_dedup",
-                 "export_kto", "export_kto_no_dedup", "dedup_check"):
+                 "export_kto", "export_kto_next_night", "export_kto_no_dedup",
+                 "dedup_check"):
         r = report.get(name)
         if r and "error" not in r:
             lines.append(f"{name:<42} {r['seconds']:>10} s {r.get('peak_rss_mb', '?'):>8} MB")
@@ -112,6 +123,10 @@ def main() -> None:
                         "KTO examples; embeds them all, about an hour on two cores)")
     parser.add_argument("--cache", help="embedding cache file for the build (default: the "
                         "home's, empty in a new home, so the first build embeds everything)")
+    parser.add_argument("--days-feedback", type=int, default=1000,
+                        help="rated answers that arrive before the next night's export "
+                        "(default 1000; a year of 340,000 answers, 100,000 of them rated, "
+                        "brings about 270 rated answers a day)")
     parser.add_argument("--writer-seconds", type=float, default=10.0)
     parser.add_argument("--out", help="also write the JSON here")
     parser.add_argument("--stage", help=argparse.SUPPRESS)
@@ -166,8 +181,20 @@ def main() -> None:
         models.resolve(None, home)  # a home that has served has its model converted already
         out = str(Path(tempfile.mkdtemp()) / "kto.jsonl")
         if "export-dedup" not in skip:  # a cold cache embeds every text first
+            before = cached_texts(cache)
             report["export_kto"] = child(["--home", str(home.root), "--stage", "export",
                                           "--out", out])
+            report["export_kto"]["texts_embedded"] = cached_texts(cache) - before
+            before = cached_texts(cache)
+            # The nightly case: the export of the night before embedded the history; a
+            # day's feedback arrives; tonight's export embeds only that.
+            # (seeded by what the home holds: each day on a kept home brings new texts)
+            report["a_days_feedback"] = a_days_feedback(home, args.days_feedback,
+                                                        random.Random(report["rated_answers"]))
+            report["export_kto_next_night"] = child(["--home", str(home.root), "--stage",
+                                                     "export", "--out", out])
+            report["export_kto_next_night"]["texts_embedded"] = (
+                cached_texts(cache) - before)
         report["export_kto_no_dedup"] = child(["--home", str(home.root), "--stage", "export",
                                                "--out", out, "--no-dedup"])
     if "page" not in skip:

@@ -53,6 +53,7 @@ def seed(home: Home, answers: int, rng: random.Random) -> dict:
             n_users = max(10, answers // 400)
             for i in range(n_users):
                 role = rng.choices([p for p, _ in people], [w for _, w in people])[0]
+                role = "admin" if i == 0 else role  # a home always has one admin
                 db.execute("INSERT INTO users (name, role, consent) VALUES (?, ?, ?)",
                            [f"user{i}", role, int(rng.random() > 0.01)])
             made["users"] = n_users
@@ -151,4 +152,37 @@ def seed(home: Home, answers: int, rng: random.Random) -> dict:
             print(f"\rseeded {made['answers']:,} answers", end="", file=sys.stderr, flush=True)
         print(file=sys.stderr)
         db.execute("ANALYZE")
+    return made
+
+
+def a_days_feedback(home: Home, rated: int, rng: random.Random) -> dict:
+    """What a day brings to a seeded home, written as the server writes it (storage.chat, a
+    transaction per turn): `rated` new one-turn conversations whose answers are rated (60%
+    up), 2% of them corrected; one question in eight repeats or nearly repeats one asked
+    before. For the nightly export after it (bench/storage.py `export_kto_next_night`)."""
+    from storage import chat as store
+    made = {"conversations": 0, "ratings": 0, "corrections": 0}
+    with open_db(home) as db:
+        asked = [r[0] for r in db.execute(
+            "SELECT content FROM messages WHERE role = 'user' ORDER BY random() LIMIT 5000")]
+        users = [r[0] for r in db.execute(
+            "SELECT id FROM users WHERE consent = 1 AND disabled = 0")]
+        curators = [r[0] for r in db.execute("SELECT id FROM users WHERE role != 'user'")]
+        curators = curators or [None]
+        for _ in range(rated):
+            owner = rng.choice(users)
+            with transaction(db):
+                conversation = store.create_conversation(db, user_id=owner)
+                question = store.add_message(db, conversation, "user", _question(rng, asked))
+            with transaction(db):
+                answer = store.add_message(db, conversation, "assistant",
+                                           sentence(rng, rng.randint(12, 60)), question,
+                                           adapter_id="ad-19")
+            store.rate(db, answer, "up" if rng.random() < 0.6 else "down", rater_id=owner)
+            made["conversations"] += 1
+            made["ratings"] += 1
+            if rng.random() < 0.02:
+                store.add_correction(db, answer, sentence(rng, rng.randint(8, 30)),
+                                     author_id=rng.choice(curators))
+                made["corrections"] += 1
     return made
