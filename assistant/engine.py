@@ -4,8 +4,10 @@ this process's own model. Generation and adapter swaps run on a single worker th
 Requests and swaps are jobs in one FIFO queue, so no two threads ever touch the model or
 PEFT's adapter state at once. A swap goes ahead of queued requests and does not wait for the
 running batch to end: at the next decoding step the batch pauses, the new adapter is loaded
-and smoke-tested, and the batch goes on (its rows re-reading what they have generated so
-far). A request keeps the adapter it started with until it finishes. Requests that sample
+and smoke-tested, and the batch goes on. A batch on one adapter goes on where it was, with
+its KV cache; a batch that mixes adapters or runs on the bare base model restarts, its rows
+re-reading what they have generated so far. A request keeps the adapter it started with
+until it finishes. Requests that sample
 the same way are generated together as one left-padded batch (up to `max_batch_size`); one
 that arrives while a batch runs joins it at the next token step (the batch restarts with the
 newcomer, its rows re-reading what they have generated so far), so nobody waits for a long
@@ -49,12 +51,16 @@ class _StepHook(StoppingCriteria):
     """Runs once per decoding step with every row's tokens so far: decodes each live row's
     new token, streams the text, and ends a row on EOS, a stop string, its own max_tokens or
     a cancel (so a cancel takes effect within one step); a finished row is stored at once.
-    When requests that could join are waiting and there is room, or a swap is waiting, it
-    stops the whole batch (`preempted`) so the engine can run the swap and restart the batch
-    with the newcomers."""
+    A waiting swap runs right here, between two steps, when the batch runs on one adapter
+    (`resume_as`): the batch then goes on with its KV cache, which saves re-reading every
+    row (on a 2-core CPU a promotion reaches users about 0.1 s sooner). Otherwise, and when
+    requests that could join are waiting and there is room, it stops the whole batch
+    (`preempted`) so the engine can run the swap and restart the batch with the newcomers."""
 
-    def __init__(self, engine: "Engine", rows: list[Row], may_preempt: bool):
+    def __init__(self, engine: "Engine", rows: list[Row], may_preempt: bool,
+                 resume_as: str | None):
         self.engine, self.rows, self.may_preempt = engine, rows, may_preempt
+        self.resume_as = resume_as
         self.preempted = False
 
     def __call__(self, input_ids, scores, **kwargs) -> torch.BoolTensor:
@@ -67,9 +73,16 @@ class _StepHook(StoppingCriteria):
                 row.advance(token, self.engine.tokenizer, self.engine.eos_ids)
                 if row.done:
                     self.engine._complete(row)
-        live = sum(not r.done for r in self.rows)
+        live = [r for r in self.rows if not r.done]
+        if live and self.resume_as is not None and self.engine._swap_waiting():
+            # Out of generate's inference mode: a new adapter's weights must stay ordinary
+            # tensors (PEFT sets requires_grad on them when it switches adapters).
+            with torch.inference_mode(False):
+                self.engine._run_swaps(paused=live)
+                # The smoke test switched PEFT's active adapter; this batch's comes back.
+                self.engine.adapters.using(self.resume_as)
         if self.may_preempt and live and (self.engine._swap_waiting() or (
-                live < self.engine.max_batch_size
+                len(live) < self.engine.max_batch_size
                 and self.engine._has_joinable(self.rows[0].params.batch_key()))):
             self.preempted = True
             return torch.ones(len(self.rows), dtype=torch.bool, device=input_ids.device)
@@ -83,7 +96,7 @@ class Engine:
                  max_loaded_adapters: int = 2, max_tokens_cap: int = 1024,
                  context_length: int | None = None, max_queued: int = 64,
                  max_messages: int = 256, max_stop_chars: int = 256,
-                 smoke_test_tokens: int = 2):
+                 smoke_test_tokens: int = 1):
         self.adapters = PeftAdapters(model, tokenizer, max_loaded_adapters, smoke_test_tokens)
         self.tokenizer = tokenizer
         self.base_name = base_name
@@ -313,7 +326,12 @@ class Engine:
         pad = self.tokenizer.pad_token_id
         input_ids, attention = left_pad([r.prompt_ids + r.ids for r in rows], pad)
         params = rows[0].params
-        hook = _StepHook(self, rows, may_preempt)
+        adapters = {r.adapter_id for r in rows}
+        # One loaded adapter runs through PEFT's active adapter, which a swap may switch and
+        # switch back mid-batch; a mixed batch (PEFT's per-generate `adapter_names` hooks) or
+        # the bare model (PEFT's `disable_adapter` context) cannot run a swap inside it.
+        one_adapter = next(iter(adapters)) if len(adapters) == 1 else None
+        hook = _StepHook(self, rows, may_preempt, resume_as=one_adapter)
         kwargs = dict(max_new_tokens=max(r.params.max_tokens - len(r.ids) for r in rows),
                       do_sample=params.temperature > 0, pad_token_id=pad,
                       stopping_criteria=StoppingCriteriaList([hook]))
@@ -323,12 +341,12 @@ class Engine:
             kwargs.update(temperature=None, top_p=None, top_k=None)
         if params.seed is not None:
             torch.manual_seed(params.seed)
-        adapters = {r.adapter_id for r in rows}
         if len(adapters) == 1:
-            context = self.adapters.using(adapters.pop())
+            context = self.adapters.using(one_adapter)
         else:
             context = nullcontext()
-            kwargs["adapter_names"] = [r.adapter_id or PEFT_NO_ADAPTER for r in rows]
+            kwargs["adapter_names"] = [self.adapters.peft_name(r.adapter_id) if r.adapter_id
+                                       else PEFT_NO_ADAPTER for r in rows]
         self.adapters.used(r.adapter_id for r in rows)
         self.batches_run.append(len(rows))
         with torch.inference_mode(), context:

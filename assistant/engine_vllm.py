@@ -4,9 +4,10 @@ servers through their OpenAI-compatible HTTP API.
 vLLM holds the weights, the KV cache and the batching. This module sends each request to
 the least busy replica and streams its answer into a `Stream`, keeps every replica's LoRA
 adapters in step with the active one (loaded under the adapter's id through vLLM's runtime
-LoRA endpoints, smoke-tested, and only then made the default), and watches each replica: one
-that stops answering is marked down at once, and gets its adapters back when it answers
-again, without a restart of Flywheel.
+LoRA endpoints, smoke-tested, and only then made the default; a request for the default
+adapter that comes during a swap waits for it, as on the built-in engine), and watches each
+replica: one that stops answering is marked down at once, and gets its adapters back when it
+answers again, without a restart of Flywheel.
 """
 
 import concurrent.futures
@@ -44,7 +45,7 @@ class VllmEngine:
                  context_length: int = 2048, max_tokens_cap: int = 1024, max_queued: int = 64,
                  max_messages: int = 256, max_stop_chars: int = 256,
                  max_loaded_adapters: int = 2, health_interval: float = 1.0,
-                 timeout: float = 60.0, smoke_test_tokens: int = 2,
+                 timeout: float = 60.0, smoke_test_tokens: int = 1,
                  on_close: Callable[[], None] | None = None):
         self.base_name = base_name
         self.active_adapter: str | None = None
@@ -71,6 +72,9 @@ class VllmEngine:
         self._on_close = on_close
         self._storer = storing_pool()
         self._swapper = concurrent.futures.ThreadPoolExecutor(1, "flywheel-vllm-swap")
+        self._swaps_pending = 0  # submitted, not yet ended: default requests wait for them
+        self._swaps_ended = threading.Condition(self._lock)
+        self.swap_wait = timeout  # the longest a default request waits for a swap under way
         self._stopping = threading.Event()
         self.health_interval = health_interval
         for replica in self.replicas:
@@ -149,6 +153,9 @@ class VllmEngine:
                 adapter: str | None, path: Path | None) -> None:
         """A request's own thread: pick a replica, stream from it, hand the result on."""
         submitted = time.perf_counter()
+        if adapter == ACTIVE:  # as in the built-in engine, a swap goes ahead of a new request
+            with self._swaps_ended:
+                self._swaps_ended.wait_for(lambda: not self._swaps_pending, self.swap_wait)
         adapter_id = self.active_adapter if adapter == ACTIVE else adapter
         stream.adapter_id = adapter_id
         replica = None
@@ -243,7 +250,23 @@ class VllmEngine:
     def _submit(self, fn: Callable[[], object]) -> concurrent.futures.Future:
         if self._closed:
             return refused_when_closed()
-        return self._swapper.submit(fn)
+
+        def swap() -> object:
+            try:
+                return fn()
+            finally:
+                with self._swaps_ended:
+                    self._swaps_pending -= 1
+                    self._swaps_ended.notify_all()
+        with self._lock:
+            self._swaps_pending += 1
+        try:
+            return self._swapper.submit(swap)
+        except RuntimeError:  # closed in the meantime
+            with self._swaps_ended:
+                self._swaps_pending -= 1
+                self._swaps_ended.notify_all()
+            return refused_when_closed()
 
     def _activate(self, adapter_id: str, path: Path) -> str:
         with self._adapters_lock:

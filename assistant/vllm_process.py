@@ -40,7 +40,7 @@ class VllmProcess:
 
 
 def command(python: str, model_folder: Path, served_name: str, port: int, *,
-            max_lora_rank: int = 64, max_loras: int = 2, dtype: str = "auto",
+            max_lora_rank: int = 16, max_loras: int = 2, dtype: str = "auto",
             max_model_len: int | None = None, extra_args: tuple[str, ...] = ()) -> list[str]:
     """The command line that starts vLLM's OpenAI server on 127.0.0.1:`port`. (`python -m`:
     the `vllm` script looks for a distribution named vllm, which CPU builds are not.)"""

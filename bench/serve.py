@@ -14,6 +14,7 @@ Prints JSON; with --plot, a PNG of tokens/s against streams for each engine.
 """
 
 import argparse
+import contextlib
 import itertools
 import json
 import statistics
@@ -97,14 +98,24 @@ def concurrent_streams(url: str, max_tokens: int, streams: int = 8) -> dict:
             "tokens_per_s_total": round(sum(r["tokens"] for r in results) / wall, 1)}
 
 
-def random_adapter(model_folder: Path, folder: Path) -> None:
-    """A LoRA adapter for the served model with non-zero weights, so its answers differ."""
+def random_adapter(model_folder: Path, folder: Path, seed: int = 0) -> None:
+    """A LoRA adapter shaped as `flywheel train` makes them (rank, alpha, dropout and target
+    modules from trainer/config.py), with small random weights: real work for the engine,
+    answers still fluent."""
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
+
+    from trainer.config import SFTSettings
+    settings = SFTSettings()
     base = AutoModelForCausalLM.from_pretrained(model_folder)
-    torch.manual_seed(0)
-    peft_model = get_peft_model(base, LoraConfig(r=8, target_modules=["q_proj", "v_proj"],
-                                                 init_lora_weights=False))
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(base, LoraConfig(
+        r=settings.lora_r, lora_alpha=settings.lora_alpha, lora_dropout=settings.lora_dropout,
+        target_modules=settings.lora_target_modules, task_type="CAUSAL_LM"))
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(0, 0.01)
     peft_model.save_pretrained(folder)
 
 
@@ -112,13 +123,14 @@ def promotion_to_answer(url: str, server, home: Home, model_folder: Path, times:
     """Publish and promote `times` new adapters one after another, each while a client sends
     back-to-back 4-token requests. From the promotion's commit: when the engine serves the
     new adapter (`swap_applied`), and the first token and the end of the first answer the
-    new adapter gave (a request begun before the swap finishes on the old one first)."""
+    new adapter gave (a request begun before the swap finishes on the old one first). Then
+    the same request without a swap, for scale: no promotion can beat it."""
     figures: dict[str, list[float]] = {"swap_applied_s": [], "first_token_s": [],
                                        "first_answer_s": []}
     tries = []
-    for n in range(times):
-        adapter_id = f"ad-bench-promotion-{n}"
-        random_adapter(model_folder, adapters.staging_path(home, adapter_id))
+    for promotion in range(times):
+        adapter_id = f"ad-bench-promotion-{promotion}"
+        random_adapter(model_folder, adapters.staging_path(home, adapter_id), seed=promotion)
         with open_db(home) as db:
             adapters.publish(db, home, adapter_id, base_model=server.service.model_name,
                              method="sft")
@@ -127,19 +139,25 @@ def promotion_to_answer(url: str, server, home: Home, model_folder: Path, times:
         applied = threading.Thread(target=lambda: figures["swap_applied_s"].append(
             wait_until(lambda: server.engine.active_adapter == adapter_id) - started))
         applied.start()
-        for n in itertools.count(1):
+        for request in itertools.count(1):
             sent = time.perf_counter()
             answer = stream_once(url, [{"role": "user", "content": "Hi!"}], 4)
             if answer["model"] == adapter_id:
                 figures["first_token_s"].append(sent + answer["ttft_s"] - started)
                 figures["first_answer_s"].append(sent + answer["total_s"] - started)
-                tries.append(n)
+                tries.append(request)
                 break
         applied.join()
+    alone = []  # the floor: the same request on the adapter now serving, no swap under way
+    for _ in range(5):
+        answer = stream_once(url, [{"role": "user", "content": "Hi!"}], 4)
+        alone.append(answer["total_s"])
     return {"promotion": {name: {"median": round(statistics.median(values), 2),
-                                 "max": round(max(values), 2)}
+                                 "max": round(max(values), 2),
+                                 "each": [round(v, 2) for v in values]}
                           for name, values in figures.items()},
-            "requests_until_then": tries, "smoke_test_tokens": server.engine.smoke_test_tokens}
+            "requests_until_then": tries, "smoke_test_tokens": server.engine.smoke_test_tokens,
+            "same_request_without_a_swap_s": round(statistics.median(alone), 2)}
 
 
 def wait_until(condition, every: float = 0.02) -> float:
@@ -225,7 +243,8 @@ def main() -> None:
     engines = ["local", "vllm"] if args.engine == "both" else [args.engine]
     if "vllm" in engines and not args.vllm_python:
         parser.error("--engine vllm needs --vllm-python PATH")
-    reports = [measure(engine, args) for engine in engines]
+    with contextlib.redirect_stdout(sys.stderr):  # the servers' progress lines; JSON alone out
+        reports = [measure(engine, args) for engine in engines]
     result = {"model": models.EMBEDDED_NAME, "tokens_per_request": args.tokens,
               "engines": reports}
     if len(reports) == 2 and not args.only:

@@ -48,15 +48,15 @@ from bench.storage_seeding import a_days_feedback, seed  # noqa: E402
 from bench.storage_stages import child, peak_rss_mb, stage  # noqa: E402
 from bench.storage_writers import backup_during_writes, writers  # noqa: E402
 from storage import Home, init_db, open_db  # noqa: E402
+from storage.embeddings import EmbeddingCache  # noqa: E402
 
 
-def cached_texts(cache: str) -> int:
+def cached_texts(cache: Path) -> int:
     """How many texts the embedding cache holds."""
-    import sqlite3
-    if not Path(cache).exists():
+    if not cache.exists():
         return 0
-    with closing(sqlite3.connect(cache)) as conn:
-        return conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+    with closing(EmbeddingCache(cache, model="")) as embeddings:
+        return len(embeddings)
 
 
 def table(report: dict) -> str:
@@ -184,8 +184,9 @@ def main() -> None:
             before = cached_texts(cache)
             report["export_kto"] = child(["--home", str(home.root), "--stage", "export",
                                           "--out", out])
-            report["export_kto"]["texts_embedded"] = cached_texts(cache) - before
-            before = cached_texts(cache)
+            after = cached_texts(cache)
+            report["export_kto"]["texts_embedded"] = after - before
+            before = after
             # The nightly case: the export of the night before embedded the history; a
             # day's feedback arrives; tonight's export embeds only that.
             # (seeded by what the home holds: each day on a kept home brings new texts)

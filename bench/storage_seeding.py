@@ -161,7 +161,7 @@ def a_days_feedback(home: Home, rated: int, rng: random.Random) -> dict:
     up), 2% of them corrected; one question in eight repeats or nearly repeats one asked
     before. For the nightly export after it (bench/storage.py `export_kto_next_night`)."""
     from storage import chat as store
-    made = {"conversations": 0, "ratings": 0, "corrections": 0}
+    corrections = 0
     with open_db(home) as db:
         asked = [r[0] for r in db.execute(
             "SELECT content FROM messages WHERE role = 'user' ORDER BY random() LIMIT 5000")]
@@ -179,10 +179,8 @@ def a_days_feedback(home: Home, rated: int, rng: random.Random) -> dict:
                                            sentence(rng, rng.randint(12, 60)), question,
                                            adapter_id="ad-19")
             store.rate(db, answer, "up" if rng.random() < 0.6 else "down", rater_id=owner)
-            made["conversations"] += 1
-            made["ratings"] += 1
             if rng.random() < 0.02:
                 store.add_correction(db, answer, sentence(rng, rng.randint(8, 30)),
                                      author_id=rng.choice(curators))
-                made["corrections"] += 1
-    return made
+                corrections += 1
+    return {"rated_answers": rated, "corrections": corrections}

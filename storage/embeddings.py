@@ -66,6 +66,10 @@ class EmbeddingCache:
                 [(key(self.model, t), np.asarray(v, dtype=np.float16).tobytes())
                  for t, v in vectors.items()])
 
+    def __len__(self) -> int:
+        """How many vectors the cache holds (for every model)."""
+        return self.conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
+
     def close(self) -> None:
         """Close the cache's database connection."""
         self.conn.close()

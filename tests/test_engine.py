@@ -108,6 +108,40 @@ def test_a_swap_does_not_wait_for_a_long_answer_to_end(engine, tiny_model_dir, t
     assert long.result.adapter_id == "ad-pinned" and long.result.completion_tokens == 400
 
 
+def test_an_adapter_in_an_old_ones_place_answers_as_when_loaded_alone(engine, tiny_model_dir,
+                                                                     home, tmp_path):
+    """Past `max_loaded_adapters` (2), a new adapter's weights go into the least recently used
+    one's place (PEFT's hot-swap) and the model holds two adapters, not more. Every adapter
+    answers exactly as it does in an engine that has only it: one of another rank on fewer
+    modules (the place's other modules zeroed), and one PEFT cannot hot-swap (another
+    dropout: loaded anew)."""
+    paths = {f"ad-{n}": make_adapter(tiny_model_dir, tmp_path / f"ad-{n}", seed=n)
+             for n in (1, 2, 3)}
+    for name, config in {"ad-q": LoraConfig(r=8, target_modules=["q_proj"]),
+                         "ad-dropout": LoraConfig(r=4, target_modules="all-linear",
+                                                  lora_dropout=0.1)}.items():
+        model, _ = models.load(models.BaseModel("tiny", tiny_model_dir))
+        torch.manual_seed(4)
+        config.init_lora_weights = False
+        get_peft_model(model, config).save_pretrained(tmp_path / name)
+        paths[name] = tmp_path / name
+    alone = {}
+    for name, path in paths.items():
+        base = models.resolve(str(tiny_model_dir), home)
+        only = Engine(*models.load(base), base.name)
+        only.activate(name, path).result(timeout=60)
+        alone[name] = run(only)[0]
+        only.close()
+    assert len(set(alone.values())) == len(paths), "the adapters must answer differently"
+    for name in paths:
+        engine.activate(name, paths[name]).result(timeout=60)
+        assert run(engine)[0] == alone[name], name
+    assert len(engine.model.peft_config) == 2
+    for name in ("ad-q", "ad-1"):  # the one before (still loaded), one evicted (reloaded)
+        stream = engine.chat(HELLO, GREEDY, adapter=name, adapter_path=paths[name])
+        assert "".join(stream) == alone[name] and stream.result.adapter_id == name
+
+
 def test_an_adapter_with_non_finite_weights_is_refused(engine, tiny_model_dir, tmp_path):
     """The smoke test checks every step's logits: NaN weights never reach a user."""
     good = make_adapter(tiny_model_dir, tmp_path / "ad-good", seed=1)

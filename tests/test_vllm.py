@@ -259,6 +259,20 @@ def test_adapters_pinned_one_after_another_never_pile_up_in_vllm(vllm, flywheel)
     assert ask(url, PROMPTS[3])[1] == active
 
 
+def test_a_request_sent_during_a_swap_is_answered_by_the_new_adapter(vllm, flywheel):
+    """As on the built-in engine, a swap goes ahead of requests for the default adapter: one
+    sent while the new adapter is being loaded and smoke-tested waits, and the new one
+    answers it (without the wait it went to the old one, beside the smoke test)."""
+    url, server, home = flywheel
+    before = health(url)["adapter"]
+    publish(home, vllm.base, "ad-vllm-next", seed=6)
+    promote(home, "ad-vllm-next")  # so the server's watcher keeps it, not `before`
+    swap = server.engine.activate("ad-vllm-next", home.adapters_dir / "ad-vllm-next")
+    _, model, _ = ask(url, PROMPTS[2])
+    assert before != "ad-vllm-next" and model == "ad-vllm-next"
+    assert swap.result(timeout=60) == "ad-vllm-next"
+
+
 def test_vllm_killed_mid_stream_gives_503s_and_serving_resumes_when_it_is_back(vllm,
                                                                                 flywheel):
     url, _, home = flywheel
