@@ -51,12 +51,12 @@ from storage import Home, init_db, open_db  # noqa: E402
 from storage.embeddings import EmbeddingCache  # noqa: E402
 
 
-def cached_texts(cache: Path) -> int:
+def cached_texts(cache: str) -> int:
     """How many texts the embedding cache holds."""
-    if not cache.exists():
+    if not Path(cache).exists():
         return 0
-    with closing(EmbeddingCache(cache, model="")) as embeddings:
-        return len(embeddings)
+    with closing(EmbeddingCache(Path(cache), model="")) as embeddings:
+        return embeddings.size()
 
 
 def table(report: dict) -> str:

@@ -66,8 +66,9 @@ class EmbeddingCache:
                 [(key(self.model, t), np.asarray(v, dtype=np.float16).tobytes())
                  for t, v in vectors.items()])
 
-    def __len__(self) -> int:
-        """How many vectors the cache holds (for every model)."""
+    def size(self) -> int:
+        """How many vectors the cache holds (for every model). Not `__len__`: callers test
+        `if cache:` for "a cache is in use", and an empty cache must still count as one."""
         return self.conn.execute("SELECT COUNT(*) FROM vectors").fetchone()[0]
 
     def close(self) -> None:
