@@ -255,18 +255,20 @@ class VllmEngine:
             try:
                 return fn()
             finally:
-                with self._swaps_ended:
-                    self._swaps_pending -= 1
-                    self._swaps_ended.notify_all()
+                self._swap_ended()
         with self._lock:
             self._swaps_pending += 1
         try:
             return self._swapper.submit(swap)
         except RuntimeError:  # closed in the meantime
-            with self._swaps_ended:
-                self._swaps_pending -= 1
-                self._swaps_ended.notify_all()
+            self._swap_ended()
             return refused_when_closed()
+
+    def _swap_ended(self) -> None:
+        """One swap fewer under way; requests waiting for none go on."""
+        with self._swaps_ended:
+            self._swaps_pending -= 1
+            self._swaps_ended.notify_all()
 
     def _activate(self, adapter_id: str, path: Path) -> str:
         with self._adapters_lock:

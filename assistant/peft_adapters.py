@@ -55,8 +55,7 @@ class PeftAdapters:
         if not (path / "adapter_config.json").is_file():
             raise FileNotFoundError(f"{path} has no adapter_config.json")
         keep = keep | {adapter_id}
-        victim = (next((a for a in self.loaded if a not in keep | self.pinned), None)
-                  if len(self.loaded) >= self.max_loaded else None)
+        victim = self._least_recent(keep) if len(self.loaded) >= self.max_loaded else None
         if victim is None or not self._take_over(victim, adapter_id, path):
             self._load(adapter_id, path)
         try:
@@ -69,16 +68,20 @@ class PeftAdapters:
     def evict(self, keep: set) -> None:
         """Unload the least recently used adapters beyond `max_loaded`, never one in `keep`
         or `pinned`. Files stay for reloading."""
-        keep = keep | self.pinned
         while len(self.loaded) > self.max_loaded:
-            victim = next((a for a in self.loaded if a not in keep), None)
+            victim = self._least_recent(keep)
             if victim is None:
                 return
             self._unload(victim)
 
+    def _least_recent(self, keep: set) -> str | None:
+        """The least recently used adapter that is neither in `keep` nor `pinned`."""
+        return next((a for a in self.loaded if a not in keep and a not in self.pinned), None)
+
     def _take_over(self, victim: str, adapter_id: str, path: Path) -> bool:
-        """Copy `adapter_id`'s weights into `victim`'s slot (PEFT's hot-swap). False when
-        PEFT cannot (another rank, alpha or target modules): the caller loads it anew. The
+        """Copy `adapter_id`'s weights into `victim`'s slot (PEFT's hot-swap: another rank
+        or fewer target modules are fine). False when PEFT refuses (another dropout, alpha
+        pattern, rsLoRA or DoRA, or modules the slot lacks): the caller loads it anew. The
         victim is unloaded either way."""
         from peft.utils.hotswap import hotswap_adapter
         slot = self._slots[victim]
