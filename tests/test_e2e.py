@@ -15,6 +15,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.integration]
 PROBE = "Name a fruit."
 TRAIN_PROMPTS = [PROBE, "Give me a tip for sleeping well.", "What is a cat?",
                  "Say something kind.", "Describe rain in one sentence.", "Recommend a hobby."]
+CORRECTION = "A mango: sweet, juicy and golden inside."
 
 
 def ask(client: Client, prompt: str, temperature: float, max_tokens: int = 32) -> tuple[str, dict]:
@@ -31,28 +32,26 @@ def test_feedback_trains_an_adapter_that_the_running_server_swaps_in(serve_proce
     base_text, base_last = ask(client, PROBE, temperature=0.0)
     assert base_text and base_last["adapter_id"] is None
 
-    for prompt in TRAIN_PROMPTS:  # sampled answers, all liked
-        _, last = ask(client, prompt, temperature=1.0)
+    # A night's feedback as people give it: complete answers liked, and a curator's correction
+    # of the probe's answer. Greedy answers make the night the same on every run: sampled
+    # ones (temperature 1.0, cut off at 32 tokens) made the gate's verdict a coin toss.
+    for prompt in TRAIN_PROMPTS[1:]:
+        _, last = ask(client, prompt, temperature=0.0, max_tokens=96)
         assert client.predict(last["message_id"], "up", api_name="/rate") == "ok"
+    _, last = ask(client, PROBE, temperature=0.0, max_tokens=96)
+    assert client.predict(last["message_id"], None, CORRECTION, [],
+                          api_name="/save_review") == "Saved."
 
     train = subprocess.run(flywheel("train", "--home", str(home.root), "--min-examples", "6",
                                     "--max-steps", "8", "--batch-size", "2",
-                                    "--learning-rate", "2e-3", "--validation-share", "0",
+                                    "--learning-rate", "1e-3", "--validation-share", "0",
                                     "--anchor-share", "0", "--set", "gate.anchor_examples=16",
-                                    "--set", "gate.generation_prompts=8",
-                                    # This test is about the swap (tests/test_cycle.py is
-                                    # about the gate): a hot learning rate on 6 sampled,
-                                    # cut-off answers may forget, and loop or cut off on a
-                                    # few prompts, more than a nightly run would be allowed
-                                    # to (seen in CI: 3 of 8 cut off against 1 of 8), and
-                                    # lose known facts (seen in CI: 12 of 23 lost, 3 gained).
-                                    "--set", "gate.max_forgetting=0.5",
-                                    "--set", "gate.degeneration_tolerance=0.5",
-                                    "--set", "gate.max_facts_lost=40"),
+                                    "--set", "gate.generation_prompts=8"),
                            capture_output=True, text=True, timeout=900)
     (OUTPUT / "e2e-train.log").write_text(train.stdout + train.stderr)
     assert train.returncode == 0, train.stderr[-2000:]
-    assert "Verdict: pass" in train.stdout and "promoted: the server swaps it in" in train.stdout
+    assert "Verdict: pass" in train.stdout and "promoted: the server swaps it in" in train.stdout, \
+        train.stdout[train.stdout.find("Evaluation gate"):]
     with open_db(home) as db:
         adapter_id = db.execute("SELECT id FROM adapters WHERE status = 'active'").fetchone()[0]
 
