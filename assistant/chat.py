@@ -10,7 +10,7 @@ reader stopped it (then it is kept, marked `interrupted`).
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from assistant.config import ThrottleConfig
 from assistant.inference import (
@@ -60,7 +60,8 @@ class Turn:
 class ChatService:
     def __init__(self, engine: InferenceEngine, home: Home, model_name: str,
                  throttle: Throttle | None = None, *, max_comment_chars: int = 4_000,
-                 max_correction_chars: int = 16_000, journal: Journal | None = None):
+                 max_correction_chars: int = 16_000, journal: Journal | None = None,
+                 catch_up: Callable[[str | None], None] | None = None):
         self.engine = engine
         self.home = home
         self.model_name = model_name
@@ -68,6 +69,9 @@ class ChatService:
         self.max_comment_chars = max_comment_chars
         self.max_correction_chars = max_correction_chars
         self.journal = journal  # writes running answers' text as it streams
+        # Told the active adapter's id before each answer on the default adapter, so a
+        # promotion committed a moment ago is swapped in before the answer begins.
+        self.catch_up = catch_up
 
     def check_feedback(self, comment: str | None = None, correction: str | None = None,
                        reasons: list[str] | None = None) -> None:
@@ -203,6 +207,9 @@ class ChatService:
                 prompt_tokens: int, params: GenerationParams, adapter: str | None,
                 path: Path | None, release) -> Turn:
         answer_id = store.new_id("chatcmpl")
+        if adapter == ACTIVE and self.catch_up is not None:
+            with open_db(self.home, keep=True) as db:
+                self.catch_up(adapters.active_id(db))
         if adapter == ACTIVE:  # "whatever is live": the candidate, for an A/B split's share
             adapter, path = self._ab_arm(conversation_id) or (adapter, path)
         with open_db(self.home) as db:  # journaled from the start: a crash keeps the text

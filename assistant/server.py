@@ -78,7 +78,8 @@ def build(home: Home, config: ServeConfig) -> Server:
     journal = Journal(home, config.journal_interval).start()
     service = ChatService(engine, home, base.name, throttle,
                           max_comment_chars=config.max_comment_chars,
-                          max_correction_chars=config.max_correction_chars, journal=journal)
+                          max_correction_chars=config.max_correction_chars, journal=journal,
+                          catch_up=watcher.catch_up)
     # The schema and its viewer are served by auth.install, to signed-in callers only.
     app = FastAPI(title="Flywheel", docs_url=None, redoc_url=None, openapi_url=None)
 

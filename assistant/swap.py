@@ -1,8 +1,10 @@
 """Hot swap: notice a newly promoted adapter in the database and swap it into the engine.
 
 The trainer runs in another process and shares only FLYWHEEL_HOME, so promotion is a row;
-this thread polls for it. The swap itself is a job on the engine's worker (load beside the
-old adapter, smoke-test, switch), so requests in flight finish on the adapter they began with.
+this thread polls for it, and a request for the default adapter that finds another one
+promoted swaps it in at once (`catch_up`) instead of waiting for the next poll. The swap
+itself is a job on the engine's worker (load beside the old adapter, smoke-test, switch),
+so requests in flight finish on the adapter they began with.
 """
 
 import logging
@@ -22,6 +24,7 @@ class AdapterWatcher(threading.Thread):
         self.home = home
         self.interval = interval
         self._stopping = threading.Event()
+        self._checking = threading.Lock()  # one check at a time: the poll's or a request's
 
     def run(self) -> None:
         while not self._stopping.is_set():
@@ -37,9 +40,24 @@ class AdapterWatcher(threading.Thread):
         self._stopping.set()
         if self.is_alive() and threading.current_thread() is not self:
             self.join(timeout)
+        if self._checking.acquire(timeout=timeout):  # a request's catch-up, too
+            self._checking.release()
+
+    def catch_up(self, active_id: str | None) -> None:
+        """A request found `active_id` active in the database. If the engine serves another,
+        swap now on the caller's thread (the request then waits for the swap, as it would
+        behind a swap already queued) rather than answer on the old adapter until the next
+        poll: an answer that begins after a promotion's commit comes from the new adapter.
+        A refused adapter costs one more read and changes nothing."""
+        if active_id != self.engine.active_adapter and not self._stopping.is_set():
+            self.check()
 
     def check(self) -> str | None:
         """Swap to the adapter the database calls active, if it differs from the served one."""
+        with self._checking:  # a second caller finds the swap done and returns
+            return self._check()
+
+    def _check(self) -> str | None:
         with open_db(self.home, keep=True) as db:  # polled often: one kept connection
             wanted = adapters.active(db)
             refused = adapters.refused_ids(db)

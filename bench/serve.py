@@ -42,8 +42,10 @@ CONCURRENT = [f"Tell me about the history of the number {n}." for n in range(16)
 STREAMS = (1, 8, 16)
 
 
-def stream_once(url: str, messages: list, max_tokens: int) -> dict:
-    """One streamed request: time to first content, total time, tokens, who answered."""
+def stream_once(url: str, messages: list, max_tokens: int,
+                begun: threading.Event | None = None) -> dict:
+    """One streamed request: time to first content, total time, tokens, who answered.
+    `begun` is set at the first content."""
     started = time.perf_counter()
     first = None
     with httpx.stream("POST", f"{url}/v1/chat/completions", timeout=600, json={
@@ -55,6 +57,8 @@ def stream_once(url: str, messages: list, max_tokens: int) -> dict:
             chunk = json.loads(line[6:])
             if first is None and chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
                 first = time.perf_counter() - started
+                if begun is not None:
+                    begun.set()
             if chunk.get("usage"):
                 tokens, model = chunk["usage"]["completion_tokens"], chunk["model"]
     total = time.perf_counter() - started
@@ -119,18 +123,21 @@ def random_adapter(model_folder: Path, folder: Path, seed: int = 0) -> None:
     peft_model.save_pretrained(folder)
 
 
-def promotion_to_answer(url: str, server, home: Home, model_folder: Path, times: int) -> dict:
-    """Publish and promote `times` new adapters one after another, each while a client sends
-    back-to-back 4-token requests. From the promotion's commit: when the engine serves the
-    new adapter (`swap_applied`), and the first token and the end of the first answer the
-    new adapter gave (a request begun before the swap finishes on the old one first). Then
-    the same request without a swap, for scale: no promotion can beat it."""
+def promotion_to_answer(url: str, server, home: Home, model_folder: Path, times: int,
+                        streaming: bool = False) -> dict:
+    """Publish and promote `times` new adapters one after another; after each commit a
+    client sends back-to-back 4-token requests. From the promotion's commit: when the engine
+    serves the new adapter (`swap_applied`), and the first token and the end of the first
+    answer the new adapter gave. `streaming`: another client's long answer is streaming on
+    the old adapter at the commit (it goes on there; the swap and the new request share
+    the engine with it). Then the same request without a swap, for scale."""
     figures: dict[str, list[float]] = {"swap_applied_s": [], "first_token_s": [],
                                        "first_answer_s": []}
     tries = []
     for promotion in range(times):
-        adapter_id = f"ad-bench-promotion-{promotion}"
+        adapter_id = f"ad-bench-promotion-{'s' if streaming else ''}{promotion}"
         random_adapter(model_folder, adapters.staging_path(home, adapter_id), seed=promotion)
+        other = streaming_beside(url) if streaming else None
         with open_db(home) as db:
             adapters.publish(db, home, adapter_id, base_model=server.service.model_name,
                              method="sft")
@@ -148,16 +155,37 @@ def promotion_to_answer(url: str, server, home: Home, model_folder: Path, times:
                 tries.append(request)
                 break
         applied.join()
+        if other is not None:
+            other.join()
     alone = []  # the floor: the same request on the adapter now serving, no swap under way
     for _ in range(5):
+        other = streaming_beside(url) if streaming else None
         answer = stream_once(url, [{"role": "user", "content": "Hi!"}], 4)
         alone.append(answer["total_s"])
+        if other is not None:
+            other.join()
     return {"promotion": {name: {"median": round(statistics.median(values), 2),
                                  "max": round(max(values), 2),
                                  "each": [round(v, 2) for v in values]}
                           for name, values in figures.items()},
             "requests_until_then": tries, "smoke_test_tokens": server.engine.smoke_test_tokens,
             "same_request_without_a_swap_s": round(statistics.median(alone), 2)}
+
+
+def streaming_beside(url: str) -> threading.Thread:
+    """Another client's long answer, begun (its first token streamed) when this returns."""
+    begun = threading.Event()
+    other = threading.Thread(target=stream_once, args=(url, PROMPT, 48, begun))
+    other.start()
+    begun.wait()
+    return other
+
+
+def promotions(url: str, server, home: Home, model_folder: Path, times: int) -> dict:
+    """Promotion to first answer on an idle engine, then with another answer streaming."""
+    return {"promotion_idle": promotion_to_answer(url, server, home, model_folder, times),
+            "promotion_while_streaming": promotion_to_answer(url, server, home, model_folder,
+                                                             times, streaming=True)}
 
 
 def wait_until(condition, every: float = 0.02) -> float:
@@ -200,7 +228,7 @@ def measure(engine: str, args) -> dict:
         stream_once(url, PROMPT, 8)  # warm up
         report = {"engine": engine}
         if args.only == "promotion":
-            return report | promotion_to_answer(url, server, home, folder, args.promotions) | {
+            return report | promotions(url, server, home, folder, args.promotions) | {
                 "poll_interval_s": config.poll_interval}
         if engine == "local":
             report |= local_only(url, server, config, args.tokens, args.repeats)
@@ -208,7 +236,7 @@ def measure(engine: str, args) -> dict:
         one, *_, most = report["streams"]
         report[f"{most['streams']}_streams_over_1"] = round(most["tokens_per_s_total"]
                                                            / one["tokens_per_s_total"], 2)
-        report |= promotion_to_answer(url, server, home, folder, args.promotions)
+        report |= promotions(url, server, home, folder, args.promotions)
         report["poll_interval_s"] = config.poll_interval
     return report
 

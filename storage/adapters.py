@@ -83,6 +83,13 @@ def active(db: sqlite_utils.Database) -> dict | None:
     return _decode(rows[0]) if rows else None
 
 
+def active_id(db: sqlite_utils.Database) -> str | None:
+    """Just the active adapter's id (None: the base model): read on every request, on a
+    kept connection, so the query is read to the end (fetchall, not fetchone)."""
+    rows = db.execute("SELECT id FROM adapters WHERE status = 'active'").fetchall()
+    return rows[0][0] if rows else None
+
+
 def promote(db: sqlite_utils.Database, adapter_id: str, reason: str = "",
             force: bool = False) -> dict:
     """Make `adapter_id` the active adapter; the one it replaces is retired (still loadable),

@@ -109,3 +109,30 @@ def test_a_broken_or_foreign_adapter_is_refused_and_the_old_one_keeps_serving(se
 def _events(home, adapter_id):
     with open_db(home) as db:
         return adapters.events(db, adapter_id).rows
+
+
+def test_a_request_right_after_a_promotion_is_answered_by_the_promoted_adapter(home,
+                                                                               tiny_model_dir):
+    # The poll is an hour apart here: only the request itself can notice the promotion.
+    config = ServeConfig(model=str(tiny_model_dir), port=0, poll_interval=3600)
+    with serve_in_thread(home, config) as (url, srv):
+        base = srv.service.model_name
+        publish(home, tiny_model_dir, "ad-new", seed=3, base_model=base)
+        publish(home, tiny_model_dir, "ad-corrupt", seed=2, base_model=base)
+        (home.adapters_dir / "ad-corrupt" / "adapter_model.safetensors").write_bytes(b"junk")
+        pinned = ask(url, PROMPTS[2], "ad-new")[2]
+        assert ask(url, PROMPTS[2])[1] == base
+
+        with open_db(home) as db:
+            adapters.promote(db, "ad-new")
+        assert ask(url, PROMPTS[2])[1:] == ("ad-new", pinned)
+
+        with open_db(home) as db:  # a broken one is refused once; the old one answers
+            adapters.promote(db, "ad-corrupt")
+        assert [ask(url, PROMPTS[2])[1] for _ in range(3)] == ["ad-new"] * 3
+        assert [e["event"] for e in _events(home, "ad-corrupt")] == ["refused"]
+
+        with open_db(home) as db:  # back past ad-new to the base model, as quickly
+            assert adapters.rollback(db)["id"] == "ad-new"
+            assert adapters.rollback(db) is None
+        assert ask(url, PROMPTS[2])[1] == base
