@@ -49,12 +49,16 @@ class AdapterWatcher(threading.Thread):
         behind a swap already queued) rather than answer on the old adapter until the next
         poll: an answer that begins after a promotion's commit comes from the new adapter.
         A refused adapter costs one more read and changes nothing."""
-        if active_id != self.engine.active_adapter and not self._stopping.is_set():
+        if active_id != self.engine.active_adapter:
             self.check()
 
     def check(self) -> str | None:
-        """Swap to the adapter the database calls active, if it differs from the served one."""
+        """Swap to the adapter the database calls active, if it differs from the served one.
+        Once stopping, nothing: the engine may be closing, and a swap it refused for that
+        would be recorded as the adapter's fault."""
         with self._checking:  # a second caller finds the swap done and returns
+            if self._stopping.is_set():
+                return self.engine.active_adapter
             return self._check()
 
     def _check(self) -> str | None:

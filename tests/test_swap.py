@@ -136,3 +136,16 @@ def test_a_request_right_after_a_promotion_is_answered_by_the_promoted_adapter(h
             assert adapters.rollback(db)["id"] == "ad-new"
             assert adapters.rollback(db) is None
         assert ask(url, PROMPTS[2])[1] == base
+
+
+def test_a_server_shutting_down_swaps_nothing_and_blames_no_adapter(server, tiny_model_dir):
+    # Past the watcher's stop the engine may be closing: a swap it refused for that would be
+    # recorded against a good adapter, and a restarted server would never serve it.
+    url, srv, home = server
+    publish(home, tiny_model_dir, "ad-late", seed=3, base_model=srv.service.model_name)
+    srv.watcher.stop()
+    with open_db(home) as db:
+        adapters.promote(db, "ad-late")
+    srv.engine.close()
+    srv.watcher.catch_up("ad-late")  # a request that arrived just then
+    assert srv.engine.active_adapter is None and _events(home, "ad-late") == []
