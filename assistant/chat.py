@@ -207,10 +207,10 @@ class ChatService:
                 prompt_tokens: int, params: GenerationParams, adapter: str | None,
                 path: Path | None, release) -> Turn:
         answer_id = store.new_id("chatcmpl")
-        if adapter == ACTIVE and self.catch_up is not None:
-            with open_db(self.home, keep=True) as db:
-                self.catch_up(adapters.active_id(db))
         if adapter == ACTIVE:  # "whatever is live": the candidate, for an A/B split's share
+            if self.catch_up is not None:
+                with open_db(self.home, keep=True) as db:
+                    self.catch_up(adapters.active_id(db))
             adapter, path = self._ab_arm(conversation_id) or (adapter, path)
         with open_db(self.home) as db:  # journaled from the start: a crash keeps the text
             partials.start(db, answer_id, conversation_id, user_message_id,

@@ -137,33 +137,28 @@ def promotion_to_answer(url: str, server, home: Home, model_folder: Path, times:
     for promotion in range(times):
         adapter_id = f"ad-bench-promotion-{'s' if streaming else ''}{promotion}"
         random_adapter(model_folder, adapters.staging_path(home, adapter_id), seed=promotion)
-        other = streaming_beside(url) if streaming else None
-        with open_db(home) as db:
-            adapters.publish(db, home, adapter_id, base_model=server.service.model_name,
-                             method="sft")
-            started = time.perf_counter()
-            adapters.promote(db, adapter_id, reason="bench")
-        applied = threading.Thread(target=lambda: figures["swap_applied_s"].append(
-            wait_until(lambda: server.engine.active_adapter == adapter_id) - started))
-        applied.start()
-        for request in itertools.count(1):
-            sent = time.perf_counter()
-            answer = stream_once(url, [{"role": "user", "content": "Hi!"}], 4)
-            if answer["model"] == adapter_id:
-                figures["first_token_s"].append(sent + answer["ttft_s"] - started)
-                figures["first_answer_s"].append(sent + answer["total_s"] - started)
-                tries.append(request)
-                break
-        applied.join()
-        if other is not None:
-            other.join()
+        with another_answer_streaming(url, streaming):
+            with open_db(home) as db:
+                adapters.publish(db, home, adapter_id, base_model=server.service.model_name,
+                                 method="sft")
+                started = time.perf_counter()
+                adapters.promote(db, adapter_id, reason="bench")
+            applied = threading.Thread(target=lambda: figures["swap_applied_s"].append(
+                wait_until(lambda: server.engine.active_adapter == adapter_id) - started))
+            applied.start()
+            for request in itertools.count(1):
+                sent = time.perf_counter()
+                answer = stream_once(url, [{"role": "user", "content": "Hi!"}], 4)
+                if answer["model"] == adapter_id:
+                    figures["first_token_s"].append(sent + answer["ttft_s"] - started)
+                    figures["first_answer_s"].append(sent + answer["total_s"] - started)
+                    tries.append(request)
+                    break
+            applied.join()
     alone = []  # the floor: the same request on the adapter now serving, no swap under way
     for _ in range(5):
-        other = streaming_beside(url) if streaming else None
-        answer = stream_once(url, [{"role": "user", "content": "Hi!"}], 4)
-        alone.append(answer["total_s"])
-        if other is not None:
-            other.join()
+        with another_answer_streaming(url, streaming):
+            alone.append(stream_once(url, [{"role": "user", "content": "Hi!"}], 4)["total_s"])
     return {"promotion": {name: {"median": round(statistics.median(values), 2),
                                  "max": round(max(values), 2),
                                  "each": [round(v, 2) for v in values]}
@@ -172,13 +167,21 @@ def promotion_to_answer(url: str, server, home: Home, model_folder: Path, times:
             "same_request_without_a_swap_s": round(statistics.median(alone), 2)}
 
 
-def streaming_beside(url: str) -> threading.Thread:
-    """Another client's long answer, begun (its first token streamed) when this returns."""
+@contextlib.contextmanager
+def another_answer_streaming(url: str, on: bool = True):
+    """With `on`: another client's long answer, begun (its first token streamed) when the
+    block starts, and ended when it ends. Without: nothing."""
+    if not on:
+        yield
+        return
     begun = threading.Event()
     other = threading.Thread(target=stream_once, args=(url, PROMPT, 48, begun))
     other.start()
     begun.wait()
-    return other
+    try:
+        yield
+    finally:
+        other.join()
 
 
 def promotions(url: str, server, home: Home, model_folder: Path, times: int) -> dict:
