@@ -147,6 +147,27 @@ def test_validation_loss_early_stopping_and_the_best_checkpoint(tmp_path, tiny_m
     assert all((best[k] == final[k]).all() for k in best)
 
 
+def test_dpo_with_the_chosen_answers_nll_added_rpo(tmp_path, tiny_model_dir):
+    """dpo.loss_type=sigmoid,sft adds the chosen answers' NLL to DPO's loss: at the first
+    step, where policy and reference agree, DPO alone is ln 2 and RPO is ln 2 plus the NLL
+    (the tiny random model finds any answer unlikely: several nats per token)."""
+    from assistant import models
+    base = models.BaseModel("tiny", tiny_model_dir)
+    pair = lambda i: {"prompt": [{"role": "user", "content": f"Say {i}."}],  # noqa: E731
+                      "chosen": [{"role": "assistant", "content": f"In short: {i}."}],
+                      "rejected": [{"role": "assistant", "content": f"{i} {i} {i}."}]}
+    first = {}
+    for loss_type in ("sigmoid", "sigmoid,sft"):
+        model, tokenizer = models.load(base, device="cpu")
+        config = load(None, [f"dpo.loss_type={loss_type}", "dpo.max_steps=1",
+                             "dpo.batch_size=4"])
+        _, metrics, _ = methods.train_stage("dpo", model, tokenizer, [pair(i) for i in range(4)],
+                                            [], config, tmp_path / loss_type, "cpu")
+        first[loss_type] = metrics["loss_curve"][0]
+    assert first["sigmoid"] == pytest.approx(0.6931, abs=1e-3)
+    assert first["sigmoid,sft"] > first["sigmoid"] + 2
+
+
 def test_only_one_run_at_a_time(home, tiny_model_dir, capsys):
     add_answers(home, 4)
     with lock.training_lock(home):

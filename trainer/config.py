@@ -82,7 +82,9 @@ class PreferenceSettings(MethodSettings):
 @dataclass
 class DPOSettings(PreferenceSettings):
     loss_type: str = field(default="sigmoid", metadata={"help": (
-            "TRL's DPO loss: sigmoid (the paper's), ipo, hinge, ...")})
+            "TRL's DPO loss: sigmoid (the paper's), ipo, hinge, ...; several, comma-separated, "
+            "are added up: sigmoid,sft is RPO (DPO plus the chosen answers' NLL, which keeps "
+            "DPO from lowering the likelihood of the chosen answers along with the rejected)")})
 
 
 @dataclass

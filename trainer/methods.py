@@ -104,7 +104,7 @@ def _args(method: str, s: MethodSettings, config: TrainConfig, output_dir: Path,
         return SFTConfig(**common, completion_only_loss=True, padding_free=s.padding_free,
                          max_length=None if s.padding_free else config.max_length)
     if method == "dpo":
-        return DPOConfig(**common, beta=s.beta, loss_type=s.loss_type,
+        return DPOConfig(**common, beta=s.beta, loss_type=s.loss_type.split(","),
                          max_length=config.max_length)
     return KTOConfig(**common, beta=s.beta, desirable_weight=s.desirable_weight,
                      undesirable_weight=s.undesirable_weight, max_length=config.max_length)
