@@ -95,7 +95,8 @@ class Simulation:
                 "judge": {k: v for k, v in gate.get("judge", {}).items()
                           if k in ("skipped", "accuracy", "trained_on", "heldout", "rate",
                                    "interval", "decided")},
-                "reason": gate["reason"], "seconds": seconds}
+                "reason": gate["reason"], "refused_stages": gate.get("refused"),
+                "seconds": seconds}
 
     def anchor_loss_ratio(self, adapter_id: str | None) -> float:
         """The served adapter's loss on the gate's held-out anchor answers over the base

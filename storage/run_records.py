@@ -39,6 +39,8 @@ class GateReport(TypedDict):
     seconds: NotRequired[float]
     settings: NotRequired[dict]  # the GateConfig it ran with
     judge: NotRequired[dict]    # the judge's accuracy and predicted win rate, or why skipped
+    stage: NotRequired[str]     # an earlier stage that passed when the last one was refused
+    refused: NotRequired[list[dict]]  # the stages refused before it: adapter, reason
 
 
 class ExampleEntry(TypedDict):

@@ -4,6 +4,7 @@ degenerate answers named, manual promotion and an A/B split."""
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -341,3 +342,27 @@ def test_the_gate_names_each_kind_of_degenerate_answer():
         "unreadable"
     assert degenerate({**plain, "ended": False}, 5.0) == "cut off"
     assert degenerate({**plain, "text": "the cat sat on the mat " * 6}, 5.0) == "repetitive"
+
+
+def test_a_refused_last_stage_falls_back_to_the_earlier_stage_that_passes(home, tiny_model_dir):
+    add_answers(home, 8, correct_every=1)  # every answer corrected: pairs for DPO
+    # SFT at a tiny step barely moves the model; DPO at a huge one breaks it, past the
+    # forgetting limit.
+    settings = ["method='sft+dpo'", "min_pairs=4", "sft.learning_rate=1e-6",
+                "dpo.learning_rate=0.5", "dpo.max_steps=3", "dpo.batch_size=2",
+                "gate.max_forgetting=0.05"]
+    row = run_cycle(home, train_config(tiny_model_dir, *settings))
+    gate = row["metrics"]["gate"]
+    assert gate["verdict"] == "pass" and gate["stage"] == "1-sft"
+    assert gate["refused"][0]["adapter"] == "candidate"
+    assert gate["refused"][0]["reason"].startswith("rejected: forgetting")
+    assert row["method"] == "sft" and row["status"] == "active"
+    stage = home.runs_dir / row["run_id"] / "1-sft" / "final"
+    served = Path(row["path"])
+    assert (served / "adapter_model.safetensors").read_bytes() == \
+        (stage / "adapter_model.safetensors").read_bytes()
+    # Without the fallback, the same night is refused and nothing is published for serving.
+    add_answers(home, 8, start=20, correct_every=1)
+    refused = run_cycle(home, train_config(tiny_model_dir, *settings, "start_from='base'",
+                                           "gate.fall_back_to_earlier_stage=false"))
+    assert refused["status"] == "rejected" and "stage" not in refused["metrics"]["gate"]

@@ -158,6 +158,9 @@ class GateConfig:
             "curators' way; below, its prediction is reported and not acted on.")})
     batch_size: int = field(default=8, metadata={"help": (
             "Examples per forward pass while evaluating.")})
+    fall_back_to_earlier_stage: bool = field(default=True, metadata={"help": (
+            "When a run of several stages (SFT then DPO) is refused, judge each earlier stage's "
+            "adapter, the latest first, and publish the first that passes.")})
 
 
 @dataclass

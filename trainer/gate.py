@@ -53,6 +53,11 @@ none is active) on data that training never saw:
 
 A check with no data (no pairs yet, say) is skipped and says so. The verdict passes only when
 every check that ran passes. Thresholds are `GateConfig` settings.
+
+A run of two stages (SFT then DPO) that is refused has its first stage's adapter judged too
+(`fall_back_to_earlier_stage`): DPO on one night's pairs can sharpen a trait or break the
+model (measured on the learning bench: an opening line that DPO repeated in a loop), and
+when it breaks, the SFT stage's adapter may still be a safe step forward.
 """
 
 import math
@@ -354,23 +359,39 @@ def _round(x):
 
 
 def evaluate(model, tokenizer, sets: dict, gate: GateConfig, has_reference: bool,
-             reference_name: str) -> GateReport:
+             reference_name: str, fallbacks: tuple[str, ...] = ()) -> GateReport:
     """Measure the candidate, the reference and the base model, and judge. `model` is a
     PeftModel holding a 'candidate' adapter, and a 'reference' adapter when `has_reference`
-    (otherwise the base model is the reference)."""
+    (otherwise the base model is the reference). `fallbacks`: more adapters in the model (the
+    run's earlier stages, the latest first), each judged in turn while the ones before it
+    fail; the report is the first that passes (its `stage` names it), else the candidate's.
+    The reference and the base model are measured once for all of them."""
     started = time.perf_counter()
     model.eval()
-    candidate = measure(model, tokenizer, "candidate", sets, gate)
     # The base model's anchor loss is always needed (forgetting is relative to it); the rest
     # only when it is the reference.
     base_sets = sets if not has_reference else {**sets, "heldout": [], "pairs": []}
     base = measure(model, tokenizer, BASE, base_sets, gate, answers=not has_reference)
     reference = measure(model, tokenizer, "reference", sets, gate) if has_reference else base
-    judged = preference_judge.assess(sets, gate, candidate.pop("answer_texts", None),
-                                     reference.pop("answer_texts", None))
+    reference_texts = reference.pop("answer_texts", None)
     base.pop("answer_texts", None)
-    report = judge(candidate, reference, base, sets, gate, reference_name, judged)
-    report["seconds"] = round(time.perf_counter() - started, 1)
-    report["settings"] = asdict(gate)
-    return report
-
+    refused: list[dict] = []
+    for name in ("candidate", *fallbacks):
+        candidate = measure(model, tokenizer, name, sets, gate)
+        judged = preference_judge.assess(sets, gate, candidate.pop("answer_texts", None),
+                                         reference_texts)
+        report = judge(candidate, reference, base, sets, gate, reference_name, judged)
+        if report["verdict"] == "pass" or name == "candidate":
+            chosen = report
+        if report["verdict"] == "pass":
+            break
+        refused.append({"adapter": name, "reason": report["reason"]})
+    if chosen["verdict"] == "pass" and refused:
+        chosen["stage"] = name
+        chosen["reason"] += (f"; the run's last stage was refused ({refused[0]['reason']}), "
+                             f"so its earlier stage {name} is the candidate")
+    if fallbacks:
+        chosen["refused"] = refused
+    chosen["seconds"] = round(time.perf_counter() - started, 1)
+    chosen["settings"] = asdict(gate)
+    return chosen

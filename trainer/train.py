@@ -297,11 +297,19 @@ def publish(home: Home, plan: TrainingPlan, config: TrainConfig, final: Path, st
     else:
         with open_db(home) as db:
             runs.set_progress(db, run_id, phase="evaluating")
-        report = run_gate(home, plan, config, staged if staged.is_dir()
-                          else home.adapters_dir / adapter_id)
+        gated = staged if staged.is_dir() else home.adapters_dir / adapter_id
+        report = run_gate(home, plan, config, gated)
+        if "stage" in report:  # an earlier stage passed: it is what gets published
+            with folder_atomically(gated, replace=True) as tmp:
+                shutil.copytree(workdir / report["stage"] / "final", tmp, dirs_exist_ok=True)
         save_json(gate_file, report)
     print_gate(report)
-    metrics = {"method": plan.method, "stages": stage_metrics,
+    if "stage" in report:
+        kept = int(report["stage"].split("-")[0])
+        stage_metrics = stage_metrics[:kept]
+        print(f"The last stage was refused; publishing stage {report['stage']}", flush=True)
+    method = "+".join(plan.stages[:len(stage_metrics)]) if stage_metrics else plan.method
+    metrics = {"method": method, "stages": stage_metrics,
                "steps": sum(m.get("steps", 0) for m in stage_metrics),
                "examples": sum(m.get("examples", 0) for m in stage_metrics),
                "train_loss": stage_metrics[-1].get("train_loss") if stage_metrics else None,
@@ -358,8 +366,19 @@ def run_gate(home: Home, plan: TrainingPlan, config: TrainConfig,
     model = PeftModel.from_pretrained(model, str(candidate), adapter_name="candidate")
     if active:
         model.load_adapter(active["path"], adapter_name="reference")
+    for stage in earlier_stages(plan, config):
+        model.load_adapter(str(home.runs_dir / plan.run_id / stage / "final"), adapter_name=stage)
     return gate.evaluate(model, tokenizer, sets, config.gate, has_reference=active is not None,
-                         reference_name=active["id"] if active else "base model")
+                         reference_name=active["id"] if active else "base model",
+                         fallbacks=earlier_stages(plan, config))
+
+
+def earlier_stages(plan: TrainingPlan, config: TrainConfig) -> tuple[str, ...]:
+    """The folders of the run's stages before the last, the latest first: what the gate falls
+    back to when the last stage's adapter is refused."""
+    if not config.gate.fall_back_to_earlier_stage:
+        return ()
+    return tuple(f"{n}-{m}" for n, m in reversed(list(enumerate(plan.stages, 1))[:-1]))
 
 
 def print_gate(report: GateReport) -> None:
@@ -379,6 +398,8 @@ def print_gate(report: GateReport) -> None:
     for name in report["skipped"]:
         reason = why.get(name) or "no held-out data for it"
         print(f"  skip  {name.replace('_', ' ')}: {reason}", flush=True)
+    for refused in report.get("refused", []):
+        print(f"  Adapter {refused['adapter']} was {refused['reason']}", flush=True)
     print(f"Verdict: {report['verdict']}. {report['reason']}", flush=True)
 
 
