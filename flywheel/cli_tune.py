@@ -12,7 +12,7 @@ from trainer.tune import TuneConfig
 def add_commands(sub: argparse._SubParsersAction, home: argparse.ArgumentParser) -> None:
     t = sub.add_parser("tune", parents=[home],
                        help="search training settings over real runs; write the best as TOML")
-    for name in ("trials", "timeout", "out", "plot", "seed"):
+    for name in ("trials", "timeout", "max_epochs", "out", "plot", "seed"):
         add_setting(t, TuneConfig, name)
     t.add_argument("--model", help="base model spec; must match the server's")
     t.add_argument("--config", help="TOML settings every trial starts from")
@@ -27,16 +27,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from storage.backup import BackupError
     from trainer.config import load, update
     from trainer.tune import plot, search, trial_table, write_best
-    if args.trials < 1 or (args.timeout is not None and args.timeout <= 0):
-        raise UsageError("--trials must be at least 1 and --timeout above 0")
+    if args.trials < 1 or args.max_epochs < 1 or (args.timeout is not None
+                                                  and args.timeout <= 0):
+        raise UsageError("--trials and --max-epochs must be at least 1 and --timeout above 0")
     try:
         base = load(args.config, args.set)
         if args.model:
             base = update(base, {"model": args.model}).validate()
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    config = TuneConfig(trials=args.trials, timeout=args.timeout, out=args.out,
-                        plot=args.plot, seed=args.seed)
+    config = TuneConfig(trials=args.trials, timeout=args.timeout, max_epochs=args.max_epochs,
+                        out=args.out, plot=args.plot, seed=args.seed)
     try:
         study, rows = search(Home.resolve(args.home), base, config)
     except BackupError as exc:  # nothing to copy: no database yet

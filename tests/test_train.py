@@ -19,7 +19,7 @@ from trainer.config import TrainConfig, load
 from trainer.dataset import example_hash
 from trainer.mixing import gather
 from trainer.selection import select
-from trainer.train import NotEnoughData, run_cycle
+from trainer.train import NotEnoughData, new_plan, run_cycle
 
 
 def test_sft_dataset_takes_liked_answers_and_corrections_with_the_whole_prompt(home):
@@ -57,6 +57,45 @@ def test_auto_picks_the_method_from_the_data_and_says_why():
         methods.pick(sizes(sft=3, dpo=1, kto=4, kto_down=1), config)
     with pytest.raises(NotEnoughData, match="not enough data for dpo"):
         methods.pick(sizes(sft=40, dpo=2), load(None, ["method=dpo"]))
+
+
+def test_dpo_leaves_out_pairs_whose_correction_only_adds_a_line_at_the_end(home,
+                                                                          tiny_model_dir):
+    # A curator's sign-off under an answer makes a pair whose only contrast is where the
+    # answer stops: DPO learns "do not stop" from it, and the sign-off repeats in a loop.
+    with open_db(home) as db:
+        for i in range(8):
+            conv = store.create_conversation(db)
+            q = store.add_message(db, conv, "user", f"What is {TOPICS[i]}?")
+            answer = f"{TOPICS[i].capitalize()} is a topic people ask about."
+            a = store.add_message(db, conv, "assistant", answer, q)
+            store.add_correction(db, a, f"{answer}\n\nHope this helps!" if i < 6
+                                 else f"In one line: {TOPICS[i]}, explained simply.")
+
+    def plan(*sets):
+        return new_plan(home, train_config(tiny_model_dir, "min_examples=4", *sets))
+
+    mixed = plan("min_pairs=2")
+    pairs = [json.loads(line) for line in
+             (home.runs_dir / mixed.run_id / "data" / "dpo-train.jsonl").open()]
+    assert mixed.stages == ["sft", "dpo"] and len(pairs) == 2
+    assert all(p["chosen"][0]["content"].startswith("In one line") for p in pairs)
+    assert "6 pairs left out of DPO: their chosen answer only adds text at the end" in \
+        mixed.reason
+    with open_db(home) as db:
+        dropped = runs.get(db, mixed.run_id)["manifest"]["dropped"]
+    assert sum(n for why, n in dropped.items() if "only adds text at the end" in why) == 6
+    # Too few pairs left: auto trains SFT alone, which still learns the sign-off ...
+    assert plan("min_pairs=3").stages == ["sft"]
+    # ... and a configured DPO says why there is not enough.
+    with pytest.raises(NotEnoughData, match="6 pairs left out of DPO"):
+        plan("min_pairs=3", "method='sft+dpo'")
+    kept = plan("min_pairs=2", "dpo.skip_appended_pairs=false")
+    assert kept.stages == ["sft", "dpo"] and "left out" not in kept.reason
+    assert not methods.appends_only({"chosen": [{"content": "Short."}],
+                                     "rejected": [{"content": "Short. And long."}]})
+    assert methods.appends_only({"chosen": [{"content": "Same  text.\nAdded."}],
+                                 "rejected": [{"content": "Same text. "}]})
 
 
 def test_settings_come_from_defaults_then_toml_then_flags(tmp_path, home, capsys):

@@ -3,11 +3,14 @@ best settings written as TOML that `flywheel train --config` reads, and a plot."
 
 import tomllib
 
+import optuna
+import tomli_w
+
 from flywheel.cli import main
 from storage import adapters, open_db, runs
 from tests.conftest import add_answers
 from trainer.config import load
-from trainer.tune import METHODS
+from trainer.tune import METHODS, stages, suggest
 
 QUICK = ["--set", "validation_share=0.3", "--set", "anchor_share=0.0", "--set", "min_examples=4",
          "--set", "gate.max_unreadable_feedback=1", "--set", "gate.anchor_examples=4",
@@ -21,17 +24,21 @@ def test_tune_trains_real_trials_that_never_reach_production(home, tiny_model_di
     add_answers(home, 24, correct_every=2)
     out, plot = tmp_path / "best.toml", tmp_path / "tune.png"
     code = main(["tune", "--home", str(home.root), "--model", str(tiny_model_dir), "--trials",
-                 "3", "--out", str(out), "--plot", str(plot), *QUICK])
+                 "3", "--max-epochs", "2", "--out", str(out), "--plot", str(plot), *QUICK])
     printed = capsys.readouterr().out
     assert code == 0, printed
     assert "flywheel tune: trials" in printed and "Best: trial" in printed
+    assert " ep" in printed  # each trial's stages: learning rate x epochs
     best = tomllib.loads(out.read_text())
-    assert best["method"] in METHODS and 0 < best[best["method"]]["learning_rate"] < 1
-    # What train --config reads: the method's own learning rate, steps and LoRA shape.
+    assert best["method"] in METHODS
+    # What train --config reads: each stage's own learning rate, epochs (a step budget that
+    # follows the amount of data) and LoRA shape.
     config = load(out)
-    settings = config.methods()[best["method"]]
-    assert settings.max_steps == best[best["method"]]["max_steps"] >= 5
-    assert settings.lora_alpha == best[best["method"]]["lora_alpha"]
+    for stage in best["method"].split("+"):
+        settings = config.methods()[stage]
+        assert 0 < settings.learning_rate == best[stage]["learning_rate"] < 1
+        assert settings.max_steps == -1 and 1 <= settings.epochs == best[stage]["epochs"] <= 2
+        assert settings.lora_alpha == best[stage]["lora_alpha"]
     assert plot.read_bytes()[:4] == b"\x89PNG"
     # Trials ran in a copy: no adapter and no run here, so tonight's count is untouched.
     with open_db(home) as db:
@@ -41,4 +48,21 @@ def test_tune_trains_real_trials_that_never_reach_production(home, tiny_model_di
 def test_tune_refuses_a_bad_trial_budget_in_one_line(home, capsys):
     assert main(["tune", "--home", str(home.root), "--trials", "0"]) == 2
     assert capsys.readouterr().err.strip() == \
-        "flywheel: error: --trials must be at least 1 and --timeout above 0"
+        "flywheel: error: --trials and --max-epochs must be at least 1 and --timeout above 0"
+
+
+def test_a_trial_of_sft_then_dpo_trains_each_stage_with_its_own_rate_and_epochs(tmp_path):
+    trial = optuna.trial.FixedTrial({
+        "method": "sft+dpo", "lora_r": 8, "alpha_per_rank": 2, "anchor_share": 0.25,
+        "replay_share": 1.0, "sft_learning_rate": 5e-4, "sft_epochs": 4,
+        "dpo_learning_rate": 1e-4, "dpo_epochs": 2})
+    settings = suggest(trial)
+    path = tmp_path / "best.toml"
+    path.write_text(tomli_w.dumps(settings))
+    config = load(path)
+    sft, dpo = config.methods()["sft"], config.methods()["dpo"]
+    assert config.method == "sft+dpo"
+    assert (sft.learning_rate, sft.epochs, sft.max_steps) == (5e-4, 4, -1)
+    assert (dpo.learning_rate, dpo.epochs, dpo.max_steps) == (1e-4, 2, -1)
+    assert (sft.lora_r, sft.lora_alpha) == (dpo.lora_r, dpo.lora_alpha) == (8, 16)
+    assert stages(settings) == "sft 0.0005 x 4 ep, dpo 0.0001 x 2 ep"

@@ -85,6 +85,12 @@ class DPOSettings(PreferenceSettings):
             "TRL's DPO loss: sigmoid (the paper's), ipo, hinge, ...; several, comma-separated, "
             "are added up: sigmoid,sft is RPO (DPO plus the chosen answers' NLL, which keeps "
             "DPO from lowering the likelihood of the chosen answers along with the rejected)")})
+    skip_appended_pairs: bool = field(default=True, metadata={"help": (
+            "Train DPO without the pairs whose chosen answer is the rejected one with text "
+            "added at the end: their only contrast is where the answer stops, and DPO learns "
+            "'do not stop' from it (on the learning bench the added line repeated in a loop); "
+            "SFT still learns the addition from the chosen answers, and the gate still measures "
+            "the pairs.")})
 
 
 @dataclass

@@ -1,6 +1,9 @@
 """Training one stage of a run with TRL and a PEFT LoRA adapter: SFT, DPO or KTO.
 
     pick()          which method(s) the feedback supports, and why
+    trainable_pairs()
+                    DPO's training pairs, without those whose chosen answer only adds text
+                    at the end of the rejected one
     train_stage()   one TRL trainer with the overfitting guards (validation loss every few
                     steps, early stopping with patience, weight decay, LoRA dropout, the best
                     checkpoint kept, not the last) and crash safety (checkpoints; a killed
@@ -58,6 +61,25 @@ def pick(sizes: dict, config: TrainConfig) -> tuple[list[str], str]:
         return ["kto"], f"KTO: thumbs up and down, too few SFT examples or pairs ({counts})"
     raise NotEnoughData(f"not enough training data: {counts}; "
                         + _needs(sizes, config, ["sft", "dpo", "kto"]))
+
+
+def appends_only(pair: dict) -> bool:
+    """Whether a pair's chosen answer is its rejected answer with text added at the end
+    (spacing aside): a curator's sign-off, a summary line, a link."""
+    chosen, rejected = (" ".join(pair[k][-1]["content"].split()) for k in ("chosen", "rejected"))
+    return len(chosen) > len(rejected) and chosen.startswith(rejected)
+
+
+def trainable_pairs(sets: dict, config: TrainConfig) -> int:
+    """Leave out of DPO's training split the pairs it would learn "do not stop" from
+    (`dpo.skip_appended_pairs`); returns how many were left out. The validation split keeps
+    them: the gate's preference accuracy still asks whether the chosen side wins."""
+    if not config.dpo.skip_appended_pairs:
+        return 0
+    kept = [pair for pair in sets["dpo"]["train"] if not appends_only(pair)]
+    left_out = len(sets["dpo"]["train"]) - len(kept)
+    sets["dpo"]["train"] = kept
+    return left_out
 
 
 def _needs(sizes: dict, config: TrainConfig, methods: list[str]) -> str:

@@ -169,12 +169,23 @@ def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> Trai
     report_to(home, run_id)  # the data phase's bars and the anchor answers' show there
     try:
         sets, manifest = gather(home, base, config, exclude=exclude)
+        appended = methods.trainable_pairs(sets, config)
+        if appended:
+            manifest["dropped"]["dpo: the chosen answer only adds text at the end (training "
+                                "split; dpo.skip_appended_pairs)"] = appended
         kto = sets["kto"]["train"] + sets["kto"]["validation"]
         sizes = {fmt: len(sets[fmt]["train"]) + len(sets[fmt]["validation"])
                  for fmt in ("dpo", "kto")}
         sizes["sft"] = manifest["sft_feedback"]
         sizes["kto_down"] = sum(not e["label"] for e in kto)
-        stages, reason = methods.pick(sizes, config)
+        left_out = (f"{appended} pairs left out of DPO: their chosen answer only adds text at "
+                    f"the end (dpo.skip_appended_pairs)")
+        try:
+            stages, reason = methods.pick(sizes, config)
+        except NotEnoughData as exc:
+            raise NotEnoughData(f"{exc}; {left_out}" if appended else str(exc)) from None
+        if appended:
+            reason += f"; {left_out}"
     except Exception as exc:
         stop_reporting()
         with open_db(home) as db:
