@@ -59,18 +59,18 @@ def test_auto_picks_the_method_from_the_data_and_says_why():
         methods.pick(sizes(sft=40, dpo=2), load(None, ["method=dpo"]))
 
 
-def test_dpo_leaves_out_pairs_whose_correction_only_adds_a_line_at_the_end(home,
-                                                                          tiny_model_dir):
-    # A curator's sign-off under an answer makes a pair whose only contrast is where the
-    # answer stops: DPO learns "do not stop" from it, and the sign-off repeats in a loop.
+def test_dpo_learns_from_cuts_and_leaves_out_pairs_whose_correction_adds_words(home,
+                                                                            tiny_model_dir):
+    # A curator's sign-off under an answer makes pairs whose contrast is one added line: DPO
+    # raises it until it repeats in a loop. Cuts (a shorter answer) it learns well.
     with open_db(home) as db:
         for i in range(8):
             conv = store.create_conversation(db)
             q = store.add_message(db, conv, "user", f"What is {TOPICS[i]}?")
-            answer = f"{TOPICS[i].capitalize()} is a topic people ask about."
-            a = store.add_message(db, conv, "assistant", answer, q)
-            store.add_correction(db, a, f"{answer}\n\nHope this helps!" if i < 6
-                                 else f"In one line: {TOPICS[i]}, explained simply.")
+            first = f"{TOPICS[i].capitalize()} is a topic people ask about."
+            a = store.add_message(db, conv, "assistant", f"{first} It has a long history.", q)
+            store.add_correction(db, a, f"{first} It has a long history.\n\nHope this helps!"
+                                 if i < 6 else first)
 
     def plan(*sets):
         return new_plan(home, train_config(tiny_model_dir, "min_examples=4", *sets))
@@ -79,23 +79,24 @@ def test_dpo_leaves_out_pairs_whose_correction_only_adds_a_line_at_the_end(home,
     pairs = [json.loads(line) for line in
              (home.runs_dir / mixed.run_id / "data" / "dpo-train.jsonl").open()]
     assert mixed.stages == ["sft", "dpo"] and len(pairs) == 2
-    assert all(p["chosen"][0]["content"].startswith("In one line") for p in pairs)
-    assert "6 pairs left out of DPO: their chosen answer only adds text at the end" in \
-        mixed.reason
+    assert all("Hope" not in p["chosen"][0]["content"] for p in pairs)
+    assert "6 pairs left out of DPO: their chosen answer adds 3 words or more" in mixed.reason
     with open_db(home) as db:
         dropped = runs.get(db, mixed.run_id)["manifest"]["dropped"]
-    assert sum(n for why, n in dropped.items() if "only adds text at the end" in why) == 6
+    assert sum(n for why, n in dropped.items() if "adds words" in why) == 6
     # Too few pairs left: auto trains SFT alone, which still learns the sign-off ...
     assert plan("min_pairs=3").stages == ["sft"]
     # ... and a configured DPO says why there is not enough.
     with pytest.raises(NotEnoughData, match="6 pairs left out of DPO"):
         plan("min_pairs=3", "method='sft+dpo'")
-    kept = plan("min_pairs=2", "dpo.skip_appended_pairs=false")
+    kept = plan("min_pairs=2", "dpo.skip_if_added_words=0")
     assert kept.stages == ["sft", "dpo"] and "left out" not in kept.reason
-    assert not methods.appends_only({"chosen": [{"content": "Short."}],
-                                     "rejected": [{"content": "Short. And long."}]})
-    assert methods.appends_only({"chosen": [{"content": "Same  text.\nAdded."}],
-                                 "rejected": [{"content": "Same text. "}]})
+    # Case, punctuation and list marks are not words added; a sign-off is.
+    cut = {"chosen": [{"content": "Two sentences, kept."}],
+           "rejected": [{"content": "- two sentences, kept; and a third one"}]}
+    signed = {"chosen": [{"content": "An answer.\n\nHope this helps! - The Flywheel team"}],
+              "rejected": [{"content": "An answer. That rambles on"}]}
+    assert methods.added_words(cut) == 0 and methods.added_words(signed) == 6
 
 
 def test_settings_come_from_defaults_then_toml_then_flags(tmp_path, home, capsys):

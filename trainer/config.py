@@ -85,12 +85,13 @@ class DPOSettings(PreferenceSettings):
             "TRL's DPO loss: sigmoid (the paper's), ipo, hinge, ...; several, comma-separated, "
             "are added up: sigmoid,sft is RPO (DPO plus the chosen answers' NLL, which keeps "
             "DPO from lowering the likelihood of the chosen answers along with the rejected)")})
-    skip_appended_pairs: bool = field(default=True, metadata={"help": (
-            "Train DPO without the pairs whose chosen answer is the rejected one with text "
-            "added at the end: their only contrast is where the answer stops, and DPO learns "
-            "'do not stop' from it (on the learning bench the added line repeated in a loop); "
-            "SFT still learns the addition from the chosen answers, and the gate still measures "
-            "the pairs.")})
+    skip_if_added_words: int = field(default=3, metadata={"help": (
+            "Leave out of DPO's training split the pairs whose chosen answer has at least this "
+            "many words the rejected one lacks (a sign-off, a summary line, a rewrite); 0: keep "
+            "every pair. On the learning bench DPO raised such an added line until it repeated "
+            "in a loop (a sign-off, an 'In short:' opening), while it learnt pairs whose chosen "
+            "answer only cuts text best of all; SFT still learns the added text from the chosen "
+            "answers, and the gate still measures every pair.")})
 
 
 @dataclass

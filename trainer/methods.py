@@ -2,8 +2,8 @@
 
     pick()          which method(s) the feedback supports, and why
     trainable_pairs()
-                    DPO's training pairs, without those whose chosen answer only adds text
-                    at the end of the rejected one
+                    DPO's training pairs, without those whose chosen answer adds words to
+                    the rejected one: DPO learns from cuts
     train_stage()   one TRL trainer with the overfitting guards (validation loss every few
                     steps, early stopping with patience, weight decay, LoRA dropout, the best
                     checkpoint kept, not the last) and crash safety (checkpoints; a killed
@@ -16,7 +16,9 @@ a temporary name and renamed, so "the stage is done" is "the folder exists".
 """
 
 import json
+import re
 import shutil
+from difflib import SequenceMatcher
 from pathlib import Path
 
 from storage.home import folder_atomically
@@ -63,20 +65,23 @@ def pick(sizes: dict, config: TrainConfig) -> tuple[list[str], str]:
                         + _needs(sizes, config, ["sft", "dpo", "kto"]))
 
 
-def appends_only(pair: dict) -> bool:
-    """Whether a pair's chosen answer is its rejected answer with text added at the end
-    (spacing aside): a curator's sign-off, a summary line, a link."""
-    chosen, rejected = (" ".join(pair[k][-1]["content"].split()) for k in ("chosen", "rejected"))
-    return len(chosen) > len(rejected) and chosen.startswith(rejected)
+def added_words(pair: dict) -> int:
+    """How many words of a pair's chosen answer its rejected answer lacks (case and
+    punctuation aside): 0 for a cut, the line's length for a sign-off added."""
+    chosen, rejected = (re.findall(r"\w+", pair[k][-1]["content"].lower())
+                        for k in ("chosen", "rejected"))
+    edits = SequenceMatcher(None, rejected, chosen, autojunk=False).get_opcodes()
+    return sum(j2 - j1 for tag, _, _, j1, j2 in edits if tag in ("insert", "replace"))
 
 
 def trainable_pairs(sets: dict, config: TrainConfig) -> int:
-    """Leave out of DPO's training split the pairs it would learn "do not stop" from
-    (`dpo.skip_appended_pairs`); returns how many were left out. The validation split keeps
+    """Leave out of DPO's training split the pairs whose chosen answer adds words
+    (`dpo.skip_if_added_words`); returns how many were left out. The validation split keeps
     them: the gate's preference accuracy still asks whether the chosen side wins."""
-    if not config.dpo.skip_appended_pairs:
+    limit = config.dpo.skip_if_added_words
+    if limit <= 0:
         return 0
-    kept = [pair for pair in sets["dpo"]["train"] if not appends_only(pair)]
+    kept = [pair for pair in sets["dpo"]["train"] if added_words(pair) < limit]
     left_out = len(sets["dpo"]["train"]) - len(kept)
     sets["dpo"]["train"] = kept
     return left_out

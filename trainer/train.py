@@ -169,22 +169,22 @@ def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> Trai
     report_to(home, run_id)  # the data phase's bars and the anchor answers' show there
     try:
         sets, manifest = gather(home, base, config, exclude=exclude)
-        appended = methods.trainable_pairs(sets, config)
-        if appended:
-            manifest["dropped"]["dpo: the chosen answer only adds text at the end (training "
-                                "split; dpo.skip_appended_pairs)"] = appended
+        left_out_pairs = methods.trainable_pairs(sets, config)
+        if left_out_pairs:
+            manifest["dropped"]["dpo: the chosen answer adds words (training split; "
+                                "dpo.skip_if_added_words)"] = left_out_pairs
         kto = sets["kto"]["train"] + sets["kto"]["validation"]
         sizes = {fmt: len(sets[fmt]["train"]) + len(sets[fmt]["validation"])
                  for fmt in ("dpo", "kto")}
         sizes["sft"] = manifest["sft_feedback"]
         sizes["kto_down"] = sum(not e["label"] for e in kto)
-        left_out = (f"{appended} pairs left out of DPO: their chosen answer only adds text at "
-                    f"the end (dpo.skip_appended_pairs)")
+        left_out = (f"{left_out_pairs} pairs left out of DPO: their chosen answer adds "
+                    f"{config.dpo.skip_if_added_words} words or more (dpo.skip_if_added_words)")
         try:
             stages, reason = methods.pick(sizes, config)
         except NotEnoughData as exc:
-            raise NotEnoughData(f"{exc}; {left_out}" if appended else str(exc)) from None
-        if appended:
+            raise NotEnoughData(f"{exc}; {left_out}" if left_out_pairs else str(exc)) from None
+        if left_out_pairs:
             reason += f"; {left_out}"
     except Exception as exc:
         stop_reporting()
