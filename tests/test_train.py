@@ -84,6 +84,9 @@ def test_dpo_learns_from_cuts_and_leaves_out_pairs_whose_correction_adds_words(h
     with open_db(home) as db:
         dropped = runs.get(db, mixed.run_id)["manifest"]["dropped"]
     assert sum(n for why, n in dropped.items() if "adds words" in why) == 6
+    # The gate's judge still learns from every pair.
+    gate = json.loads((home.runs_dir / mixed.run_id / "data" / "gate.json").read_text())
+    assert len(gate["judge"]["train"]) == 8
     # Too few pairs left: auto trains SFT alone, which still learns the sign-off ...
     assert plan("min_pairs=3").stages == ["sft"]
     # ... and a configured DPO says why there is not enough.

@@ -74,17 +74,13 @@ def added_words(pair: dict) -> int:
     return sum(j2 - j1 for tag, _, _, j1, j2 in edits if tag in ("insert", "replace"))
 
 
-def trainable_pairs(sets: dict, config: TrainConfig) -> int:
-    """Leave out of DPO's training split the pairs whose chosen answer adds words
-    (`dpo.skip_if_added_words`); returns how many were left out. The validation split keeps
-    them: the gate's preference accuracy still asks whether the chosen side wins."""
+def trainable_pairs(pairs: list[dict], config: TrainConfig) -> tuple[list[dict], int]:
+    """(DPO's training pairs, how many were left out): without the pairs whose chosen answer
+    adds words (`dpo.skip_if_added_words`). Only DPO's training loses them: the gate's
+    preference accuracy and its judge still learn from and ask about every pair."""
     limit = config.dpo.skip_if_added_words
-    if limit <= 0:
-        return 0
-    kept = [pair for pair in sets["dpo"]["train"] if added_words(pair) < limit]
-    left_out = len(sets["dpo"]["train"]) - len(kept)
-    sets["dpo"]["train"] = kept
-    return left_out
+    kept = [pair for pair in pairs if limit <= 0 or added_words(pair) < limit]
+    return kept, len(pairs) - len(kept)
 
 
 def _needs(sizes: dict, config: TrainConfig, methods: list[str]) -> str:

@@ -169,7 +169,8 @@ def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> Trai
     report_to(home, run_id)  # the data phase's bars and the anchor answers' show there
     try:
         sets, manifest = gather(home, base, config, exclude=exclude)
-        left_out_pairs = methods.trainable_pairs(sets, config)
+        every_pair = sets["dpo"]["train"]  # what the gate's judge learns from
+        sets["dpo"]["train"], left_out_pairs = methods.trainable_pairs(every_pair, config)
         if left_out_pairs:
             manifest["dropped"]["dpo: the chosen answer adds words (training split; "
                                 "dpo.skip_if_added_words)"] = left_out_pairs
@@ -206,8 +207,9 @@ def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> Trai
             _save_jsonl(workdir / "data" / f"{fmt}-{side}.jsonl", rows)
     _save_jsonl(workdir / REPLAY_FILE, [e for e in sets["sft"]["train"]
                                         if e["source"] not in REPLAYED])
+    judged = {**sets, "dpo": {**sets["dpo"], "train": every_pair}}
     save_json(workdir / "data" / "gate.json",
-              gate_sets(home, base, sets, config, reference=active["id"] if active else None))
+              gate_sets(home, base, judged, config, reference=active["id"] if active else None))
     plan = TrainingPlan(run_id=run_id, adapter_id=adapters.adapter_id_for_run(run_id),
                         base_name=base.name, base_folder=str(base.folder), stages=stages,
                         reason=reason, start_from=start["id"] if start else None,
