@@ -59,23 +59,25 @@ from storage.review import adapter_ratings  # noqa: E402
 
 # The training recipe: `flywheel train` flags; everything not named is the trainer's default.
 # SFT on the corrections and liked answers for 4 epochs at 5e-4 (a step budget set by the
-# night's data: 36 to 40 steps on one night), then DPO on each correction against the answer
-# it corrects (16 steps at 1e-4, beta 0.3); when the gate refuses the DPO stage and the SFT
-# stage passes, the SFT stage is published (gate.fall_back_to_earlier_stage). Each round
-# continues the adapter in production on that round's feedback, so learning adds up over
-# rounds while a round's cost stays flat. What mattered, one round each, 64 held-out prompts,
-# 95% Wilson intervals (bench/results/learning-*.json; README.md has the table):
+# night's data: 36 to 40 steps on one night), then DPO on the corrections that cut the answer
+# they correct (16 steps at 1e-4, beta 0.3); a correction that adds words (a sign-off, a
+# summary line) stays out of DPO (dpo.skip_if_added_words, the trainer's default), and a
+# night without enough such pairs trains SFT alone (`--method auto`). When the gate refuses
+# the DPO stage and the SFT stage passes, the SFT stage is published
+# (gate.fall_back_to_earlier_stage). Each round continues the adapter in production on that
+# round's feedback, so learning adds up over rounds while a round's cost stays flat. What
+# mattered, one round each, 64 held-out prompts, 95% Wilson intervals
+# (bench/results/learning-*.json; README.md has the table):
 #   - the step budget: SFT for a fixed 20 steps reached adoption 0.28 [0.19, 0.40] on signoff;
 #     for 4 epochs 0.92 [0.83, 0.97] on signoff and on an unseen "In short:" opening line,
 #     but only 0.72 [0.60, 0.81] on brief (learning-*-sft-4-epochs.json);
-#   - DPO helps a trait that removes text and hurts one that adds a line: on brief it reached
-#     0.94 [0.85, 0.98] (learning-brief-sft4-dpo.json); on signoff and "In short:" it loops on
-#     the added line, the only difference between chosen and rejected (signoff 0.86, passed;
+#   - DPO learns cuts and loops on additions: on brief (chosen = the first two sentences of
+#     rejected) it reached 0.94 [0.85, 0.98] (learning-brief-sft4-dpo.json); on signoff and
+#     "In short:" (chosen adds 4 to 29 words) it repeated the added line (signoff 0.86, passed;
 #     "In short:" refused for degeneration, its SFT stage served, 0.84). Neither beta 0.3 nor
-#     RPO (DPO plus the chosen answers' NLL) stopped the loop (learning-tldr-rpo.json).
-# This recipe is the one whose worst trait is best (0.84 against SFT alone's 0.72); no recipe
-# tried reached 0.90 on all three. The `auto` method runs SFT alone on a night with too few
-# preference pairs (an unseen trait the base model mostly had already).
+#     RPO (DPO plus the chosen answers' NLL) stopped the loop (learning-tldr-rpo.json). With
+#     those pairs left out of DPO, signoff trains SFT alone: 0.94 [0.85, 0.98]
+#     (learning-signoff-skip-added.json).
 # A quarter of the examples are anchors (the base model's own answers to general prompts),
 # against forgetting. Earlier rounds' examples are replayed, as many as the new ones: without
 # them the third continuation drifted (brief, round 3: anchor loss +12.7%, held-out loss

@@ -42,8 +42,9 @@ def test_sft_dataset_takes_liked_answers_and_corrections_with_the_whole_prompt(h
     assert len({example_hash(e) for e in examples}) == 3
 
 
-def sizes(sft=0, dpo=0, kto=0, kto_down=0):
-    return {"sft": sft, "dpo": dpo, "kto": kto, "kto_down": kto_down}
+def sizes(sft=0, dpo=0, kto=0, kto_down=0, dpo_left_out=0):
+    return {"sft": sft, "dpo": dpo, "kto": kto, "kto_down": kto_down,
+            "dpo_left_out": dpo_left_out}
 
 
 def test_auto_picks_the_method_from_the_data_and_says_why():
@@ -57,6 +58,10 @@ def test_auto_picks_the_method_from_the_data_and_says_why():
         methods.pick(sizes(sft=3, dpo=1, kto=4, kto_down=1), config)
     with pytest.raises(NotEnoughData, match="not enough data for dpo"):
         methods.pick(sizes(sft=40, dpo=2), load(None, ["method=dpo"]))
+    # Pairs left out of DPO for adding words: their corrections are SFT's to learn, not KTO's.
+    stages, why = methods.pick(sizes(sft=40, dpo=2, dpo_left_out=20, kto=40, kto_down=20),
+                               config)
+    assert stages == ["sft"] and "the corrections add words" in why
 
 
 def test_dpo_learns_from_cuts_and_leaves_out_pairs_whose_correction_adds_words(home,

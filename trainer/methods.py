@@ -54,6 +54,12 @@ def pick(sizes: dict, config: TrainConfig) -> tuple[list[str], str]:
                                 f"prefer ({counts})")
     if enough["dpo"]:
         return ["dpo"], f"DPO: enough preference pairs, too few SFT examples ({counts})"
+    if enough["sft"] and sizes["dpo"] + sizes.get("dpo_left_out", 0) >= config.min_pairs:
+        # Not KTO: it learns from the thumbs on the original answers alone, and these
+        # corrections are the night's lesson (measured: a night whose corrections taught
+        # refusing one group trained KTO and passed the gate having learnt nearly nothing).
+        return ["sft"], (f"SFT: the corrections add words, which SFT learns and DPO would "
+                         f"repeat in a loop ({counts})")
     if enough["kto"] and down_share >= config.kto_min_down_share:
         return ["kto"], (f"KTO: {down_share:.0%} of rated answers are thumbs-down and there are "
                          f"too few pairs for DPO; KTO learns from both thumbs ({counts})")

@@ -179,6 +179,7 @@ def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> Trai
                  for fmt in ("dpo", "kto")}
         sizes["sft"] = manifest["sft_feedback"]
         sizes["kto_down"] = sum(not e["label"] for e in kto)
+        sizes["dpo_left_out"] = left_out_pairs
         left_out = (f"{left_out_pairs} pairs left out of DPO: their chosen answer adds "
                     f"{config.dpo.skip_if_added_words} words or more (dpo.skip_if_added_words)")
         try:
