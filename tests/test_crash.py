@@ -24,7 +24,8 @@ SETTINGS = ["validation_share=0.25", "anchor_share=0", "min_examples=8", "min_pa
             "gate.max_forgetting=100", "gate.heldout_loss_tolerance=100",
             "gate.degeneration_tolerance=1", "gate.max_unreadable_feedback=1",
             "gate.preference_accuracy_tolerance=1",
-            "gate.anchor_examples=8", "gate.generation_prompts=8", "gate.max_new_tokens=48"]
+            "gate.anchor_examples=8", "gate.generation_prompts=8", "gate.max_new_tokens=48",
+            "dpo.skip_if_added_words=0"]  # its corrections rewrite; DPO must run to be killed
 
 
 def stage_step(progress: dict, stage: str, at_least: int) -> bool:

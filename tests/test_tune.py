@@ -16,7 +16,9 @@ QUICK = ["--set", "validation_share=0.3", "--set", "anchor_share=0.0", "--set", 
          "--set", "gate.max_unreadable_feedback=1", "--set", "gate.anchor_examples=4",
          "--set", "gate.generation_prompts=2", "--set", "gate.max_new_tokens=8",
          "--set", "gate.known_facts=4", "--set", "gate.fact_tokens=8",
-         "--set", "gate.counterfactual_pairs=6"]
+         "--set", "gate.counterfactual_pairs=6",
+         # these corrections rewrite the answer; DPO trials may still learn from them
+         "--set", "dpo.skip_if_added_words=0"]
 
 
 def test_tune_trains_real_trials_that_never_reach_production(home, tiny_model_dir, tmp_path,
