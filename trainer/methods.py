@@ -34,8 +34,20 @@ class NotEnoughData(Exception):
 
 def pick(sizes: dict, config: TrainConfig) -> tuple[list[str], str]:
     """The stages to train and the reason, from the examples each format has (`sizes`:
-    sft, dpo, kto, and kto_down, the thumbs-down among the rated answers). Raises
-    NotEnoughData naming what each format lacks."""
+    sft, dpo, kto, kto_down, the thumbs-down among the rated answers, and dpo_left_out, the
+    pairs `trainable_pairs` left out). Raises NotEnoughData naming what each format lacks."""
+    left_out = sizes.get("dpo_left_out", 0)
+    note = (f"; {left_out} pairs left out of DPO: their chosen answer adds "
+            f"{config.dpo.skip_if_added_words} words or more (dpo.skip_if_added_words)"
+            if left_out else "")
+    try:
+        stages, reason = _pick(sizes, config)
+    except NotEnoughData as exc:
+        raise NotEnoughData(f"{exc}{note}") from None
+    return stages, reason + note
+
+
+def _pick(sizes: dict, config: TrainConfig) -> tuple[list[str], str]:
     enough = {"sft": sizes["sft"] >= config.min_examples,
               "dpo": sizes["dpo"] >= config.min_pairs,
               "kto": sizes["kto"] >= config.min_rated and 0 < sizes["kto_down"] < sizes["kto"]}

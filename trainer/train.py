@@ -180,14 +180,7 @@ def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> Trai
         sizes["sft"] = manifest["sft_feedback"]
         sizes["kto_down"] = sum(not e["label"] for e in kto)
         sizes["dpo_left_out"] = left_out_pairs
-        left_out = (f"{left_out_pairs} pairs left out of DPO: their chosen answer adds "
-                    f"{config.dpo.skip_if_added_words} words or more (dpo.skip_if_added_words)")
-        try:
-            stages, reason = methods.pick(sizes, config)
-        except NotEnoughData as exc:
-            raise NotEnoughData(f"{exc}; {left_out}" if left_out_pairs else str(exc)) from None
-        if left_out_pairs:
-            reason += f"; {left_out}"
+        stages, reason = methods.pick(sizes, config)
     except Exception as exc:
         stop_reporting()
         with open_db(home) as db:
