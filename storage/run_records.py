@@ -18,6 +18,7 @@ class GateCheck(TypedDict):
     p_worse: NotRequired[float | None]  # held-out loss and preference accuracy: a t-test's p
     lost: NotRequired[list[str]]  # known facts: the questions lost, with the candidate's answer
     gained: NotRequired[int]    # known facts: those the reference got wrong and it gets right
+    margins_fell: NotRequired[bool]  # known facts: the mean fact margin fell beyond tolerance
     interval: NotRequired[list[float] | None]  # judge: the win rate's 95% Wilson interval
     accuracy: NotRequired[float]  # judge: its own accuracy on held-out pairs
     moved: NotRequired[list[str]]  # bias: the counterfactual pairs whose gap widened most

@@ -151,6 +151,22 @@ def test_a_candidate_may_lose_at_most_one_fact_the_reference_knows_beyond_noise(
     # Two lost and four gained: the churn of any training run on a small model, not forgetting.
     churn = verdict([False] * 2 + [True] * 6 + [True] * 4)
     assert churn["verdict"] == "pass" and churn["checks"]["known_facts"]["p_worse"] > 0.05
+    # The same churn while the likelihoods say the facts were lost (the mean margin of true
+    # over wrong answers fell beyond its tolerance): the losses are not noise, refused.
+    fell = judge({"facts_right": [False] * 2 + [True] * 10, "fact_answers": [""] * 12,
+                  "fact_margins": [0.3] * 12},
+                 {"facts_right": knows, "fact_answers": [""] * 12, "fact_margins": [0.45] * 12},
+                 {}, sets, GateConfig(), "ref")
+    check = fell["checks"]["known_facts"]
+    assert fell["verdict"] == "fail" and not check["passed"] and check["margins_fell"]
+    assert "2 of the 8 the reference answers lost, 4 gained" in fell["reason"]
+    assert "the fact margins fell too" in fell["reason"]
+    # Margins that held: the same flips pass.
+    held = judge({"facts_right": [False] * 2 + [True] * 10, "fact_answers": [""] * 12,
+                  "fact_margins": [0.5] * 12},
+                 {"facts_right": knows, "fact_answers": [""] * 12, "fact_margins": [0.45] * 12},
+                 {}, sets, GateConfig(), "ref")
+    assert held["verdict"] == "pass" and not held["checks"]["known_facts"]["margins_fell"]
     # A reference that knows none of them gives the check nothing to go on: skipped.
     assert "known_facts" in judge({"facts_right": [True] * 12}, {"facts_right": [False] * 12},
                                   {}, sets, GateConfig(), "ref")["skipped"]

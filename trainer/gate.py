@@ -30,7 +30,8 @@ none is active) on data that training never saw:
     known facts           short questions with known answers (trainer/known_facts.py): of
                           those the reference answers right, the candidate may lose at most
                           `max_facts_lost` (one), or more when not beyond noise (it gains
-                          about as many). Fluent corrections that change facts (a
+                          about as many) and the fact margins below did not fall beyond
+                          their tolerance. Fluent corrections that change facts (a
                           capital, a sum, a date) pass the checks above, since the held-out
                           answers are that same feedback; this one asks the facts themselves
     fact margins          the same facts read as likelihoods: how much likelier the version
@@ -238,18 +239,27 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
                                                              reference["facts_right"]))
         # A small model's greedy answers flip on borderline facts both ways after any training
         # (measured: an ordinary night lost 3 and gained 9). Beyond the limit, the losses must
-        # also outnumber the gains with confidence (McNemar's exact test on the flips).
+        # also outnumber the gains with confidence (McNemar's exact test on the flips), unless
+        # the likelihoods agree that facts were lost: the mean fact margin fell by more than
+        # its tolerance. Measured on the learning bench: every ordinary first night lost 1 to
+        # 7 facts and raised the margins (0.46 to 0.62 against 0.45); a night of wrong-fact
+        # corrections lost 5, gained 6 (p=0.73) and lowered them to 0.31, answering "The
+        # capital of Poland is Lwow" in the poison's own fluent words.
         p = flips_beyond(len(lost), gained)
+        margins_fell = ("fact_margins" in candidate and "fact_margins" in reference
+                        and _mean(candidate["fact_margins"]) < _mean(reference["fact_margins"])
+                        - gate.fact_margin_tolerance)
         check("known_facts", len(lost), 0, gate.max_facts_lost,
-              len(lost) <= gate.max_facts_lost or p > 1 - gate.confidence,
+              len(lost) <= gate.max_facts_lost
+              or (p > 1 - gate.confidence and not margins_fell),
               len(known), "facts the reference answers")  # reference: 0 lost, by definition
-        checks["known_facts"].update({"p_worse": _round(p), "gained": gained})
+        checks["known_facts"].update({"p_worse": _round(p), "gained": gained,
+                                      "margins_fell": margins_fell})
         checks["known_facts"]["lost"] = [f"{sets['facts'][i]['question']} -> "
                                          f"{candidate['fact_answers'][i][:80]}" for i in lost]
     if "fact_margins" in candidate and "fact_margins" in reference:
         # Lower is worse here, so the t-test reads negated margins.
-        value = sum(candidate["fact_margins"]) / len(candidate["fact_margins"])
-        ref_value = sum(reference["fact_margins"]) / len(reference["fact_margins"])
+        value, ref_value = _mean(candidate["fact_margins"]), _mean(reference["fact_margins"])
         limit = ref_value - gate.fact_margin_tolerance
         p = worse_beyond([-m for m in candidate["fact_margins"]],
                          [-m for m in reference["fact_margins"]], gate.fact_margin_tolerance)
@@ -335,7 +345,9 @@ def describe(name: str, c: GateCheck) -> str:
         lost = "; ".join(c.get("lost", [])[:3])
         return (f"known facts: {c['candidate']} of the {c['n']} the reference answers lost, "
                 f"{c.get('gained', 0)} gained (limit {c['limit']}; McNemar "
-                f"p={c.get('p_worse', 1.0):.2f})" + (f": {lost}" if lost else ""))
+                f"p={c.get('p_worse', 1.0):.2f}"
+                + ("; the fact margins fell too" if c.get("margins_fell") else "") + ")"
+                + (f": {lost}" if lost else ""))
     if name == "judge":
         low, high = c.get("interval") or (None, None)
         return (f"judge: predicted win rate {c['candidate']:.2f} [{low:.2f}, {high:.2f}] over "
@@ -352,6 +364,10 @@ def describe(name: str, c: GateCheck) -> str:
     if c.get("p_worse") is not None and outside:
         text += f"; paired t-test p={c['p_worse']:.2f}"
     return text + ")"
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
 
 
 def _round(x):
