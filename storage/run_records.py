@@ -42,6 +42,9 @@ class GateReport(TypedDict):
     judge: NotRequired[dict]    # the judge's accuracy and predicted win rate, or why skipped
     stage: NotRequired[str]     # an earlier stage that passed when the last one was refused
     refused: NotRequired[list[dict]]  # the stages refused before it: adapter, reason
+    fixed_sets: NotRequired[str]  # trainer/gate.fixed_sets_key of the sets it measured on
+    reference_fixed_reused: NotRequired[bool]  # the reference's fixed-set figures came from
+    #                                            its own gate report, not measured again
 
 
 class ExampleEntry(TypedDict):

@@ -375,9 +375,14 @@ def run_gate(home: Home, plan: TrainingPlan, config: TrainConfig,
         model.load_adapter(active["path"], adapter_name="reference")
     for stage in earlier_stages(plan, config):
         model.load_adapter(str(home.runs_dir / plan.run_id / stage / "final"), adapter_name=stage)
+    # The active adapter's figures on the fixed sets, from the gate that passed it, when that
+    # gate measured the same sets the same way.
+    passed = ((active or {}).get("metrics") or {}).get("gate") or {}
+    known = (passed["figures"]["candidate"]
+             if passed.get("fixed_sets") == gate.fixed_sets_key(sets, config.gate) else None)
     return gate.evaluate(model, tokenizer, sets, config.gate, has_reference=active is not None,
                          reference_name=active["id"] if active else "base model",
-                         fallbacks=earlier_stages(plan, config))
+                         fallbacks=earlier_stages(plan, config), reference_known=known)
 
 
 def earlier_stages(plan: TrainingPlan, config: TrainConfig) -> tuple[str, ...]:
@@ -391,8 +396,10 @@ def earlier_stages(plan: TrainingPlan, config: TrainConfig) -> tuple[str, ...]:
 def print_gate(report: GateReport) -> None:
     """Print the gate's report: each check passed, failed or skipped, and the verdict."""
     from trainer.gate import describe
-    print(f"Evaluation gate (reference: {report['reference']}, {report.get('seconds', '?')} s):",
-          flush=True)
+    reused = (", its known facts and counterfactual pairs read from the gate that passed it"
+              if report.get("reference_fixed_reused") else "")
+    print(f"Evaluation gate (reference: {report['reference']}{reused}, "
+          f"{report.get('seconds', '?')} s):", flush=True)
     for name, check in report["checks"].items():
         mark = "pass" if check["passed"] else "FAIL"
         print(f"  {mark}  {describe(name, check)}  [{check['n']} {check['unit']}]", flush=True)
