@@ -42,9 +42,9 @@ def test_sft_dataset_takes_liked_answers_and_corrections_with_the_whole_prompt(h
     assert len({example_hash(e) for e in examples}) == 3
 
 
-def sizes(sft=0, dpo=0, kto=0, kto_down=0, dpo_left_out=0):
+def sizes(sft=0, dpo=0, kto=0, kto_down=0, dpo_left_out=0, **train_splits):
     return {"sft": sft, "dpo": dpo, "kto": kto, "kto_down": kto_down,
-            "dpo_left_out": dpo_left_out}
+            "dpo_left_out": dpo_left_out, **train_splits}
 
 
 def test_auto_picks_the_method_from_the_data_and_says_why():
@@ -61,6 +61,10 @@ def test_auto_picks_the_method_from_the_data_and_says_why():
     # Pairs left out of DPO for adding words: their corrections are SFT's to learn, not KTO's.
     stages, why = methods.pick(sizes(sft=40, dpo=2, dpo_left_out=20, kto=40, kto_down=20),
                                config)
+    assert stages == ["sft"] and "the corrections add words" in why
+    # Enough pairs overall, none in the training split (all added words): DPO cannot train.
+    stages, why = methods.pick(sizes(sft=40, dpo=12, dpo_train=0, dpo_left_out=33, kto=40,
+                                     kto_down=20), config)
     assert stages == ["sft"] and "the corrections add words" in why
 
 

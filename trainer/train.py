@@ -177,9 +177,14 @@ def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> Trai
         kto = sets["kto"]["train"] + sets["kto"]["validation"]
         sizes = {fmt: len(sets[fmt]["train"]) + len(sets[fmt]["validation"])
                  for fmt in ("dpo", "kto")}
+        sizes |= {f"{fmt}_train": len(sets[fmt]["train"]) for fmt in ("dpo", "kto")}
+        # The validation pairs stay whole (DPO's eval loss, the gate); counted for the method
+        # are those DPO would learn from, in both splits alike.
+        validation_left_out = methods.trainable_pairs(sets["dpo"]["validation"], config)[1]
+        sizes["dpo"] -= validation_left_out
         sizes["sft"] = manifest["sft_feedback"]
         sizes["kto_down"] = sum(not e["label"] for e in kto)
-        sizes["dpo_left_out"] = left_out_pairs
+        sizes["dpo_left_out"] = left_out_pairs + validation_left_out
         stages, reason = methods.pick(sizes, config)
     except Exception as exc:
         stop_reporting()
