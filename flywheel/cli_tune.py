@@ -3,6 +3,7 @@ settings come from TuneConfig there. The best settings go to a TOML file that `f
 --config` and `flywheel schedule --config` read."""
 
 import argparse
+import sys
 
 from flywheel.cli_common import UsageError, add_setting
 from storage import Home
@@ -42,7 +43,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         study, rows = search(Home.resolve(args.home), base, config)
     except BackupError as exc:  # nothing to copy: no database yet
         raise UsageError(str(exc)) from None
-    Console().print(trial_table(rows))
+    # Piped to a log, rich would squeeze the table into 80 columns, one letter per cell.
+    Console(width=None if sys.stdout.isatty() else 200).print(trial_table(rows))
     if not any(row.get("outcome") == "scored" for row in rows):
         print("No trial finished within the limits; nothing written.")
         return 1
@@ -50,4 +52,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"Best: trial {best.number}, score {best.value:.4f}. "
           f"Settings: {write_best(study, args.out)} (flywheel train --config {args.out}); "
           f"plot: {plot(study, args.plot)}")
+    verdict = next((row.get("verdict") for row in rows if row.get("trial") == best.number), None)
+    if verdict == "fail":
+        print(f"No trial passed the gate: trial {best.number} was refused too (see its verdict "
+              "above); a nightly run with these settings would be refused the same way.")
     return 0

@@ -31,6 +31,7 @@ def test_tune_trains_real_trials_that_never_reach_production(home, tiny_model_di
     assert code == 0, printed
     assert "flywheel tune: trials" in printed and "Best: trial" in printed
     assert " ep" in printed  # each trial's stages: learning rate x epochs
+    assert "alpha per rank" in printed  # piped, the table keeps whole column names
     best = tomllib.loads(out.read_text())
     assert best["method"] in METHODS
     # What train --config reads: each stage's own learning rate, epochs (a step budget that
