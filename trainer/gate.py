@@ -140,7 +140,7 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
     this version's figures on the fixed sets, measured before under the same
     `fixed_sets_key`; used instead of measuring them again."""
     figures: dict = {}
-    if known and all(k in known for k in FIXED_FIGURES):
+    if known:
         figures.update({k: known[k] for k in FIXED_FIGURES})
         sets = {**sets, "facts": [], "bias": []}  # nothing left to measure on them
     with _using(model, name):
@@ -409,6 +409,10 @@ def evaluate(model, tokenizer, sets: dict, gate: GateConfig, has_reference: bool
     the reference's fixed-set figures from its own gate (see `measure`)."""
     started = time.perf_counter()
     model.eval()
+    # Whether the stored figures stand in is decided here once: the report says what measure did.
+    if not (has_reference and reference_known
+            and all(k in reference_known for k in FIXED_FIGURES)):
+        reference_known = None
     # The base model's anchor loss is always needed (forgetting is relative to it); the rest
     # only when it is the reference.
     base_sets = sets if not has_reference else {**sets, "heldout": [], "pairs": []}
@@ -436,6 +440,6 @@ def evaluate(model, tokenizer, sets: dict, gate: GateConfig, has_reference: bool
         chosen["refused"] = refused
     chosen["seconds"] = round(time.perf_counter() - started, 1)
     chosen["fixed_sets"] = fixed_sets_key(sets, gate)
-    chosen["reference_fixed_reused"] = bool(has_reference and reference_known)
+    chosen["reference_fixed_reused"] = reference_known is not None
     chosen["settings"] = asdict(gate)
     return chosen
