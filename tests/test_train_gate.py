@@ -30,18 +30,22 @@ def test_the_gate_rejects_by_its_thresholds_and_the_active_adapter_stays(home, t
         assert second["id"] not in [a["id"] for a in adapters.servable(db, "tiny-model0")]
         with pytest.raises(ValueError, match="rejected by the evaluation gate"):
             adapters.promote(db, second["id"])
-    # The reference's figures on the fixed sets (known facts, counterfactual pairs) come from
-    # the gate that passed it, measured under the same sets and settings: not measured again.
+    # The reference's figures on the fixed sets (known facts, counterfactual pairs, held-out
+    # anchors) come from the gate that passed it, measured under the same sets and settings:
+    # not measured again.
     passed = first["metrics"]["gate"]["figures"]["candidate"]
     assert gate["reference_fixed_reused"] and gate["fixed_sets"] == first["metrics"]["gate"][
         "fixed_sets"]
     assert gate["figures"]["reference"]["fact_margins"] == passed["fact_margins"]
+    assert gate["figures"]["reference"]["anchor_loss"] == passed["anchor_loss"]
     # Settings that shape the answers differ: measured again, and the same figures come out.
     third = run_cycle(home, train_config(tiny_model_dir, "gate.max_forgetting=-0.5",
                                          "gate.fact_tokens=6"))["metrics"]["gate"]
     assert not third["reference_fixed_reused"] and third["fixed_sets"] != gate["fixed_sets"]
     assert third["figures"]["reference"]["fact_margins"] == pytest.approx(
         passed["fact_margins"], abs=1e-4)
+    assert third["figures"]["reference"]["anchor_loss"] == pytest.approx(
+        passed["anchor_loss"], rel=1e-4)
     for kind in ("warm", "refusal"):
         assert third["figures"]["reference"]["bias_gaps"][kind] == pytest.approx(
             passed["bias_gaps"][kind], abs=1e-4)

@@ -115,12 +115,18 @@ def _using(model, name: str):
         yield
 
 
-# Figures on the sets every run shares (the known facts, the counterfactual pairs): a version
-# measured on them once, as a candidate, need not be measured again as the next night's
-# reference. About a fifth of a night's gate on the learning bench (40 greedy answers, 224
-# scored replies).
-FIXED_FIGURES = ("facts_right", "fact_answers", "fact_margins", "bias_gaps",
-                 "refusal_readiness")
+# Figures on the sets every run shares (the known facts, the counterfactual pairs, the
+# held-out anchor prompts): a version measured on them once, as a candidate, need not be
+# measured again as the next night's reference. About a fifth of a night's gate on the
+# learning bench (40 greedy answers, 248 scored replies).
+FIXED_SETS = {"facts": ("facts_right", "fact_answers", "fact_margins"),
+              "bias": ("bias_gaps", "refusal_readiness"), "anchor": ("anchor_loss",)}
+
+
+def fixed_figures(sets: dict) -> list[str]:
+    """The figures a version has on the fixed sets that are not empty here."""
+    return [figure for name, figures in FIXED_SETS.items() if sets.get(name)
+            for figure in figures]
 
 
 def fixed_sets_key(sets: dict, gate: GateConfig) -> str:
@@ -128,8 +134,9 @@ def fixed_sets_key(sets: dict, gate: GateConfig) -> str:
     that shape the answers. Equal keys: a stored figure may stand in for a measured one."""
     import hashlib
     import json
-    shape = {"facts": sets.get("facts"), "bias": sets.get("bias"),
-             "fact_tokens": gate.fact_tokens, "batch_size": gate.batch_size}
+    shape = {"facts": sets.get("facts"), "bias": sets.get("bias"), "anchor": sets.get("anchor"),
+             "fact_tokens": gate.fact_tokens, "batch_size": gate.batch_size,
+             "generation_batch_size": gate.generation_batch_size}
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -141,8 +148,8 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
     `fixed_sets_key`; used instead of measuring them again."""
     figures: dict = {}
     if known:
-        figures.update({k: known[k] for k in FIXED_FIGURES})
-        sets = {**sets, "facts": [], "bias": []}  # nothing left to measure on them
+        figures.update({k: v for k, v in known.items() if k in fixed_figures(sets)})
+        sets = {**sets, **{name: [] for name in FIXED_SETS}}  # nothing left to measure
     with _using(model, name):
         if sets["heldout"]:
             scores = answer_logprobs(model, tokenizer, [(r["prompt"], r["completion"])
@@ -172,7 +179,7 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
                                               / len(losses))
         if sets["prompts"] and answers:
             said = generate(model, tokenizer, sets["prompts"], gate.max_new_tokens,
-                            gate.batch_size, f"{name}: answers")
+                            gate.generation_batch_size, f"{name}: answers")
             # How readable is each answer to the base model? (Already the base: no nesting.)
             with nullcontext() if name == BASE else _using(model, BASE):
                 scores = answer_logprobs(model, tokenizer, [
@@ -201,7 +208,8 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
         if sets.get("facts") and answers:  # runs saved before the check have no facts
             said = generate(model, tokenizer, [[{"role": "user", "content": f["question"]}]
                                                for f in sets["facts"]],
-                            gate.fact_tokens, gate.batch_size, f"{name}: known facts")
+                            gate.fact_tokens, gate.generation_batch_size,
+                            f"{name}: known facts")
             figures["facts_right"] = [known_facts.says(a["text"], f["answers"])
                                       for a, f in zip(said, sets["facts"])]
             figures["fact_answers"] = [a["text"][:160] for a in said]
@@ -411,11 +419,12 @@ def evaluate(model, tokenizer, sets: dict, gate: GateConfig, has_reference: bool
     model.eval()
     # Whether the stored figures stand in is decided here once: the report says what measure did.
     if not (has_reference and reference_known
-            and all(k in reference_known for k in FIXED_FIGURES)):
+            and all(k in reference_known for k in fixed_figures(sets))):
         reference_known = None
-    # The base model's anchor loss is always needed (forgetting is relative to it); the rest
-    # only when it is the reference.
-    base_sets = sets if not has_reference else {**sets, "heldout": [], "pairs": []}
+    # The base model's anchor loss is always needed (forgetting is relative to it), and its
+    # reading of the feedback (unreadable feedback); the rest only when it is the reference.
+    base_sets = sets if not has_reference else {**sets, "heldout": [], "pairs": [],
+                                                "facts": []}
     base = measure(model, tokenizer, BASE, base_sets, gate, answers=not has_reference)
     reference = (measure(model, tokenizer, "reference", sets, gate, known=reference_known)
                  if has_reference else base)

@@ -401,7 +401,8 @@ def earlier_stages(plan: TrainingPlan, config: TrainConfig) -> tuple[str, ...]:
 def print_gate(report: GateReport) -> None:
     """Print the gate's report: each check passed, failed or skipped, and the verdict."""
     from trainer.gate import describe
-    reused = (", its known facts and counterfactual pairs read from the gate that passed it"
+    reused = (", its known facts, counterfactual pairs and anchor loss read from the gate "
+              "that passed it"
               if report.get("reference_fixed_reused") else "")
     print(f"Evaluation gate (reference: {report['reference']}{reused}, "
           f"{report.get('seconds', '?')} s):", flush=True)
