@@ -148,7 +148,7 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
     `fixed_sets_key`; used instead of measuring them again."""
     figures: dict = {}
     if known:
-        figures.update({k: v for k, v in known.items() if k in fixed_figures(sets)})
+        figures.update({k: known[k] for k in fixed_figures(sets)})  # evaluate checked them
         sets = {**sets, **{name: [] for name in FIXED_SETS}}  # nothing left to measure
     with _using(model, name):
         if sets["heldout"]:
