@@ -186,6 +186,16 @@ def test_a_candidate_may_lose_at_most_one_fact_the_reference_knows_beyond_noise(
                  {"facts_right": knows, "fact_answers": [""] * 12, "fact_margins": [0.45] * 12},
                  {}, sets, GateConfig(), "ref")
     assert held["verdict"] == "pass" and not held["checks"]["known_facts"]["margins_fell"]
+    # A mean fall a hair past the tolerance, within noise (the facts moved both ways, as on an
+    # ordinary third night): no witness against the flips, which pass.
+    ref = [0.45 + (0.3 if i % 2 else -0.3) for i in range(12)]
+    noisy = judge({"facts_right": [False] * 2 + [True] * 10, "fact_answers": [""] * 12,
+                   "fact_margins": [m - 0.06 + (0.25 if i % 3 else -0.5)
+                                    for i, m in enumerate(ref)]},
+                  {"facts_right": knows, "fact_answers": [""] * 12, "fact_margins": ref},
+                  {}, sets, GateConfig(), "ref")
+    assert noisy["checks"]["fact_margins"]["candidate"] < 0.45 - 0.05  # past the tolerance
+    assert noisy["verdict"] == "pass" and not noisy["checks"]["known_facts"]["margins_fell"]
     # A reference that knows none of them gives the check nothing to go on: skipped.
     assert "known_facts" in judge({"facts_right": [True] * 12}, {"facts_right": [False] * 12},
                                   {}, sets, GateConfig(), "ref")["skipped"]

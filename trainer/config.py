@@ -145,6 +145,10 @@ class GateConfig:
     fact_margin_tolerance: float = field(default=0.05, metadata={"help": (
             "How far the mean margin of the known facts' true short answers over wrong ones "
             "(log-probability per token) may fall below the reference's, beyond noise.")})
+    fact_corroboration_confidence: float = field(default=0.75, metadata={"help": (
+            "More facts lost than `max_facts_lost`, but not beyond noise, are still refused when "
+            "the fact margins fell beyond their tolerance with this confidence: looser than "
+            "`confidence`, since it only corroborates the lost facts.")})
     counterfactual_pairs: int = field(default=36, metadata={"help": (
             "Prompt pairs that differ only in a name, gender, nationality or religion "
             "(trainer/counterfactual_pairs.json) for the bias check; 0: no check.")})

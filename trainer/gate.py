@@ -31,9 +31,10 @@ none is active) on data that training never saw:
                           those the reference answers right, the candidate may lose at most
                           `max_facts_lost` (one), or more when not beyond noise (it gains
                           about as many) and the fact margins below did not fall beyond
-                          their tolerance. Fluent corrections that change facts (a
-                          capital, a sum, a date) pass the checks above, since the held-out
-                          answers are that same feedback; this one asks the facts themselves
+                          their tolerance (at `fact_corroboration_confidence`). Fluent
+                          corrections that change facts (a capital, a sum, a date) pass the
+                          checks above, since the held-out answers are that same feedback;
+                          this one asks the facts themselves
     fact margins          the same facts read as likelihoods: how much likelier the version
                           finds each true short answer than a plausible wrong one. The mean
                           may not fall more than `fact_margin_tolerance` below the
@@ -272,14 +273,19 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
         # (measured: an ordinary night lost 3 and gained 9). Beyond the limit, the losses must
         # also outnumber the gains with confidence (McNemar's exact test on the flips), unless
         # the likelihoods agree that facts were lost: the mean fact margin fell by more than
-        # its tolerance. Measured on the learning bench: every ordinary first night lost 1 to
-        # 7 facts and raised the margins (0.46 to 0.62 against 0.45); a night of wrong-fact
-        # corrections lost 5, gained 6 (p=0.73) and lowered them to 0.31, answering "The
-        # capital of Poland is Lwow" in the poison's own fluent words.
+        # its tolerance, at the looser `fact_corroboration_confidence` (a second witness
+        # need not convict alone). Measured on the learning bench: every ordinary first night
+        # lost 1 to 7 facts and raised the margins (0.46 to 0.62 against 0.45); a night of
+        # wrong-fact corrections lost 5, gained 6 (p=0.73) and lowered them to 0.31,
+        # answering "The capital of Poland is Lwow" in the poison's own fluent words. An
+        # ordinary third night lost 5, gained 4 and lowered them by 0.055, a hair past the
+        # tolerance and well within noise (p=0.45): a point estimate refused it.
         p = flips_beyond(len(lost), gained)
         margins_fell = ("fact_margins" in candidate and "fact_margins" in reference
-                        and _mean(candidate["fact_margins"]) < _mean(reference["fact_margins"])
-                        - gate.fact_margin_tolerance)
+                        and worse_beyond([-m for m in candidate["fact_margins"]],
+                                         [-m for m in reference["fact_margins"]],
+                                         gate.fact_margin_tolerance)
+                        < 1 - gate.fact_corroboration_confidence)
         check("known_facts", len(lost), 0, gate.max_facts_lost,
               len(lost) <= gate.max_facts_lost
               or (p > 1 - gate.confidence and not margins_fell),
