@@ -145,7 +145,9 @@ class GateConfig:
     fact_margin_tolerance: float = field(default=0.05, metadata={"help": (
             "How far the mean margin of the known facts' true short answers over wrong ones "
             "(log-probability per token) may fall below the reference's, beyond noise.")})
-    fact_corroboration_confidence: float = field(default=0.75, metadata={"help": (
+    # Measured on the learning bench: a fact-poisoned night's margins fell beyond the
+    # tolerance at p=0.24 (promoted before this rule), an ordinary third night's at p=0.45.
+    fact_corroboration_confidence: float = field(default=0.70, metadata={"help": (
             "More facts lost than `max_facts_lost`, but not beyond noise, are still refused when "
             "the fact margins fell beyond their tolerance with this confidence: looser than "
             "`confidence`, since it only corroborates the lost facts.")})

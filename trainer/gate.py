@@ -276,10 +276,11 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
         # its tolerance, at the looser `fact_corroboration_confidence` (a second witness
         # need not convict alone). Measured on the learning bench: every ordinary first night
         # lost 1 to 7 facts and raised the margins (0.46 to 0.62 against 0.45); a night of
-        # wrong-fact corrections lost 5, gained 6 (p=0.73) and lowered them to 0.31,
-        # answering "The capital of Poland is Lwow" in the poison's own fluent words. An
-        # ordinary third night lost 5, gained 4 and lowered them by 0.055, a hair past the
-        # tolerance and well within noise (p=0.45): a point estimate refused it.
+        # wrong-fact corrections lost 5, gained 6 (p=0.73) and lowered them to 0.31 (beyond
+        # the tolerance at p=0.24), answering "The capital of Poland is Lwow" in the poison's
+        # own fluent words. An ordinary third night lost 5, gained 4 and lowered them by
+        # 0.055, a hair past the tolerance and well within noise (p=0.45): a point estimate
+        # refused it.
         p = flips_beyond(len(lost), gained)
         margins_fell = ("fact_margins" in candidate and "fact_margins" in reference
                         and worse_beyond([-m for m in candidate["fact_margins"]],
