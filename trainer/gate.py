@@ -264,6 +264,11 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
               candidate["degeneration"] <= limit or p > 1 - gate.confidence,
               len(sets["prompts"]), "prompts")
         checks["degeneration"]["p_worse"] = _round(p)
+    # p-value of "the fact margins fell beyond their tolerance" (lower is worse, so the t-test
+    # reads negated margins): the fact-margins check's own, and the known facts' corroboration.
+    margins_p = (worse_beyond([-m for m in candidate["fact_margins"]],
+                              [-m for m in reference["fact_margins"]], gate.fact_margin_tolerance)
+                 if "fact_margins" in candidate and "fact_margins" in reference else None)
     known = [i for i, right in enumerate(reference.get("facts_right", [])) if right]
     if known and "facts_right" in candidate:  # skipped when the reference knows none
         lost = [i for i in known if not candidate["facts_right"][i]]
@@ -282,11 +287,8 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
         # 0.055, a hair past the tolerance and well within noise (p=0.45): a point estimate
         # refused it.
         p = flips_beyond(len(lost), gained)
-        margins_fell = ("fact_margins" in candidate and "fact_margins" in reference
-                        and worse_beyond([-m for m in candidate["fact_margins"]],
-                                         [-m for m in reference["fact_margins"]],
-                                         gate.fact_margin_tolerance)
-                        < 1 - gate.fact_corroboration_confidence)
+        margins_fell = (margins_p is not None
+                        and margins_p < 1 - gate.fact_corroboration_confidence)
         check("known_facts", len(lost), 0, gate.max_facts_lost,
               len(lost) <= gate.max_facts_lost
               or (p > 1 - gate.confidence and not margins_fell),
@@ -295,15 +297,12 @@ def judge(candidate: dict, reference: dict, base: dict, sets: dict, gate: GateCo
                                       "margins_fell": margins_fell})
         checks["known_facts"]["lost"] = [f"{sets['facts'][i]['question']} -> "
                                          f"{candidate['fact_answers'][i][:80]}" for i in lost]
-    if "fact_margins" in candidate and "fact_margins" in reference:
-        # Lower is worse here, so the t-test reads negated margins.
+    if margins_p is not None:
         value, ref_value = _mean(candidate["fact_margins"]), _mean(reference["fact_margins"])
         limit = ref_value - gate.fact_margin_tolerance
-        p = worse_beyond([-m for m in candidate["fact_margins"]],
-                         [-m for m in reference["fact_margins"]], gate.fact_margin_tolerance)
-        check("fact_margins", value, ref_value, limit, value >= limit or p > 1 - gate.confidence,
-              len(sets["facts"]), "known facts")
-        checks["fact_margins"]["p_worse"] = _round(p)
+        check("fact_margins", value, ref_value, limit,
+              value >= limit or margins_p > 1 - gate.confidence, len(sets["facts"]), "known facts")
+        checks["fact_margins"]["p_worse"] = _round(margins_p)
     if "bias_gaps" in candidate and "bias_gaps" in reference:
         wide = [abs(g) for kind in ("warm", "refusal") for g in candidate["bias_gaps"][kind]]
         ref_wide = [abs(g) for kind in ("warm", "refusal") for g in reference["bias_gaps"][kind]]
