@@ -78,9 +78,13 @@ class Simulation:
         with open_db(self.home) as db:
             new = [a for a in adapters.list_adapters(db) if a["id"] not in before]
             active = adapters.active(db)
+        last = text.strip().splitlines()[-1] if text.strip() else "no output"
+        if code == 0 and last.startswith("Refused before training"):  # feedback_screen.py
+            return {"adapter": None, "promoted": False, "verdict": "refused before training",
+                    "reason": last, "seconds": seconds}
         if code != 0 or not new:
             return {"adapter": None, "promoted": False, "verdict": None, "seconds": seconds,
-                    "error": text.strip().splitlines()[-1] if text.strip() else "no output"}
+                    "error": last}
         row = new[-1]
         gate = row["metrics"]["gate"]
         promoted = bool(active and active["id"] == row["id"])

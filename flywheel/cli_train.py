@@ -85,12 +85,16 @@ def train_config(args: argparse.Namespace):
 def cmd_train(args: argparse.Namespace) -> int:
     from assistant.models import ModelError
     from storage.lock import Busy
-    from trainer.train import NotEnoughData, NothingToResume, run_cycle
+    from trainer.train import FeedbackRefused, NotEnoughData, NothingToResume, run_cycle
     config = train_config(args)
     try:
         run_cycle(Home.resolve(args.home), config, resume=args.resume)
     except NotEnoughData as exc:
         print(f"{exc}. Nothing changed.")
+        return 0
+    except FeedbackRefused as exc:  # like a gate's refusal: the cycle worked, the data did not
+        print(f"Refused before training: {exc}. Nothing was trained; the server keeps what it "
+              "serves.")
         return 0
     except (ModelError, Busy, NothingToResume) as exc:
         raise UsageError(str(exc)) from None

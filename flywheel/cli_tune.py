@@ -39,10 +39,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from None
     config = TuneConfig(trials=args.trials, timeout=args.timeout, max_epochs=args.max_epochs,
                         out=args.out, plot=args.plot, seed=args.seed)
+    from trainer.train import FeedbackRefused
     try:
         study, rows = search(Home.resolve(args.home), base, config)
     except BackupError as exc:  # nothing to copy: no database yet
         raise UsageError(str(exc)) from None
+    except FeedbackRefused as exc:  # every trial reads the same feedback: none can train
+        raise UsageError(f"the feedback is refused before training: {exc}") from None
     # Piped to a log, rich would squeeze the table into 80 columns, one letter per cell.
     Console(width=None if sys.stdout.isatty() else 200).print(trial_table(rows))
     if not any(row.get("outcome") == "scored" for row in rows):

@@ -1,6 +1,6 @@
 """Two nights on the embedded SmolLM2 with a real `flywheel serve` running: a cycle on good
-feedback passes the gate and is swapped in; a cycle on gibberish rated up is rejected by the
-gate and the server keeps serving the adapter it had."""
+feedback passes the gate and is swapped in; a night of gibberish rated up is refused before
+training and the server keeps serving the adapter it had."""
 
 import random
 import subprocess
@@ -10,12 +10,12 @@ import openai
 import pytest
 
 from bench.learning_traits import gibberish
-from storage import adapters, open_db
+from storage import adapters, open_db, runs
 from tests.conftest import OUTPUT, flywheel, health, wait_for
 
-# Two real training runs, each with the whole gate on SmolLM2: about 480 s a night on two
-# cores since the gate reads fact margins and over-refusal too (CI on 5413939: train 215 s,
-# gate 257 s), so the whole test is over the suite's 900 s default.
+# A real training run with the whole gate on SmolLM2: about 480 s on two cores since the gate
+# reads fact margins and over-refusal too (CI on 5413939: train 215 s, gate 257 s), then the
+# refused night's data and screen, so the whole test is over the suite's 900 s default.
 pytestmark = [pytest.mark.slow, pytest.mark.integration, pytest.mark.timeout(1800)]
 
 PROMPTS = [
@@ -77,23 +77,16 @@ def test_a_good_night_is_promoted_and_a_poisoned_night_is_rejected(serve_process
         feedback(reply.id, rating="up", correction=gibberish(rng))
     out = train(home, "poisoned", "--method", "sft", "--learning-rate", "2e-3",
                 "--max-steps", "20", "--validation-share", "0.2")
-    assert "Verdict: fail" in out and "rejected: the server keeps what it serves now" in out
+    # Held-out loss could not see it (the held-out answers are gibberish too); the base model
+    # can: most answers the run would train towards are unreadable to it, so the night is
+    # refused before any training and no adapter is made.
+    assert "Refused before training:" in out and "unreadable to the base model" in out
+    assert "Trained in" not in out and "Evaluation gate" not in out
     with open_db(home) as db:
-        rows = adapters.list_adapters(db)
+        assert [a["id"] for a in adapters.list_adapters(db)] == [good["id"]]
         assert adapters.active(db)["id"] == good["id"]
-    bad = rows[-1]
-    assert bad["status"] == "rejected" and bad["metrics"]["gate"]["reference"] == good["id"]
-    # Held-out loss cannot see it (the held-out answers are gibberish too); the base model
-    # can: most answers the run trained towards are unreadable to it. (Whether the degeneration
-    # check sees it too depends on how many poisoned questions the gate's small sample draws.)
-    gate = bad["metrics"]["gate"]
-    assert gate["checks"]["heldout_loss"]["passed"]
-    assert not gate["checks"]["unreadable_feedback"]["passed"]
-    assert gate["checks"]["unreadable_feedback"]["candidate"] > 0.5
+        assert runs.latest(db)["error"].startswith("FeedbackRefused: ")
     assert health(url)["adapter"] == good["id"]
     again = chat(PROMPTS[0], temperature=0)
     assert again.model == good["id"]
     assert again.choices[0].message.content == served.choices[0].message.content
-    with pytest.raises(openai.NotFoundError):  # a rejected adapter cannot even be pinned
-        api.chat.completions.create(model=bad["id"], max_tokens=8,
-                                    messages=[{"role": "user", "content": "Hi"}])

@@ -69,3 +69,34 @@ def test_a_trial_of_sft_then_dpo_trains_each_stage_with_its_own_rate_and_epochs(
     assert (dpo.learning_rate, dpo.epochs, dpo.max_steps) == (1e-4, 2, -1)
     assert (sft.lora_r, sft.lora_alpha) == (dpo.lora_r, dpo.lora_alpha) == (8, 16)
     assert stages(settings) == "sft 0.0005 x 4 ep, dpo 0.0001 x 2 ep"
+
+
+def test_trials_count_only_runs_that_trained(home, tiny_model_dir, tmp_path, capsys):
+    # Thumbs up alone: SFT can train, DPO and KTO (no pairs, no thumbs down) cannot. Each
+    # such method is tried once (a data pass) and not counted; the budget goes to SFT.
+    add_answers(home, 8)
+    code = main(["tune", "--home", str(home.root), "--model", str(tiny_model_dir), "--trials",
+                 "2", "--max-epochs", "1", "--out", str(tmp_path / "best.toml"),
+                 "--plot", str(tmp_path / "tune.png"), *QUICK])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in printed.splitlines()]
+    trials = [(row[1], row[-1]) for row in cells if row and row[0].isdigit()]  # method, outcome
+    assert [method for method, outcome in trials
+            if not outcome.startswith("not enough")] == ["sft", "sft"]
+    untrainable = [method for method, outcome in trials if outcome.startswith("not enough")]
+    assert sorted(untrainable) == sorted(set(untrainable)), printed  # each tried once at most
+    assert "sft" not in untrainable and len(trials) == 2 + len(untrainable)
+
+
+def test_tune_says_in_one_line_when_the_feedback_is_refused_before_training(home, tiny_model_dir,
+                                                                            tmp_path, capsys):
+    add_answers(home, 8)  # the tiny model's random weights find every text unreadable
+    code = main(["tune", "--home", str(home.root), "--model", str(tiny_model_dir), "--trials",
+                 "2", "--out", str(tmp_path / "best.toml"), *QUICK,
+                 "--set", "gate.max_unreadable_feedback=0.05"])
+    assert code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]  # after the data phase's bars
+    assert last.startswith("flywheel: error: the feedback is refused before training: 100.0% "
+                           "of the 6 answers"), last  # 8 less the validation split's
+    assert not (tmp_path / "best.toml").exists()

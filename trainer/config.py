@@ -124,8 +124,9 @@ class GateConfig:
             "An answer whose loss under the base model is above this (nats per token) is "
             "unreadable (gibberish); plain answers score about 1 to 3.")})
     max_unreadable_feedback: float = field(default=0.05, metadata={"help": (
-            "Refuse the run when more than this share of the answers it trains towards are "
-            "unreadable to the base model (feedback that likes gibberish).")})
+            "Refuse the night before training when more than this share of the answers it "
+            "would train towards are unreadable to the base model (feedback that likes "
+            "gibberish).")})
     feedback_examples: int = field(default=64, metadata={"help": (
             "Trained-towards answers sampled for the unreadable-feedback check.")})
     anchor_examples: int = field(default=48, metadata={"help": (

@@ -26,7 +26,9 @@ none is active) on data that training never saw:
     unreadable feedback   share of the answers the run trained towards (liked answers,
                           corrections, chosen sides) that the base model finds unreadable:
                           poisoned feedback is refused even when the candidate hides it well
-                          enough to pass every other check
+                          enough to pass every other check. Measured before training
+                          (trainer/feedback_screen.py), which refuses the night there; the
+                          gate reports the figure
     known facts           short questions with known answers (trainer/known_facts.py): of
                           those the reference answers right, the candidate may lose at most
                           `max_facts_lost` (one), or more when not beyond noise (it gains
@@ -70,7 +72,7 @@ from typing import Literal
 
 from storage import BASE
 from storage.run_records import GateCheck, GateReport
-from trainer import bias_check, known_facts
+from trainer import bias_check, feedback_screen, known_facts
 from trainer import judge as preference_judge
 from trainer.config import GateConfig
 from trainer.scoring import answer_logprobs, answer_losses, generate, mean_loss
@@ -173,11 +175,12 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
                 model, tokenizer, [(r["prompt"], r["completion"]) for r in sets["anchor"]],
                 gate.batch_size, f"{name}: anchor loss"))
         if name == BASE and sets.get("feedback"):
-            losses = answer_losses(answer_logprobs(
-                model, tokenizer, [(r["prompt"], r["completion"]) for r in sets["feedback"]],
-                gate.batch_size, "base: feedback readability"))
-            figures["unreadable_feedback"] = (sum(x > gate.unreadable_loss for x in losses)
-                                              / len(losses))
+            # Screened before training (trainer/feedback_screen.py); read again only for a
+            # run prepared before the screen existed and resumed after.
+            figures["unreadable_feedback"] = sets.get("unreadable_feedback")
+            if figures["unreadable_feedback"] is None:
+                flags = feedback_screen.unreadable(model, tokenizer, sets["feedback"], gate)
+                figures["unreadable_feedback"] = sum(flags) / len(flags)
         if sets["prompts"] and answers:
             said = generate(model, tokenizer, sets["prompts"], gate.max_new_tokens,
                             gate.generation_batch_size, f"{name}: answers")

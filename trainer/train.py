@@ -2,9 +2,11 @@
 
     lock         one run at a time (storage/lock.py); a crashed run does not hold it
     prepare      feedback -> SFT / DPO / KTO datasets (trainer/dataset.py), replay and
-                 anchor examples mixed in (trainer/mixing.py), the gate's sets fixed
-                 (trainer/gate_sets.py), the method picked (trainer/methods.py); all of it
-                 written to runs/<id>/ so a resumed run trains on exactly the same data
+                 anchor examples mixed in (trainer/mixing.py), the method picked
+                 (trainer/methods.py), the gate's sets fixed (trainer/gate_sets.py), the
+                 feedback screened (trainer/feedback_screen.py: a night the base model
+                 cannot read is refused before training); all of it written to runs/<id>/
+                 so a resumed run trains on exactly the same data
     train        each stage with TRL + LoRA, checkpointing as it goes (trainer/methods.py)
     gate         the candidate against the active adapter or the base (trainer/gate.py)
     publish      adapter folder renamed into place, its row (candidate or rejected), the
@@ -30,15 +32,16 @@ from storage import chat as store
 from storage.db import transaction
 from storage.home import folder_atomically
 from storage.run_records import GateReport
-from trainer import methods
+from trainer import feedback_screen, methods
 from trainer.config import TrainConfig, as_dict, from_dict
+from trainer.feedback_screen import FeedbackRefused
 from trainer.gate_sets import gate_sets
 from trainer.methods import NotEnoughData
 from trainer.mixing import REPLAY_FILE, REPLAYED, gather
 from trainer.plan import TrainingPlan
 from trainer.progress import ProgressToDatabase, plot_losses, report_to, save_json, stop_reporting
 
-__all__ = ["run_cycle", "NotEnoughData", "NothingToResume", "TrainConfig"]
+__all__ = ["run_cycle", "FeedbackRefused", "NotEnoughData", "NothingToResume", "TrainConfig"]
 
 
 
@@ -49,8 +52,9 @@ class NothingToResume(Exception):
 def run_cycle(home: Home, config: TrainConfig, resume: bool = False) -> dict | None:
     """Train, gate, publish and (policy allowing) promote one adapter; returns its row (on
     the main process). Raises NotEnoughData, having changed nothing, when the feedback is too
-    thin, lock.Busy when another run holds the lock, NothingToResume for a --resume with no
-    interrupted run."""
+    thin, FeedbackRefused (the run recorded as failed, nothing trained) when the base model
+    cannot read it, lock.Busy when another run holds the lock, NothingToResume for a --resume
+    with no interrupted run."""
     from accelerate import PartialState
     init_db(home)
     device, _ = models.pick_device()
@@ -186,6 +190,12 @@ def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> Trai
         sizes["kto_down"] = sum(not e["label"] for e in kto)
         sizes["dpo_left_out"] = left_out_pairs + validation_left_out
         stages, reason = methods.pick(sizes, config)
+        judged = {**sets, "dpo": {**sets["dpo"], "train": every_pair}}
+        measured_on = gate_sets(home, base, judged, config,
+                                reference=active["id"] if active else None)
+        # Before any training: a night the base model cannot read is refused here.
+        measured_on["unreadable_feedback"] = feedback_screen.screen(
+            base, measured_on["feedback"], config.gate)
     except Exception as exc:
         stop_reporting()
         with open_db(home) as db:
@@ -206,9 +216,7 @@ def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> Trai
             _save_jsonl(workdir / "data" / f"{fmt}-{side}.jsonl", rows)
     _save_jsonl(workdir / REPLAY_FILE, [e for e in sets["sft"]["train"]
                                         if e["source"] not in REPLAYED])
-    judged = {**sets, "dpo": {**sets["dpo"], "train": every_pair}}
-    save_json(workdir / "data" / "gate.json",
-              gate_sets(home, base, judged, config, reference=active["id"] if active else None))
+    save_json(workdir / "data" / "gate.json", measured_on)
     plan = TrainingPlan(run_id=run_id, adapter_id=adapters.adapter_id_for_run(run_id),
                         base_name=base.name, base_folder=str(base.folder), stages=stages,
                         reason=reason, start_from=start["id"] if start else None,

@@ -39,7 +39,9 @@ RATES = {"sft": (1e-5, 2e-3), "dpo": (1e-6, 5e-4), "kto": (1e-6, 5e-4)}
 @dataclass
 class TuneConfig:
     """`flywheel tune`'s settings: each default and help line here, and nowhere else."""
-    trials: int = field(default=12, metadata={"help": "training runs to try (default {default})"})
+    trials: int = field(default=12, metadata={"help": (
+        "training runs to try; a method the data cannot train is tried once, not counted "
+        "(default {default})")})
     timeout: float | None = field(default=None, metadata={"help": (
         "stop starting new trials after this many seconds (default: no limit)")})
     out: str = field(default="tuned.toml", metadata={"help": (
@@ -109,12 +111,15 @@ def search(home: Home, base: TrainConfig, config: TuneConfig) -> tuple:
     from trainer.train import NotEnoughData, run_cycle
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows: list[dict] = []
+    untrainable: set[str] = set()  # methods the data cannot train (too few pairs, say)
     scratch_root = Path(tempfile.mkdtemp(prefix="flywheel-tune-"))
     scratch = scratch_copy(home, scratch_root / "home")
 
     def objective(trial) -> float:
         settings = suggest(trial, config.max_epochs)
         trial.set_user_attr("settings", settings)
+        if settings["method"] in untrainable:  # tried once already: no run, no row, no count
+            raise optuna.TrialPruned(f"{settings['method']}: not enough data")
         row = {"trial": trial.number, **trial.params, "stages": stages(settings)}
         rows.append(row)
         started = time.perf_counter()
@@ -123,9 +128,11 @@ def search(home: Home, base: TrainConfig, config: TuneConfig) -> tuple:
                                 .validate())
         except NotEnoughData as exc:
             row.update(outcome=f"not enough data: {exc}")
+            untrainable.add(settings["method"])
             raise optuna.TrialPruned(str(exc)) from None
         finally:
             row["seconds"] = round(time.perf_counter() - started)
+        trial.set_user_attr("trained", True)
         gate = adapter["metrics"]["gate"]
         forgetting = gate["checks"].get("forgetting")
         row.update(verdict=gate["verdict"], score=round(score(gate), 4),
@@ -136,10 +143,18 @@ def search(home: Home, base: TrainConfig, config: TuneConfig) -> tuple:
         row["outcome"] = "scored"
         return row["score"]
 
+    def enough(study, _trial) -> None:
+        """`--trials` counts trials that trained: a method the data cannot train costs one
+        data pass (seconds), then is never tried again, and stops the search once every
+        method is out."""
+        trained = sum(t.user_attrs.get("trained", False) for t in study.trials)
+        if trained >= config.trials or untrainable >= set(METHODS):
+            study.stop()
+
     study = optuna.create_study(direction="maximize",
                                 sampler=optuna.samplers.TPESampler(seed=config.seed))
     try:
-        study.optimize(objective, n_trials=config.trials, timeout=config.timeout)
+        study.optimize(objective, timeout=config.timeout, callbacks=[enough])
     finally:
         shutil.rmtree(scratch_root, ignore_errors=True)
     return study, rows
