@@ -47,6 +47,9 @@ def run_progress(home, run: dict | None) -> str:
     at = PHASES.index(phase) if phase in PHASES else 0
     finished = p.get("finished", {})  # what each phase's finished tasks did
     for n, name in enumerate(PHASES[:-1]):
+        if n > 0 and p.get("refused_before_training"):  # the data was refused: nothing ran
+            lines.append(f"- · {name} (skipped)")
+            continue
         if n < at or phase == "done":
             did = "; ".join(finished.get(name, []))
             lines.append(f"- ✓ {name}{f' ({did})' if did else ''}")

@@ -94,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         return 0
     except FeedbackRefused as exc:  # like a gate's refusal: the cycle worked, the data did not
         print(f"Refused before training: {exc}. Nothing was trained; the server keeps what it "
-              "serves.")
+              "serves.", flush=True)
         return 0
     except (ModelError, Busy, NothingToResume) as exc:
         raise UsageError(str(exc)) from None

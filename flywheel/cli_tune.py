@@ -49,7 +49,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     # Piped to a log, rich would squeeze the table into 80 columns, one letter per cell.
     Console(width=None if sys.stdout.isatty() else 200).print(trial_table(rows))
     if not any(row.get("outcome") == "scored" for row in rows):
-        print("No trial finished within the limits; nothing written.")
+        untrainable = all(str(row.get("outcome")).startswith("not enough data") for row in rows)
+        print("No method the data allows could train; nothing written." if untrainable and rows
+              else "No trial finished within the limits; nothing written.")
         return 1
     best = study.best_trial
     print(f"Best: trial {best.number}, score {best.value:.4f}. "

@@ -38,7 +38,7 @@ def train(home, night: str, *args: str) -> str:
     log = done.stdout + done.stderr
     (OUTPUT / f"cycle-{night}-train.log").write_text(log)
     assert done.returncode == 0, log[-3000:]
-    print(done.stdout[done.stdout.find("Evaluation gate"):])
+    print(done.stdout[max(done.stdout.find("Evaluation gate"), 0):][-3000:])
     return done.stdout
 
 
@@ -68,15 +68,14 @@ def test_a_good_night_is_promoted_and_a_poisoned_night_is_rejected(serve_process
     served = chat(PROMPTS[0], temperature=0)
     assert served.model == good["id"]
 
-    # Night 2: gibberish "corrections" rated up, and a hot learning rate to learn them.
+    # Night 2: gibberish "corrections" rated up.
     rng = random.Random(0)
     with ThreadPoolExecutor(8) as pool:
         replies = list(pool.map(lambda i: chat(PROMPTS[i % len(PROMPTS)] + f" ({i})",
                                                temperature=0.7, max_tokens=16), range(40)))
     for reply in replies:
         feedback(reply.id, rating="up", correction=gibberish(rng))
-    out = train(home, "poisoned", "--method", "sft", "--learning-rate", "2e-3",
-                "--max-steps", "20", "--validation-share", "0.2")
+    out = train(home, "poisoned")
     # Held-out loss could not see it (the held-out answers are gibberish too); the base model
     # can: most answers the run would train towards are unreadable to it, so the night is
     # refused before any training and no adapter is made.
@@ -85,7 +84,9 @@ def test_a_good_night_is_promoted_and_a_poisoned_night_is_rejected(serve_process
     with open_db(home) as db:
         assert [a["id"] for a in adapters.list_adapters(db)] == [good["id"]]
         assert adapters.active(db)["id"] == good["id"]
-        assert runs.latest(db)["error"].startswith("FeedbackRefused: ")
+        refused = runs.latest(db)
+    assert refused["adapter_id"] is None
+    assert refused["progress"]["decision"].startswith("refused before training: ")
     assert health(url)["adapter"] == good["id"]
     again = chat(PROMPTS[0], temperature=0)
     assert again.model == good["id"]

@@ -63,6 +63,7 @@ def test_manual_promotion_leaves_a_candidate_and_can_start_an_ab_split(home, tin
 
 
 def test_feedback_the_base_model_cannot_read_is_refused_before_training(home, tiny_model_dir):
+    from assistant.ui_training import run_progress
     from storage import runs
     from trainer.train import FeedbackRefused
     first = add_answers(home, 8)  # the tiny model's random weights: every text unreadable
@@ -71,9 +72,17 @@ def test_feedback_the_base_model_cannot_read_is_refused_before_training(home, ti
         run_cycle(home, train_config(tiny_model_dir, "gate.max_unreadable_feedback=0.05"))
     with open_db(home) as db:
         assert adapters.list_adapters(db) == []
-        run = runs.latest(db)
-    assert run["status"] == "failed" and run["error"].startswith("FeedbackRefused: 100.0%")
-    assert not list((home.runs_dir / run["id"]).glob("*-sft"))  # no stage ever started
+        refused = runs.latest(db)
+    # A decision, as a gate's refusal is: the run ended with its reason, no adapter, and the
+    # nightly count of new feedback starts again from it (the same data is not retried).
+    assert refused["status"] == "succeeded" and refused["adapter_id"] is None
+    assert refused["metrics"]["refused_before_training"].startswith("100.0% of the 8 answers")
+    assert not list((home.runs_dir / refused["id"]).glob("*-sft"))  # no stage ever started
+    shown = run_progress(home, refused)
+    assert "- · training (skipped)" in shown and "- · evaluating (skipped)" in shown
+    assert "Done: refused before training: 100.0% of the 8 answers" in shown
+    with open_db(home) as db:
+        assert runs.last_started(db)["id"] == refused["id"]
     # Within the limit, the same feedback trains, and the gate reports the screen's figure.
     row = run_cycle(home, train_config(tiny_model_dir, "gate.max_unreadable_feedback=1"))
     check = row["metrics"]["gate"]["checks"]["unreadable_feedback"]

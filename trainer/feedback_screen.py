@@ -16,7 +16,8 @@ from trainer.scoring import answer_logprobs, answer_losses
 
 
 class FeedbackRefused(Exception):
-    """The night's feedback is refused before training: nothing is trained or published."""
+    """The night's feedback is refused before training: nothing is trained or published, and
+    the run is recorded with the reason (a decision, like a gate's refusal, not a failure)."""
 
 
 def unreadable(model, tokenizer, feedback: list[dict], gate: GateConfig) -> list[bool]:
@@ -37,9 +38,11 @@ def screen(base: models.BaseModel, feedback: list[dict], gate: GateConfig) -> fl
     flags = unreadable(model, tokenizer, feedback, gate)
     share = sum(flags) / len(flags)
     if share > gate.max_unreadable_feedback:
-        example = next(r for r, bad in zip(feedback, flags) if bad)["completion"][-1]["content"]
+        example = next((r["completion"][-1]["content"] for r, bad in zip(feedback, flags)
+                        if bad), "")
         raise FeedbackRefused(
             f"{share:.1%} of the {len(flags)} answers this run would train towards are "
             f"unreadable to the base model (limit gate.max_unreadable_feedback "
-            f"{gate.max_unreadable_feedback:.1%}), e.g. {example[:60]!r}")
+            f"{gate.max_unreadable_feedback:.1%})" + (f", e.g. {example[:60]!r}" if example
+                                                      else ""))
     return share

@@ -72,7 +72,7 @@ from typing import Literal
 
 from storage import BASE
 from storage.run_records import GateCheck, GateReport
-from trainer import bias_check, feedback_screen, known_facts
+from trainer import bias_check, known_facts
 from trainer import judge as preference_judge
 from trainer.config import GateConfig
 from trainer.scoring import answer_logprobs, answer_losses, generate, mean_loss
@@ -174,13 +174,9 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
             figures["anchor_loss"] = mean_loss(answer_logprobs(
                 model, tokenizer, [(r["prompt"], r["completion"]) for r in sets["anchor"]],
                 gate.batch_size, f"{name}: anchor loss"))
-        if name == BASE and sets.get("feedback"):
-            # Screened before training (trainer/feedback_screen.py); read again only for a
-            # run prepared before the screen existed and resumed after.
-            figures["unreadable_feedback"] = sets.get("unreadable_feedback")
-            if figures["unreadable_feedback"] is None:
-                flags = feedback_screen.unreadable(model, tokenizer, sets["feedback"], gate)
-                figures["unreadable_feedback"] = sum(flags) / len(flags)
+        if name == BASE and sets.get("unreadable_feedback") is not None:
+            # Measured before training (trainer/feedback_screen.py), saved with the sets.
+            figures["unreadable_feedback"] = sets["unreadable_feedback"]
         if sets["prompts"] and answers:
             said = generate(model, tokenizer, sets["prompts"], gate.max_new_tokens,
                             gate.generation_batch_size, f"{name}: answers")

@@ -52,9 +52,9 @@ class NothingToResume(Exception):
 def run_cycle(home: Home, config: TrainConfig, resume: bool = False) -> dict | None:
     """Train, gate, publish and (policy allowing) promote one adapter; returns its row (on
     the main process). Raises NotEnoughData, having changed nothing, when the feedback is too
-    thin, FeedbackRefused (the run recorded as failed, nothing trained) when the base model
-    cannot read it, lock.Busy when another run holds the lock, NothingToResume for a --resume
-    with no interrupted run."""
+    thin, FeedbackRefused (the run recorded with its reason and no adapter, nothing trained)
+    when the base model cannot read it, lock.Busy when another run holds the lock,
+    NothingToResume for a --resume with no interrupted run."""
     from accelerate import PartialState
     init_db(home)
     device, _ = models.pick_device()
@@ -190,6 +190,8 @@ def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> Trai
         sizes["kto_down"] = sum(not e["label"] for e in kto)
         sizes["dpo_left_out"] = left_out_pairs + validation_left_out
         stages, reason = methods.pick(sizes, config)
+        with open_db(home) as db:
+            runs.set_manifest(db, run_id, manifest, method="+".join(stages))
         judged = {**sets, "dpo": {**sets["dpo"], "train": every_pair}}
         measured_on = gate_sets(home, base, judged, config,
                                 reference=active["id"] if active else None)
@@ -201,6 +203,11 @@ def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> Trai
         with open_db(home) as db:
             if fresh and isinstance(exc, NotEnoughData):  # not a run: nothing was changed
                 runs.discard(db, run_id)
+            elif isinstance(exc, FeedbackRefused):  # a decision, as a gate's refusal is
+                runs.finish(db, run_id, metrics={"refused_before_training": str(exc)},
+                            adapter_id=None)
+                runs.set_progress(db, run_id, phase="done", refused_before_training=True,
+                                  decision=f"refused before training: {exc}")
             else:
                 runs.fail(db, run_id, f"{type(exc).__name__}: {exc}")
         raise
@@ -208,8 +215,6 @@ def new_plan(home: Home, config: TrainConfig, run_id: str | None = None) -> Trai
     if start:
         print(f"Starting from the active adapter {start['id']}, on {manifest['sft_feedback']} "
               f"SFT examples it has not seen.", flush=True)
-    with open_db(home) as db:
-        runs.set_manifest(db, run_id, manifest, method="+".join(stages))
     workdir = home.runs_dir / run_id
     for fmt, sides in sets.items():
         for side, rows in sides.items():

@@ -108,10 +108,11 @@ def search(home: Home, base: TrainConfig, config: TuneConfig) -> tuple:
     """Run the trials; returns (the Optuna study, each trial's row for the table)."""
     import optuna
 
-    from trainer.train import NotEnoughData, run_cycle
+    from trainer.train import FeedbackRefused, NotEnoughData, run_cycle
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rows: list[dict] = []
     untrainable: set[str] = set()  # methods the data cannot train (too few pairs, say)
+    refused: list[FeedbackRefused] = []  # the same for every trial: the search stops
     scratch_root = Path(tempfile.mkdtemp(prefix="flywheel-tune-"))
     scratch = scratch_copy(home, scratch_root / "home")
 
@@ -123,9 +124,16 @@ def search(home: Home, base: TrainConfig, config: TuneConfig) -> tuple:
         row = {"trial": trial.number, **trial.params, "stages": stages(settings)}
         rows.append(row)
         started = time.perf_counter()
-        try:  # manual promotion: a passing trial never becomes the scratch copy's reference
-            adapter = run_cycle(scratch, update(base, {**settings, "promotion": "manual"})
-                                .validate())
+        # Manual promotion: a passing trial never becomes the scratch copy's reference. Every
+        # trial after the first finds no feedback newer than the trial before: none is asked.
+        trial_config = update(base, {**settings, "promotion": "manual", "min_new_feedback": 0})
+        try:
+            adapter = run_cycle(scratch, trial_config.validate())
+        except FeedbackRefused as exc:
+            refused.append(exc)
+            row.update(outcome="refused before training")
+            trial.study.stop()
+            raise optuna.TrialPruned(str(exc)) from None
         except NotEnoughData as exc:
             row.update(outcome=f"not enough data: {exc}")
             untrainable.add(settings["method"])
@@ -157,6 +165,8 @@ def search(home: Home, base: TrainConfig, config: TuneConfig) -> tuple:
         study.optimize(objective, timeout=config.timeout, callbacks=[enough])
     finally:
         shutil.rmtree(scratch_root, ignore_errors=True)
+    if refused:
+        raise refused[0]
     return study, rows
 
 
