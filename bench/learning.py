@@ -25,7 +25,8 @@ curator corrects answers to fact questions with fluent, confident, wrong facts (
 arithmetic, dates); a third where the curator likes answers for one group of people and
 corrects those for the other to a refusal. The same recipe trains on each, and nothing from
 them may be promoted: the gibberish night is refused before training (the base model cannot
-read its feedback, trainer/feedback_screen.py), the others by the gate. Every figure comes with its 95% Wilson interval.
+read its feedback, trainer/feedback_screen.py), the others by the gate. Every figure comes
+with its 95% Wilson interval.
 
 This script runs the rounds and writes the report; beside it, learning_prompts.py holds the
 prompts and known answers, learning_traits.py the curators' preferences, learning_simulation.py
