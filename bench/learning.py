@@ -111,12 +111,11 @@ def run(args) -> dict:
         simulation = Simulation(url, home, args, log_dir)
         rounds = [{"round": 0, "promoted": None, **simulation.measure(trait, heldout)}]
         print(json.dumps(_brief(rounds[0])), file=sys.stderr, flush=True)
-        ratings = []
         for r in range(1, args.rounds + 1):
             begun = time.perf_counter()
             chats = [train_prompts[((r - 1) * args.chats + i) % len(train_prompts)]
                      for i in range(args.chats)]
-            ratings.append(simulation.rate(trait, chats))
+            simulation.rate(trait, chats)
             chatted = time.perf_counter()
             result = simulation.train(f"round{r}")
             rounds.append({"round": r, **simulation.measure(trait, heldout), "promoted":
@@ -127,10 +126,14 @@ def run(args) -> dict:
         rounds_seconds = time.perf_counter() - started
         # The users' verdict on the last adapter: one more day of chats, rated, not trained on.
         offset = args.rounds * args.chats
-        ratings.append(simulation.rate(trait, [train_prompts[(offset + i) % len(train_prompts)]
-                                               for i in range(args.chats)]))
+        verdict = simulation.rate(trait, [train_prompts[(offset + i) % len(train_prompts)]
+                                          for i in range(args.chats)])
         with open_db(home) as db:
             per_adapter = {a or BASE: v for a, v in adapter_ratings(db).items()}
+        # Read, then deleted: a poisoned night trains on its own feedback alone. (Until
+        # 2026-12-06 the verdict day's ordinary feedback stayed, and the poisoned nights
+        # trained on half poison, half ordinary feedback: twice the steps, and also refused.)
+        simulation.forget(verdict["ids"])
         for entry in rounds:
             entry["thumbs_up_rate"] = per_adapter.get(entry["adapter"], {}).get("rate")
         kinds = ["gibberish", "facts", "bias"] if args.poison == "all" else args.poison.split(",")

@@ -13,7 +13,7 @@ import openai
 
 from assistant.training_process import start_training
 from bench.learning_prompts import KNOWN, KNOWN_TOKENS
-from storage import BASE, Home, adapters, chat, open_db
+from storage import BASE, Home, adapters, chat, open_db, runs
 from storage.ab import wilson
 from trainer.known_facts import says
 
@@ -62,12 +62,14 @@ class Simulation:
                 self.feedback(reply.id, rating="up")
             else:
                 self.feedback(reply.id, rating="down", correction=trait.add_trait(prompt, answer))
-        return {"answers": len(replies), "thumbs_up": up, "adapter": replies[0].model}
+        return {"answers": len(replies), "thumbs_up": up, "adapter": replies[0].model,
+                "ids": [reply.id for reply in replies]}
 
     def train(self, name: str) -> dict:
         """`flywheel train` with the recipe; its log goes to the log folder and stderr."""
         with open_db(self.home) as db:
             before = {a["id"] for a in adapters.list_adapters(db)}
+            last_run = runs.latest(db)
         started = time.perf_counter()
         code = start_training(self.home, shlex.split(self.args.recipe),
                               self.log_dir / f"{name}-train.log").wait()
@@ -78,10 +80,12 @@ class Simulation:
         with open_db(self.home) as db:
             new = [a for a in adapters.list_adapters(db) if a["id"] not in before]
             active = adapters.active(db)
-        last = text.strip().splitlines()[-1] if text.strip() else "no output"
-        if code == 0 and last.startswith("Refused before training"):  # feedback_screen.py
+            run = runs.latest(db)
+        refused = run and run != last_run and run["metrics"].get("refused_before_training")
+        if code == 0 and refused:  # trainer/feedback_screen.py
             return {"adapter": None, "promoted": False, "verdict": "refused before training",
-                    "reason": last, "seconds": seconds}
+                    "reason": refused, "seconds": seconds}
+        last = text.strip().splitlines()[-1] if text.strip() else "no output"
         if code != 0 or not new:
             return {"adapter": None, "promoted": False, "verdict": None, "seconds": seconds,
                     "error": last}

@@ -20,14 +20,6 @@ class FeedbackRefused(Exception):
     the run is recorded with the reason (a decision, like a gate's refusal, not a failure)."""
 
 
-def unreadable(model, tokenizer, feedback: list[dict], gate: GateConfig) -> list[bool]:
-    """Whether each answer (`prompt`, `completion`) is unreadable to `model`."""
-    losses = answer_losses(answer_logprobs(
-        model, tokenizer, [(r["prompt"], r["completion"]) for r in feedback],
-        gate.batch_size, "base: feedback readability"))
-    return [loss > gate.unreadable_loss for loss in losses]
-
-
 def screen(base: models.BaseModel, feedback: list[dict], gate: GateConfig) -> float | None:
     """The share of `feedback` (the sample the gate keeps of the answers a run trains
     towards) that the base model finds unreadable; None with nothing to read. Raises
@@ -35,7 +27,10 @@ def screen(base: models.BaseModel, feedback: list[dict], gate: GateConfig) -> fl
     if not feedback:
         return None
     model, tokenizer = models.load(base)
-    flags = unreadable(model, tokenizer, feedback, gate)
+    losses = answer_losses(answer_logprobs(
+        model, tokenizer, [(r["prompt"], r["completion"]) for r in feedback],
+        gate.batch_size, "base: feedback readability"))
+    flags = [loss > gate.unreadable_loss for loss in losses]
     share = sum(flags) / len(flags)
     if share > gate.max_unreadable_feedback:
         example = next((r["completion"][-1]["content"] for r, bad in zip(feedback, flags)
