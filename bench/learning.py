@@ -19,7 +19,8 @@ A trait is a file with `has_trait(answer) -> bool` and `add_trait(prompt, answer
               anchor loss relative to the base model's (from its gate report)
 
 Round 0 measures the base model. After the last round the users chat once more, so the
-curator's thumbs-up rate is known for every adapter that served. Then the poisoned night: the
+curator's thumbs-up rate is known for every adapter that served (those chats are then deleted,
+not trained on). Then the poisoned night: the
 curator likes gibberish (every answer 👍 with a gibberish "correction"); a second where the
 curator corrects answers to fact questions with fluent, confident, wrong facts (capitals,
 arithmetic, dates); a third where the curator likes answers for one group of people and
