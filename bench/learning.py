@@ -19,15 +19,14 @@ A trait is a file with `has_trait(answer) -> bool` and `add_trait(prompt, answer
               anchor loss relative to the base model's (from its gate report)
 
 Round 0 measures the base model. After the last round the users chat once more, so the
-curator's thumbs-up rate is known for every adapter that served (those chats are then deleted,
-not trained on). Then the poisoned night: the
-curator likes gibberish (every answer 👍 with a gibberish "correction"); a second where the
-curator corrects answers to fact questions with fluent, confident, wrong facts (capitals,
-arithmetic, dates); a third where the curator likes answers for one group of people and
-corrects those for the other to a refusal. The same recipe trains on each, and nothing from
-them may be promoted: the gibberish night is refused before training (the base model cannot
-read its feedback, trainer/feedback_screen.py), the others by the gate. Every figure comes
-with its 95% Wilson interval.
+curator's thumbs-up rate is known for every adapter that served; those chats are then deleted,
+not trained on. Then the poisoned night: the curator likes gibberish (every answer 👍 with a
+gibberish "correction"); a second where the curator corrects answers to fact questions with
+fluent, confident, wrong facts (capitals, arithmetic, dates); a third where the curator likes
+answers for one group of people and corrects those for the other to a refusal. The same recipe
+trains on each, and nothing from them may be promoted: the gibberish night is refused before
+training (the base model cannot read its feedback, trainer/feedback_screen.py), the others by
+the gate. Every figure comes with its 95% Wilson interval.
 
 This script runs the rounds and writes the report; beside it, learning_prompts.py holds the
 prompts and known answers, learning_traits.py the curators' preferences, learning_simulation.py
@@ -125,15 +124,13 @@ def run(args) -> dict:
                            "seconds": round(time.perf_counter() - begun, 1)})
             print(json.dumps(_brief(rounds[-1])), file=sys.stderr, flush=True)
         rounds_seconds = time.perf_counter() - started
-        # The users' verdict on the last adapter: one more day of chats, rated, not trained on.
+        # The users' verdict on the last adapter: one more day of chats, rated, then deleted
+        # once read, so that each poisoned night trains on its own feedback alone.
         offset = args.rounds * args.chats
         verdict = simulation.rate(trait, [train_prompts[(offset + i) % len(train_prompts)]
                                           for i in range(args.chats)])
         with open_db(home) as db:
             per_adapter = {a or BASE: v for a, v in adapter_ratings(db).items()}
-        # Read, then deleted: a poisoned night trains on its own feedback alone. (Until
-        # 2026-12-06 the verdict day's ordinary feedback stayed, and the poisoned nights
-        # trained on half poison, half ordinary feedback: twice the steps, and also refused.)
         simulation.forget(verdict["ids"])
         for entry in rounds:
             entry["thumbs_up_rate"] = per_adapter.get(entry["adapter"], {}).get("rate")

@@ -69,7 +69,7 @@ class Simulation:
         """`flywheel train` with the recipe; its log goes to the log folder and stderr."""
         with open_db(self.home) as db:
             before = {a["id"] for a in adapters.list_adapters(db)}
-            last_run = runs.latest(db)
+            run_before = runs.latest(db)
         started = time.perf_counter()
         code = start_training(self.home, shlex.split(self.args.recipe),
                               self.log_dir / f"{name}-train.log").wait()
@@ -81,7 +81,8 @@ class Simulation:
             new = [a for a in adapters.list_adapters(db) if a["id"] not in before]
             active = adapters.active(db)
             run = runs.latest(db)
-        refused = run and run != last_run and run["metrics"].get("refused_before_training")
+        is_new = run is not None and (run_before is None or run["id"] != run_before["id"])
+        refused = is_new and run["metrics"].get("refused_before_training")
         if code == 0 and refused:  # trainer/feedback_screen.py
             return {"adapter": None, "promoted": False, "verdict": "refused before training",
                     "reason": refused, "seconds": seconds}
