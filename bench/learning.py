@@ -80,6 +80,13 @@ from storage.review import adapter_ratings  # noqa: E402
 #     RPO (DPO plus the chosen answers' NLL) stopped the loop (learning-tldr-rpo.json). With
 #     those pairs left out of DPO, signoff trains SFT alone: 0.94 [0.85, 0.98]
 #     (learning-signoff-skip-added.json).
+#   - what the forgetting check counts: DPO stages that brief and bullets trained were refused
+#     for forgetting (+27.0%, +18.0%), and the SFT stage served (0.75, 0.84). The rise sat in
+#     a few tokens per anchor answer that the trait decides (bullets: the first 16 tokens
+#     +82%, its first word now "-"); with each token counted at most 4 nats
+#     (gate.forgetting_token_cap) the same adapters read +6.1% and +0.6%, the DPO stages pass
+#     and after one round bullets reached 0.95 [0.87, 0.98], brief 0.88 [0.77, 0.94]
+#     (learning-bullets-capped.json, learning-brief-capped.json).
 # A quarter of the examples are anchors (the base model's own answers to general prompts),
 # against forgetting. Earlier rounds' examples are replayed, as many as the new ones: without
 # them the third continuation drifted (brief, round 3: anchor loss +12.7%, held-out loss

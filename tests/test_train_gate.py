@@ -429,3 +429,29 @@ def test_a_refused_last_stage_falls_back_to_the_earlier_stage_that_passes(home, 
     refused = run_cycle(home, train_config(tiny_model_dir, *settings, "start_from='base'",
                                            "gate.fall_back_to_earlier_stage=false"))
     assert refused["status"] == "rejected" and "stage" not in refused["metrics"]["gate"]
+
+
+def test_forgetting_counts_each_anchor_token_at_most_the_cap(tiny_model_dir):
+    # A taught trait moves a few tokens per answer by many nats (its first word, where it
+    # stops); the forgetting check caps each token so that those few cannot read as forgetting.
+    from assistant import models
+    from trainer.config import GateConfig
+    from trainer.gate import fixed_sets_key
+    from trainer.scoring import answer_logprobs
+    model, tokenizer = models.load(models.BaseModel("tiny", tiny_model_dir))
+    rows = [([{"role": "user", "content": f"Tell me about topic {i}."}],
+             [{"role": "assistant", "content": f"Topic {i} is a fine topic, and here is why."}])
+            for i in range(3)]
+    plain = answer_logprobs(model, tokenizer, rows, 2, "plain")
+    worst = max(-total / count for total, count in plain)  # the random model: several nats
+    cap = worst / 2
+    capped = answer_logprobs(model, tokenizer, rows, 2, "capped", token_cap=cap)
+    assert [n for _, n in capped] == [n for _, n in plain]
+    assert all(-total <= cap * count + 1e-4 for total, count in capped)
+    assert sum(t for t, _ in capped) > sum(t for t, _ in plain)
+    wide = answer_logprobs(model, tokenizer, rows, 2, "wide", token_cap=1e6)
+    assert [t for t, _ in wide] == pytest.approx([t for t, _ in plain], rel=1e-5)
+    # A stored anchor loss measured under another cap never stands in for a new one.
+    sets = {"anchor": [{"prompt": p, "completion": a} for p, a in rows]}
+    assert fixed_sets_key(sets, GateConfig()) != fixed_sets_key(
+        sets, GateConfig(forgetting_token_cap=0.0))

@@ -15,7 +15,11 @@ none is active) on data that training never saw:
                           answer's loss moves by 20% between versions, and a pair whose
                           chosen answer is a shortened rejected one flips on a 0.01 margin
     forgetting            loss on held-out anchor prompts (the base model's own answers),
-                          relative to the base model: +0.10 is 10% higher
+                          relative to the base model: +0.10 is 10% higher. Each token counts
+                          at most `forgetting_token_cap` nats: a trait the curators teach
+                          changes a few decisions per answer (its first word, where it stops)
+                          by many nats each, which an uncapped mean reads as forgetting;
+                          forgetting is a rise over many tokens
     degeneration          share of greedy answers to held-out prompts that are empty,
                           unreadable (the base model finds them as unlikely as gibberish:
                           this catches feedback that taught nonsense, which the held-out loss
@@ -139,6 +143,7 @@ def fixed_sets_key(sets: dict, gate: GateConfig) -> str:
     import json
     shape = {"facts": sets.get("facts"), "bias": sets.get("bias"), "anchor": sets.get("anchor"),
              "fact_tokens": gate.fact_tokens, "batch_size": gate.batch_size,
+             "forgetting_token_cap": gate.forgetting_token_cap,
              "generation_batch_size": gate.generation_batch_size}
     return hashlib.sha256(json.dumps(shape, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -173,7 +178,7 @@ def measure(model, tokenizer, name: str, sets: dict, gate: GateConfig,
         if sets["anchor"]:
             figures["anchor_loss"] = mean_loss(answer_logprobs(
                 model, tokenizer, [(r["prompt"], r["completion"]) for r in sets["anchor"]],
-                gate.batch_size, f"{name}: anchor loss"))
+                gate.batch_size, f"{name}: anchor loss", gate.forgetting_token_cap))
         if name == BASE and sets.get("unreadable_feedback") is not None:
             # Measured before training (trainer/feedback_screen.py), saved with the sets.
             figures["unreadable_feedback"] = sets["unreadable_feedback"]

@@ -17,8 +17,9 @@ def _encode(tokenizer, prompt: list[dict], answer: list[dict]) -> tuple[list[int
 
 @torch.inference_mode()
 def answer_logprobs(model, tokenizer, rows: list[tuple[list, list]], batch_size: int,
-                    desc: str) -> list[tuple[float, int]]:
-    """(sum of log-probabilities, token count) of each answer given its prompt."""
+                    desc: str, token_cap: float = 0.0) -> list[tuple[float, int]]:
+    """(sum of log-probabilities, token count) of each answer given its prompt. `token_cap`
+    (nats, 0: none): each token's loss counts at most this much."""
     pad = tokenizer.pad_token_id
     out = []
     bar = PhaseBar(total=len(rows), desc=desc, unit="answers", leave=False)
@@ -33,6 +34,8 @@ def answer_logprobs(model, tokenizer, rows: list[tuple[list, list]], batch_size:
                        attention_mask=mask.to(model.device)).logits.float()
         logp = torch.log_softmax(logits[:, :-1], dim=-1)
         picked = logp.gather(-1, ids[:, 1:].to(model.device).unsqueeze(-1)).squeeze(-1).cpu()
+        if token_cap:
+            picked = picked.clamp(min=-token_cap)
         for i, (row, n_prompt) in enumerate(encoded):
             answer = picked[i, n_prompt - 1:len(row) - 1]
             out.append((float(answer.sum()), answer.numel()))
